@@ -1,0 +1,47 @@
+# Two commands for a newcomer: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-unit test-debug lint fmt type bench bench-compare clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev,embedded]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/quickstart.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+	PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q -x -p no:cacheprovider tests/unit tests/integration
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check dbos_async
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format dbos_async tests benchmarks examples
+	$(VENV)/bin/ruff check --fix .
+
+type: $(STAMP)
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+bench-compare: $(STAMP)
+	bash benchmarks/setup_baseline.sh
+	$(PY) -m benchmarks.run --compare
+
+clean:
+	rm -rf $(VENV) .venv-dbos .pytest_cache .mypy_cache dist build
