@@ -1,1 +1,49 @@
-"""dbos_async."""
+"""dbos_async: asyncio-native durable workflows over PostgreSQL."""
+
+from dbos_async.context import SetWorkflowID, SetWorkflowTimeout
+from dbos_async.dbos import DBOS
+from dbos_async.errors import (
+    DatabaseUnavailableError,
+    DBOSError,
+    MaxRecoveryAttemptsExceededError,
+    MaxStepRetriesExceeded,
+    NonDeterministicWorkflowError,
+    NotInWorkflowError,
+    QueueDeduplicatedError,
+    SerializationError,
+    WorkflowCancelledError,
+    WorkflowConflictError,
+    WorkflowError,
+    WorkflowNotFoundError,
+)
+from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
+from dbos_async.workflow import WorkflowHandle
+
+__all__ = [
+    "DBOS",
+    "DBOSError",
+    "DatabaseUnavailableError",
+    "MaxRecoveryAttemptsExceededError",
+    "MaxStepRetriesExceeded",
+    "NonDeterministicWorkflowError",
+    "NotInWorkflowError",
+    "QueueDeduplicatedError",
+    "SerializationError",
+    "SetWorkflowID",
+    "SetWorkflowTimeout",
+    "StepInfo",
+    "WorkflowCancelledError",
+    "WorkflowConflictError",
+    "WorkflowError",
+    "WorkflowHandle",
+    "WorkflowNotFoundError",
+    "WorkflowStatus",
+    "WorkflowStatusString",
+]
+
+# Reprs and docs show the public path, not the internal module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("dbos_async."):
+        _obj.__module__ = "dbos_async"
+del _name, _obj

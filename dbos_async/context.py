@@ -1,0 +1,112 @@
+"""Per-task state: the running workflow, the running step, and the ``Set*`` options.
+
+Everything here lives in ContextVars, so tasks spawned inside a workflow
+(``asyncio.gather``, ``TaskGroup``) share their workflow's context object, and
+with it the step counter that keeps step IDs in call order.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import anyio
+    import asyncpg
+
+    from dbos_async.runtime import Runtime
+    from dbos_async.systemdb.steps import StepRecord
+
+
+@dataclass(slots=True, eq=False)
+class WorkflowContext:
+    """The state of one workflow execution, shared by every task it spawns."""
+
+    runtime: Runtime
+    workflow_id: str
+    name: str
+    recorded: dict[int, StepRecord] = field(default_factory=dict)
+    next_step_id: int = 0
+    cancel_scope: anyio.CancelScope | None = None
+    deadline_epoch_ms: int | None = None
+
+    def take_step_id(self) -> int:
+        """Return the next step ID; called synchronously at call time for determinism."""
+        step_id = self.next_step_id
+        self.next_step_id += 1
+        return step_id
+
+
+current_workflow: ContextVar[WorkflowContext | None] = ContextVar(
+    "dbos_async_workflow", default=None
+)
+current_step_id: ContextVar[int | None] = ContextVar("dbos_async_step", default=None)
+current_connection: ContextVar[asyncpg.Connection[Any] | None] = ContextVar(
+    "dbos_async_connection", default=None
+)
+_next_workflow_id: ContextVar[str | None] = ContextVar("dbos_async_next_id", default=None)
+_workflow_timeout: ContextVar[float | None] = ContextVar("dbos_async_timeout", default=None)
+
+
+def take_next_workflow_id() -> str | None:
+    """Return the ID set by ``SetWorkflowID`` for the next start, consuming it."""
+    workflow_id = _next_workflow_id.get()
+    if workflow_id is not None:
+        _next_workflow_id.set(None)
+    return workflow_id
+
+
+def workflow_timeout() -> float | None:
+    """The timeout in seconds set by the innermost ``SetWorkflowTimeout``."""
+    return _workflow_timeout.get()
+
+
+class _Setter:
+    """A context manager that sets one ContextVar for the length of a ``with`` block."""
+
+    _var: ContextVar[Any]
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+        self._token: Token[Any] | None = None
+
+    def __enter__(self) -> None:
+        self._token = self._var.set(self._value)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._token is not None
+        self._var.reset(self._token)
+        self._token = None
+
+
+class SetWorkflowID(_Setter):
+    """Use ``workflow_id`` for the next workflow started in this block.
+
+    The ID is an idempotency key: starting again under an ID that exists runs
+    nothing and returns the first execution's result.
+    """
+
+    _var = _next_workflow_id
+
+    def __init__(self, workflow_id: str) -> None:
+        from dbos_async.validation import check_workflow_id
+
+        super().__init__(check_workflow_id(workflow_id))
+
+
+class SetWorkflowTimeout(_Setter):
+    """Give workflows started in this block a durable start-to-close deadline (seconds)."""
+
+    _var = _workflow_timeout
+
+    def __init__(self, timeout_seconds: float | None) -> None:
+        if timeout_seconds is not None and not timeout_seconds > 0:
+            raise ValueError(f"workflow timeout must be positive, got {timeout_seconds!r}")
+        super().__init__(timeout_seconds)

@@ -1,0 +1,167 @@
+"""``DBOS``: the runtime object users hold, and the ``DBOS.*`` facade.
+
+Each classmethod resolves the runtime (the current workflow's, else the one
+launched most recently) and calls one function in the module for its concept.
+No logic lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import asyncpg
+
+from dbos_async import step as step_module
+from dbos_async import transaction as transaction_module
+from dbos_async import workflow as workflow_module
+from dbos_async.context import current_connection, current_step_id, current_workflow
+from dbos_async.errors import NotInWorkflowError
+from dbos_async.models import WorkflowStatus
+from dbos_async.runtime import Runtime, active_runtime, resolve_config
+from dbos_async.workflow import WorkflowHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _DBOSMeta(type):
+    """Class-level properties: ``DBOS.workflow_id``, ``DBOS.step_id``, ``DBOS.connection``."""
+
+    @property
+    def workflow_id(cls) -> str | None:
+        """The ID of the current workflow, or None outside workflows."""
+        ctx = current_workflow.get()
+        return ctx.workflow_id if ctx is not None else None
+
+    @property
+    def step_id(cls) -> int | None:
+        """The ID of the current step, or None outside steps."""
+        ctx = current_workflow.get()
+        step_id = current_step_id.get()
+        return step_id if ctx is not None and step_id is not None and step_id >= 0 else None
+
+    @property
+    def connection(cls) -> asyncpg.Connection[Any]:
+        """The asyncpg connection of the current ``@DBOS.transaction``.
+
+        Raises:
+            NotInWorkflowError: called outside a transaction body.
+        """
+        conn = current_connection.get()
+        if conn is None:
+            raise NotInWorkflowError("DBOS.connection is only available inside @DBOS.transaction")
+        return conn
+
+
+class DBOS(metaclass=_DBOSMeta):
+    """A durable-workflow runtime over Postgres.
+
+    Args:
+        database_url: Postgres URL; None means ``$DBOS_DATABASE_URL``, then an
+            embedded Postgres in ``./.dbos_async/`` (the ``embedded`` extra).
+        app_name: The application's name.
+        app_version: Recovery only resumes workflows of this version; None means
+            ``$DBOS_APP_VERSION``, then a hash of the registered workflows' source.
+        executor_id: This process's identity for recovery; None means
+            ``$DBOS_EXECUTOR_ID``, then ``"local"``.
+        schema: The Postgres schema holding the system tables.
+        pool_size: Most connections to the system database.
+        data_dir: Where the embedded Postgres keeps its data.
+    """
+
+    workflow = staticmethod(workflow_module.workflow)
+    step = staticmethod(step_module.step)
+    transaction = staticmethod(transaction_module.transaction)
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        app_name: str = "app",
+        app_version: str | None = None,
+        executor_id: str | None = None,
+        *,
+        schema: str = "dbos_async",
+        pool_size: int = 10,
+        data_dir: str | os.PathLike[str] = ".dbos_async",
+    ) -> None:
+        self._runtime = Runtime(
+            resolve_config(
+                database_url, app_name, app_version, executor_id, schema, pool_size, data_dir
+            )
+        )
+
+    def __repr__(self) -> str:
+        rt = self._runtime
+        return f"<DBOS executor={rt.executor_id!r} app_version={rt.app_version!r} {rt.state.value}>"
+
+    @property
+    def executor_id(self) -> str:
+        """This runtime's executor ID."""
+        return self._runtime.executor_id
+
+    @property
+    def app_version(self) -> str:
+        """The app version (resolved at launch when it is the source hash)."""
+        return self._runtime.app_version
+
+    @property
+    def database_url(self) -> str:
+        """The system database URL in use (known once launched)."""
+        return self._runtime.database_url
+
+    async def launch(self) -> None:
+        """Migrate, start the background tasks and recover PENDING workflows."""
+        await self._runtime.launch()
+
+    async def shutdown(self) -> None:
+        """Stop everything and close every connection; workflows stay PENDING."""
+        await self._runtime.shutdown()
+
+    async def __aenter__(self) -> DBOS:
+        await self.launch()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """An ASGI lifespan: ``FastAPI(lifespan=dbos.lifespan)``."""
+        async with self:
+            yield
+
+    # -- the facade -------------------------------------------------------------------
+
+    @staticmethod
+    def start_workflow(
+        fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, WorkflowHandle]:
+        """Start a workflow and return its handle once it is durably recorded.
+
+        Inside a workflow this starts a child workflow (one step of the parent).
+        """
+        return workflow_module.start_soon(workflow_module.entry_of(fn), args, kwargs)
+
+    @staticmethod
+    async def retrieve_workflow(workflow_id: str) -> WorkflowHandle:
+        """A handle to a recorded workflow; WorkflowNotFoundError if there is none."""
+        return await workflow_module.retrieve_workflow(active_runtime(), workflow_id)
+
+    @staticmethod
+    async def get_workflow_status(workflow_id: str) -> WorkflowStatus | None:
+        """The recorded status of a workflow, or None."""
+        return await workflow_module.get_workflow_status(active_runtime(), workflow_id)
+
+    @staticmethod
+    def sleep(seconds: float) -> Coroutine[Any, Any, None]:
+        """Durable sleep: a recovered workflow wakes at the originally recorded time."""
+        return step_module.sleep(seconds)

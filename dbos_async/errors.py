@@ -1,0 +1,144 @@
+"""Exceptions raised by dbos_async.
+
+Every exception derives from one root, so ``except DBOSError`` catches them all::
+
+    DBOSError
+    ├── WorkflowNotFoundError           a workflow ID that is not recorded
+    ├── WorkflowConflictError           one workflow ID, two different workflow functions
+    ├── NonDeterministicWorkflowError   replay reached a step recorded under another name
+    ├── WorkflowCancelledError          the awaited workflow was cancelled
+    ├── MaxRecoveryAttemptsExceededError
+    ├── MaxStepRetriesExceeded          a retried step failed on every attempt
+    ├── QueueDeduplicatedError          a live deduplication ID on the same queue
+    ├── SerializationError              a value that cannot be encoded (nothing was written)
+    ├── WorkflowError                   a recorded error whose type cannot be rebuilt
+    ├── NotInWorkflowError              a workflow-only call made outside a workflow
+    └── DatabaseUnavailableError        Postgres cannot be reached
+
+Data travels as attributes (``workflow_id``, ``step_id``, ``original_type``), never only in
+the message text.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DBOSError",
+    "DatabaseUnavailableError",
+    "MaxRecoveryAttemptsExceededError",
+    "MaxStepRetriesExceeded",
+    "NonDeterministicWorkflowError",
+    "NotInWorkflowError",
+    "QueueDeduplicatedError",
+    "SerializationError",
+    "WorkflowCancelledError",
+    "WorkflowConflictError",
+    "WorkflowError",
+    "WorkflowNotFoundError",
+]
+
+
+class DBOSError(Exception):
+    """A dbos_async error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        # The class docstring doubles as the default message.
+        super().__init__(message or (type(self).__doc__ or "").strip())
+
+
+class WorkflowNotFoundError(DBOSError):
+    """No workflow is recorded under this ID."""
+
+    def __init__(self, workflow_id: str, message: str | None = None) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(message or f"No workflow is recorded under ID {workflow_id!r}")
+
+
+class WorkflowConflictError(DBOSError):
+    """This workflow ID is already used by a different workflow function."""
+
+    def __init__(self, workflow_id: str, existing_name: str, requested_name: str) -> None:
+        self.workflow_id = workflow_id
+        self.existing_name = existing_name
+        self.requested_name = requested_name
+        super().__init__(
+            f"Workflow ID {workflow_id!r} is already used by {existing_name!r}; "
+            f"cannot start {requested_name!r} under it"
+        )
+
+
+class NonDeterministicWorkflowError(DBOSError):
+    """Replay reached a step whose recorded function differs from the one called."""
+
+    def __init__(self, workflow_id: str, step_id: int, recorded: str, called: str) -> None:
+        self.workflow_id = workflow_id
+        self.step_id = step_id
+        self.recorded_name = recorded
+        self.called_name = called
+        super().__init__(
+            f"Workflow {workflow_id!r} step {step_id}: recorded {recorded!r} but replay "
+            f"called {called!r}; the workflow code is not deterministic"
+        )
+
+
+class WorkflowCancelledError(DBOSError):
+    """The workflow was cancelled."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"Workflow {workflow_id!r} was cancelled")
+
+
+class MaxRecoveryAttemptsExceededError(DBOSError):
+    """The workflow was recovered more often than its max_recovery_attempts allows."""
+
+    def __init__(self, workflow_id: str, max_attempts: int) -> None:
+        self.workflow_id = workflow_id
+        self.max_attempts = max_attempts
+        super().__init__(
+            f"Workflow {workflow_id!r} exceeded its {max_attempts} recovery attempts; "
+            "it is marked MAX_RECOVERY_ATTEMPTS_EXCEEDED"
+        )
+
+
+class MaxStepRetriesExceeded(DBOSError):  # noqa: N818 - the name is fixed by the API contract
+    """A step raised on every one of its allowed attempts."""
+
+    def __init__(self, step_name: str, max_attempts: int, last_error: BaseException | None) -> None:
+        self.step_name = step_name
+        self.max_attempts = max_attempts
+        self.last_error = last_error
+        super().__init__(
+            f"Step {step_name!r} failed {max_attempts} times; last error: {last_error!r}"
+        )
+
+
+class QueueDeduplicatedError(DBOSError):
+    """A workflow with this deduplication ID is already live on the queue."""
+
+    def __init__(self, queue_name: str, deduplication_id: str) -> None:
+        self.queue_name = queue_name
+        self.deduplication_id = deduplication_id
+        super().__init__(
+            f"Queue {queue_name!r} already holds a live workflow with deduplication ID "
+            f"{deduplication_id!r}"
+        )
+
+
+class SerializationError(DBOSError):
+    """A value cannot be encoded as JSON; nothing was written."""
+
+
+class WorkflowError(DBOSError):
+    """A recorded workflow or step error whose original type cannot be rebuilt."""
+
+    def __init__(self, message: str | None = None, original_type: str | None = None) -> None:
+        self.original_type = original_type
+        super().__init__(message)
+
+
+class NotInWorkflowError(DBOSError):
+    """This call is only valid inside a workflow."""
+
+
+class DatabaseUnavailableError(DBOSError):
+    """The database cannot be reached."""

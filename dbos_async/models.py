@@ -1,0 +1,60 @@
+"""Records returned by the management calls: WorkflowStatus and StepInfo."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class WorkflowStatusString(enum.StrEnum):
+    """The states of a workflow; the strings are what the database stores."""
+
+    ENQUEUED = "ENQUEUED"
+    PENDING = "PENDING"
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"
+    CANCELLED = "CANCELLED"
+    MAX_RECOVERY_ATTEMPTS_EXCEEDED = "MAX_RECOVERY_ATTEMPTS_EXCEEDED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the workflow has finished for good (until resumed)."""
+        return self not in (WorkflowStatusString.ENQUEUED, WorkflowStatusString.PENDING)
+
+
+@dataclass(slots=True)
+class WorkflowStatus:
+    """The recorded state of one workflow; times are epoch milliseconds."""
+
+    workflow_id: str
+    status: WorkflowStatusString
+    name: str
+    input: Any = None
+    output: Any = None
+    error: BaseException | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+    queue_name: str | None = None
+    executor_id: str | None = None
+    app_version: str | None = None
+    recovery_attempts: int = 0
+    parent_workflow_id: str | None = None
+    forked_from: str | None = None
+    deduplication_id: str | None = None
+    priority: int = 0
+    timeout_ms: int | None = None
+    deadline_epoch_ms: int | None = None
+
+
+@dataclass(slots=True)
+class StepInfo:
+    """One recorded step of a workflow; times are epoch milliseconds."""
+
+    step_id: int
+    name: str
+    output: Any = None
+    error: BaseException | None = None
+    child_workflow_id: str | None = None
+    started_at: int | None = None
+    completed_at: int | None = None

@@ -1,0 +1,272 @@
+"""The runtime behind ``DBOS``: its lifecycle, connections, writers and running workflows.
+
+All background work runs in one dedicated task that owns an anyio task group,
+so ``launch()`` and ``shutdown()`` may be called from different tasks (as
+ASGI servers and test fixtures do). Shutdown order: cancel the workflow tasks
+(their rows stay PENDING), let the writers drain, then close every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from dbos_async import registry
+from dbos_async.errors import DBOSError
+from dbos_async.systemdb import steps as steps_table
+from dbos_async.systemdb import workflows as wf_table
+from dbos_async.systemdb.group_commit import GroupCommit
+from dbos_async.systemdb.migrate import migrate
+from dbos_async.systemdb.pool import Pool, create_pool
+from dbos_async.validation import check_identifier, check_schema_name
+
+logger = logging.getLogger(__name__)
+
+_launched: list[Runtime] = []
+
+
+def active_runtime() -> Runtime:
+    """The runtime of the current workflow, else the one launched most recently.
+
+    Raises:
+        DBOSError: no runtime is running in this process.
+    """
+    from dbos_async.context import current_workflow
+
+    ctx = current_workflow.get()
+    if ctx is not None:
+        return ctx.runtime
+    if not _launched:
+        raise DBOSError("No DBOS runtime is running: use `async with DBOS(...)` or `await launch()`")
+    return _launched[-1]
+
+
+class State(enum.Enum):
+    """Lifecycle of a runtime; each runtime launches at most once."""
+
+    NEW = "new"
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Resolved settings of one runtime."""
+
+    database_url: str | None
+    app_name: str
+    app_version: str | None
+    executor_id: str
+    schema: str
+    pool_size: int
+    data_dir: Path
+
+
+def resolve_config(
+    database_url: str | None,
+    app_name: str,
+    app_version: str | None,
+    executor_id: str | None,
+    schema: str,
+    pool_size: int,
+    data_dir: str | os.PathLike[str],
+) -> Config:
+    """Apply the documented resolution order: argument, then environment, then default."""
+    if pool_size < 2:
+        raise ValueError("pool_size must be at least 2")
+    version = app_version or os.environ.get("DBOS_APP_VERSION") or None
+    return Config(
+        database_url=database_url or os.environ.get("DBOS_DATABASE_URL") or None,
+        app_name=check_identifier(app_name, "app_name"),
+        app_version=check_identifier(version, "app_version") if version else None,
+        executor_id=check_identifier(
+            executor_id or os.environ.get("DBOS_EXECUTOR_ID") or "local", "executor_id"
+        ),
+        schema=check_schema_name(schema),
+        pool_size=pool_size,
+        data_dir=Path(data_dir),
+    )
+
+
+class Runtime:
+    """Everything one ``DBOS`` instance runs; see the module docstring."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = State.NEW
+        self.app_name = config.app_name
+        self.executor_id = config.executor_id
+        self.app_version = config.app_version or ""
+        self.database_url = ""
+        # workflow_id -> (name, future of its Outcome) for workflows running here.
+        self.local: dict[str, tuple[str, asyncio.Future[Any]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._pool: Pool | None = None
+        self._app_pool: Pool | None = None
+        self._app_pool_lock = asyncio.Lock()
+        self._group: TaskGroup | None = None
+        self._writers: list[GroupCommit[Any, Any]] = []
+        self.thread_limiter: anyio.CapacityLimiter | None = None
+        self.embedded: Any = None
+
+    # -- resources ------------------------------------------------------------------
+
+    @property
+    def pool(self) -> Pool:
+        """The system database pool."""
+        self._check_running()
+        assert self._pool is not None
+        return self._pool
+
+    @property
+    def workflow_group(self) -> TaskGroup:
+        """The task group that owns every workflow task."""
+        self._check_running()
+        assert self._group is not None
+        return self._group
+
+    def _check_running(self) -> None:
+        if self.state is not State.RUNNING:
+            raise DBOSError(f"The DBOS runtime is {self.state.value}, not running")
+
+    async def app_pool(self) -> Pool:
+        """The pool for ``@DBOS.transaction`` bodies, opened on first use.
+
+        Its connections keep the server's default search path (our schema is
+        appended), and asyncpg resets them on release, so user code can change
+        session state freely.
+        """
+        async with self._app_pool_lock:
+            if self._app_pool is None:
+                self._check_running()
+                self._app_pool = await create_pool(
+                    self.database_url,
+                    schema=self.config.schema,
+                    max_size=max(2, self.config.pool_size // 2),
+                    search_path=f'"$user", public, {self.config.schema}',
+                )
+            return self._app_pool
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def launch(self) -> None:
+        """Start everything; returns once recovery has started and the runtime is live."""
+        if self.state is not State.NEW:
+            raise DBOSError(f"This DBOS runtime was already launched (it is {self.state.value})")
+        self.state = State.LAUNCHING
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A fresh context: nothing the caller set (SetWorkflowID...) leaks into the runtime.
+        self._task = asyncio.create_task(
+            self._main(started), name=f"dbos_async runtime {self.executor_id}",
+            context=contextvars.Context(),
+        )
+        try:
+            await asyncio.shield(started)
+        except BaseException:
+            self._stop.set()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self.state = State.STOPPED
+            raise
+        _launched.append(self)
+
+    async def shutdown(self) -> None:
+        """Stop everything and close every connection; workflows stay PENDING and recover."""
+        if self.state in (State.NEW, State.STOPPED):
+            self.state = State.STOPPED
+            return
+        if self in _launched:
+            _launched.remove(self)
+        self._stop.set()
+        if self._task is not None:
+            try:
+                await asyncio.shield(self._task)
+            except Exception:
+                logger.exception("the DBOS runtime stopped with an error")
+
+    async def _main(self, started: asyncio.Future[None]) -> None:
+        from dbos_async.recovery import recover_pending
+
+        try:
+            self.database_url = await self._database_url()
+            if not self.config.app_version:
+                self.app_version = registry.compute_app_version()
+            self._pool = await create_pool(
+                self.database_url, schema=self.config.schema, max_size=self.config.pool_size
+            )
+            async with self._pool.acquire() as conn:
+                await migrate(conn, self.config.schema)
+            self.thread_limiter = anyio.CapacityLimiter(40)
+            writers = max(1, self.config.pool_size // 3)
+            self.workflow_writer = GroupCommit(
+                "insert_workflows", self._pool, wf_table.insert_workflows,
+                writers=writers, max_batch=500,
+            )
+            self.step_writer = GroupCommit(
+                "insert_steps", self._pool, steps_table.insert_steps,
+                writers=writers, max_batch=1000,
+            )
+            self.completion_writer = GroupCommit(
+                "complete_workflows", self._pool, wf_table.complete_workflows,
+                writers=writers, max_batch=500,
+            )
+            self._writers = [self.workflow_writer, self.step_writer, self.completion_writer]
+            async with anyio.create_task_group() as services:
+                for writer in self._writers:
+                    await services.start(writer.run)
+                try:
+                    async with anyio.create_task_group() as group:
+                        self._group = group
+                        self.state = State.RUNNING
+                        await recover_pending(self)
+                        logger.info(
+                            "DBOS runtime launched (executor %s, app version %s)",
+                            self.executor_id, self.app_version, extra={"action": "launch"},
+                        )
+                        started.set_result(None)
+                        await self._stop.wait()
+                        self.state = State.STOPPING
+                        group.cancel_scope.cancel()
+                finally:
+                    self.state = State.STOPPING
+                    for writer in self._writers:
+                        writer.close()
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+                return
+            raise
+        finally:
+            self.state = State.STOPPING
+            await self._close_pools()
+            self.local.clear()
+            self.state = State.STOPPED
+            logger.info("DBOS runtime stopped", extra={"action": "shutdown"})
+
+    async def _close_pools(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for pool in (self._app_pool, self._pool):
+                if pool is not None:
+                    try:
+                        await asyncio.wait_for(pool.close(), timeout=10)
+                    except Exception:
+                        pool.terminate()
+
+    async def _database_url(self) -> str:
+        if self.config.database_url:
+            return self.config.database_url
+        from dbos_async.embedded import start_embedded_postgres
+
+        url, self.embedded = await start_embedded_postgres(self.config.data_dir)
+        return url

@@ -1,0 +1,1 @@
+"""The system database: pool, named queries, migrations, and one module per table."""

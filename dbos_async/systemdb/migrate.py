@@ -1,0 +1,83 @@
+"""Forward-only schema migrations from ``sql/migrations/NNNN_name.sql``.
+
+Safe when many processes start at once on an empty database: one advisory
+lock serializes the runners, and each file runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from dbos_async.systemdb.pool import Connection
+from dbos_async.systemdb.queries import q, sql_root
+
+logger = logging.getLogger(__name__)
+
+_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """All migration files, in version order.
+
+    Raises:
+        ValueError: a file name breaks the NNNN_short_name.sql convention, or a version repeats.
+    """
+    found: list[Migration] = []
+    for path in (sql_root() / "migrations").iterdir():
+        match = _FILE.fullmatch(path.name)
+        if match is None:
+            raise ValueError(f"migration file {path.name!r} is not named NNNN_short_name.sql")
+        found.append(Migration(int(match[1]), path.name, path.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"two migration files share a version: {versions}")
+    return found
+
+
+async def migrate(conn: Connection, schema: str) -> list[int]:
+    """Bring ``schema`` up to date; returns the versions applied now.
+
+    ``conn`` must have ``search_path`` set to ``schema`` (as pool connections do).
+    """
+    pending = migrations()
+    applied = {r[0] for r in await _applied(conn, schema)}
+    if all(m.version in applied for m in pending):
+        return []  # the common case: no lock needed
+    await conn.execute(q("lock_migrations"), schema)
+    try:
+        statement = await conn.fetchval(q("create_schema_statement"), schema)
+        await conn.execute(statement)
+        await conn.execute(q("create_migrations_table"))
+        applied = {r[0] for r in await _applied(conn, schema)}
+        done: list[int] = []
+        for migration in pending:
+            if migration.version in applied:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(q("insert_migration"), migration.version, migration.name)
+            logger.info(
+                "applied migration %s", migration.name, extra={"action": "migrate", "schema": schema}
+            )
+            done.append(migration.version)
+        return done
+    finally:
+        await conn.execute(q("unlock_migrations"), schema)
+
+
+async def _applied(conn: Connection, schema: str) -> list[tuple[int]]:
+    if not await conn.fetchval(q("table_exists"), schema, "schema_migrations"):
+        return []
+    return [(r[0],) for r in await conn.fetch(q("select_applied_migrations"))]

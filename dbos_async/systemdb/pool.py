@@ -1,0 +1,90 @@
+"""The asyncpg pool of the system database, and the one place driver errors are translated."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+
+from dbos_async.errors import DatabaseUnavailableError
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record]
+else:
+    Pool = asyncpg.Pool
+    Connection = asyncpg.Connection
+
+# Errors that mean "the server or the connection is gone", not "the statement is wrong".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    TimeoutError,
+)
+
+# Errors worth running the same transaction again for.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+async def _keep_session(_conn: Connection) -> None:
+    # asyncpg's default release runs a reset query: one extra round trip per
+    # checkpoint. System connections never change session state, so skip it.
+    return None
+
+
+async def create_pool(
+    url: str, *, schema: str, max_size: int, search_path: str | None = None
+) -> Pool:
+    """Open a pool whose connections resolve unqualified names in ``schema``.
+
+    Raises:
+        DatabaseUnavailableError: the server cannot be reached.
+    """
+    settings = {"search_path": search_path or schema, "application_name": "dbos_async"}
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            server_settings=settings,
+            reset=_keep_session if search_path is None else None,
+        )
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailableError(f"Cannot connect to the database: {exc}") from exc
+    except asyncpg.InvalidCatalogNameError as exc:
+        raise DatabaseUnavailableError(f"The database does not exist: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Turn lost-connection errors into DatabaseUnavailableError; let the rest through."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailableError(f"Lost the database connection: {exc}") from exc
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached."""
+    return isinstance(exc, CONNECTION_ERRORS + (DatabaseUnavailableError,))
+
+
+def record_dict(record: Any) -> dict[str, Any]:
+    """An asyncpg record as a plain dict."""
+    return dict(record.items())

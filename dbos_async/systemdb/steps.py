@@ -1,0 +1,85 @@
+"""The ``operation_outputs`` table: one checkpoint row per completed step.
+
+Each function makes one round trip, except that a batch whose rows lost a
+first-writer race makes a second one to read the winners' records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dbos_async.systemdb.pool import Connection
+from dbos_async.systemdb.queries import q
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A step's checkpoint: exactly one of output/error is meaningful."""
+
+    workflow_id: str
+    step_id: int
+    function_name: str
+    output: str | None = None
+    error: str | None = None
+    child_workflow_id: str | None = None
+    started_at: int | None = None
+    completed_at: int | None = None
+
+
+def record_from_row(r: object) -> StepRecord:
+    """A StepRecord from an ``operation_outputs`` row."""
+    return StepRecord(
+        workflow_id=r["workflow_id"],  # type: ignore[index]
+        step_id=r["step_id"],  # type: ignore[index]
+        function_name=r["function_name"],  # type: ignore[index]
+        output=r["output"],  # type: ignore[index]
+        error=r["error"],  # type: ignore[index]
+        child_workflow_id=r["child_workflow_id"],  # type: ignore[index]
+    )
+
+
+def _columns(rows: Sequence[StepRecord]) -> tuple[list[object], ...]:
+    return (
+        [r.workflow_id for r in rows],
+        [r.step_id for r in rows],
+        [r.function_name for r in rows],
+        [r.output for r in rows],
+        [r.error for r in rows],
+        [r.child_workflow_id for r in rows],
+        [r.started_at for r in rows],
+        [r.completed_at for r in rows],
+    )
+
+
+async def insert_steps(conn: Connection, rows: Sequence[StepRecord]) -> list[StepRecord]:
+    """Checkpoint ``rows``; returns, per row, the record that won (ours or an earlier one).
+
+    One round trip; a second only when some row was already recorded.
+    """
+    written = {(r[0], r[1]) for r in await conn.fetch(q("insert_steps"), *_columns(rows))}
+    lost = [r for r in rows if (r.workflow_id, r.step_id) not in written]
+    if not lost:
+        return list(rows)
+    winners = {
+        (r["workflow_id"], r["step_id"]): record_from_row(r)
+        for r in await conn.fetch(
+            q("select_steps_by_key"), [r.workflow_id for r in lost], [r.step_id for r in lost]
+        )
+    }
+    return [winners.get((r.workflow_id, r.step_id), r) for r in rows]
+
+
+async def insert_step(conn: Connection, row: StepRecord) -> None:
+    """Checkpoint one step in the caller's transaction. One round trip."""
+    await conn.execute(q("insert_step"), *(column[0] for column in _columns([row])))
+
+
+async def select_steps_of(
+    conn: Connection, workflow_ids: Sequence[str]
+) -> dict[str, dict[int, StepRecord]]:
+    """The recorded steps of ``workflow_ids``, by workflow and step ID. One round trip."""
+    found: dict[str, dict[int, StepRecord]] = {wid: {} for wid in workflow_ids}
+    for r in await conn.fetch(q("select_steps_of"), list(workflow_ids)):
+        found[r["workflow_id"]][r["step_id"]] = record_from_row(r)
+    return found

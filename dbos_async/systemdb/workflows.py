@@ -1,0 +1,121 @@
+"""The ``workflow_status`` table: one row per workflow. Each function is one round trip,
+except ``insert_workflows`` when some IDs already exist (a second read names them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dbos_async.systemdb.pool import Connection, record_dict
+from dbos_async.systemdb.queries import q
+
+
+@dataclass(frozen=True, slots=True)
+class NewWorkflow:
+    """A row for ``insert_workflows``."""
+
+    workflow_id: str
+    name: str
+    inputs: str
+    app_name: str
+    app_version: str
+    executor_id: str
+    now_ms: int
+    parent_workflow_id: str | None = None
+    timeout_ms: int | None = None
+    deadline_epoch_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Existing:
+    """What ``insert_workflows`` found under an ID that was already taken."""
+
+    name: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A row for ``complete_workflows``."""
+
+    workflow_id: str
+    status: str
+    output: str | None
+    error: str | None
+    now_ms: int
+
+
+async def insert_workflows(conn: Connection, rows: Sequence[NewWorkflow]) -> list[Existing | None]:
+    """Record new PENDING workflows; per row, None if inserted, else what already exists."""
+    inserted = {
+        r[0]
+        for r in await conn.fetch(
+            q("insert_workflows"),
+            [r.workflow_id for r in rows],
+            [r.name for r in rows],
+            [r.inputs for r in rows],
+            [r.app_name for r in rows],
+            [r.app_version for r in rows],
+            [r.executor_id for r in rows],
+            [r.now_ms for r in rows],
+            [r.parent_workflow_id for r in rows],
+            [r.timeout_ms for r in rows],
+            [r.deadline_epoch_ms for r in rows],
+        )
+    }
+    taken = [r.workflow_id for r in rows if r.workflow_id not in inserted]
+    if not taken:
+        return [None] * len(rows)
+    existing = {
+        r["workflow_id"]: Existing(r["name"], r["status"])
+        for r in await conn.fetch(q("select_workflow_names"), taken)
+    }
+    # Within one batch, only the first row with an ID can have inserted it.
+    seen: set[str] = set()
+    results: list[Existing | None] = []
+    for r in rows:
+        first = r.workflow_id in inserted and r.workflow_id not in seen
+        seen.add(r.workflow_id)
+        results.append(None if first else existing.get(r.workflow_id, Existing(r.name, "PENDING")))
+    return results
+
+
+async def complete_workflows(conn: Connection, rows: Sequence[Outcome]) -> list[None]:
+    """Record the outcomes of finished workflows."""
+    await conn.execute(
+        q("complete_workflows"),
+        [r.workflow_id for r in rows],
+        [r.status for r in rows],
+        [r.output for r in rows],
+        [r.error for r in rows],
+        [r.now_ms for r in rows],
+    )
+    return [None] * len(rows)
+
+
+async def select_workflow_status(conn: Connection, workflow_id: str) -> dict[str, Any] | None:
+    """Every column of one workflow, or None."""
+    row = await conn.fetchrow(q("select_workflow_status"), workflow_id)
+    return None if row is None else record_dict(row)
+
+
+async def select_workflow_outcome(conn: Connection, workflow_id: str) -> dict[str, Any] | None:
+    """Status, name, output and error of one workflow, or None."""
+    row = await conn.fetchrow(q("select_workflow_outcome"), workflow_id)
+    return None if row is None else record_dict(row)
+
+
+async def claim_recoverable_workflows(
+    conn: Connection, executor_id: str, app_version: str, now_ms: int
+) -> list[dict[str, Any]]:
+    """Count a recovery attempt on this executor's PENDING workflows and return them."""
+    rows = await conn.fetch(q("claim_recoverable_workflows"), executor_id, app_version, now_ms)
+    return [record_dict(r) for r in rows]
+
+
+async def mark_max_recovery_exceeded(
+    conn: Connection, workflow_ids: Sequence[str], now_ms: int
+) -> None:
+    """Mark workflows as MAX_RECOVERY_ATTEMPTS_EXCEEDED."""
+    await conn.execute(q("mark_max_recovery_exceeded"), list(workflow_ids), now_ms)

@@ -1,0 +1,390 @@
+"""``@DBOS.workflow``: starting workflows (top-level and child), running them, handles.
+
+A workflow runs as one task in the runtime's task group. Its row is written
+(PENDING, with its inputs) before the task starts, so once ``start`` returns the
+workflow will finish even if this process dies: recovery replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import anyio
+
+from dbos_async import context, registry, serialization
+from dbos_async.context import WorkflowContext, current_workflow
+from dbos_async.errors import (
+    DBOSError,
+    MaxRecoveryAttemptsExceededError,
+    NonDeterministicWorkflowError,
+    WorkflowCancelledError,
+    WorkflowConflictError,
+    WorkflowNotFoundError,
+)
+from dbos_async.models import WorkflowStatus, WorkflowStatusString
+from dbos_async.systemdb import workflows as wf_table
+from dbos_async.systemdb.steps import StepRecord
+from dbos_async.validation import check_workflow_id
+
+if TYPE_CHECKING:
+    from dbos_async.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# get_result on a workflow running elsewhere re-reads its row with this backoff (seconds).
+_POLL_FIRST, _POLL_MAX = 0.005, 0.5
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a workflow ended, as handed from its task to in-process waiters."""
+
+    value: Any = None
+    error: BaseException | None = None
+    local: bool = True  # False: the workflow is not running here; read the database
+
+
+def workflow(
+    name: str | None = None, max_recovery_attempts: int = 100
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """Declare a durable workflow (see ``DBOS.workflow``)."""
+    if max_recovery_attempts < 0:
+        raise ValueError("max_recovery_attempts must be >= 0")
+
+    def decorator(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        if not asyncio.iscoroutinefunction(fn):
+            raise TypeError(f"@DBOS.workflow needs an async def function, got {fn!r}")
+        entry = registry.register(
+            "workflow", fn, name, max_recovery_attempts=max_recovery_attempts
+        )
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+            # Not async itself: a child's step ID is taken here, at call time.
+            handle = start_soon(entry, args, kwargs)
+            return _result_of(handle)
+
+        wrapper.__dbos_entry__ = entry  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorator
+
+
+async def _result_of(handle: Coroutine[Any, Any, WorkflowHandle]) -> Any:
+    return await (await handle).get_result()
+
+
+def entry_of(fn: Callable[..., Any]) -> registry.Registered:
+    """The registration behind a decorated function.
+
+    Raises:
+        TypeError: ``fn`` is not decorated with ``@DBOS.workflow``/``step``/``transaction``.
+    """
+    entry = getattr(fn, "__dbos_entry__", None)
+    if not isinstance(entry, registry.Registered):
+        raise TypeError(f"{fn!r} is not a registered dbos_async workflow")
+    return entry
+
+
+def start_soon(
+    entry: registry.Registered, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Coroutine[Any, Any, WorkflowHandle]:
+    """Start a workflow; inside a workflow it becomes a child, checkpointed as one step."""
+    from dbos_async.runtime import active_runtime
+
+    parent = current_workflow.get()
+    if parent is not None and context.current_step_id.get() is None:
+        return _start_child(parent, parent.take_step_id(), entry, args, kwargs)
+    return _start(active_runtime(), entry, args, kwargs)
+
+
+async def _start(
+    runtime: Runtime,
+    entry: registry.Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    workflow_id: str | None = None,
+    parent: WorkflowContext | None = None,
+) -> WorkflowHandle:
+    workflow_id = workflow_id or context.take_next_workflow_id() or str(uuid.uuid4())
+    inputs = serialization.encode_inputs(args, kwargs, entry.name)  # before any write
+    running = runtime.local.get(workflow_id)
+    if running is not None:
+        if running[0] != entry.name:
+            raise WorkflowConflictError(workflow_id, running[0], entry.name)
+        return WorkflowHandle(runtime, workflow_id)
+    timeout = context.workflow_timeout()
+    created = now_ms()
+    deadline = parent.deadline_epoch_ms if parent is not None else None
+    if timeout is not None:
+        own = created + int(timeout * 1000)
+        deadline = own if deadline is None else min(deadline, own)
+    # Claim the ID in-process first, so concurrent starts here share one execution.
+    future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    runtime.local[workflow_id] = (entry.name, future)
+    try:
+        existing = await runtime.workflow_writer.submit(
+            wf_table.NewWorkflow(
+                workflow_id=workflow_id,
+                name=entry.name,
+                inputs=inputs,
+                app_name=runtime.app_name,
+                app_version=runtime.app_version,
+                executor_id=runtime.executor_id,
+                now_ms=created,
+                parent_workflow_id=parent.workflow_id if parent is not None else None,
+                timeout_ms=int(timeout * 1000) if timeout is not None else None,
+                deadline_epoch_ms=deadline,
+            )
+        )
+    except BaseException:
+        _release(runtime, workflow_id, future, Outcome(local=False))
+        raise
+    if existing is not None:
+        # Recorded before: run nothing, wait for the first execution's result.
+        _release(runtime, workflow_id, future, Outcome(local=False))
+        if existing.name != entry.name:
+            raise WorkflowConflictError(workflow_id, existing.name, entry.name)
+        return WorkflowHandle(runtime, workflow_id)
+    spawn(runtime, entry, workflow_id, args, kwargs, {}, deadline, future)
+    return WorkflowHandle(runtime, workflow_id)
+
+
+async def _start_child(
+    parent: WorkflowContext,
+    step_id: int,
+    entry: registry.Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> WorkflowHandle:
+    runtime = parent.runtime
+    recorded = parent.recorded.get(step_id)
+    if recorded is not None:
+        check_replay(parent, step_id, entry.name, recorded)
+        assert recorded.child_workflow_id is not None
+        return WorkflowHandle(runtime, recorded.child_workflow_id)
+    child_id = context.take_next_workflow_id() or f"{parent.workflow_id}-{step_id}"
+    handle = await _start(runtime, entry, args, kwargs, workflow_id=child_id, parent=parent)
+    started = now_ms()
+    # Recorded after the child's row exists, so replay never names a missing child.
+    await runtime.step_writer.submit(
+        StepRecord(
+            parent.workflow_id, step_id, entry.name, child_workflow_id=child_id,
+            started_at=started, completed_at=started,
+        )
+    )
+    return handle
+
+
+def check_replay(ctx: WorkflowContext, step_id: int, name: str, recorded: StepRecord) -> None:
+    """Raise NonDeterministicWorkflowError if replay calls another function at this step."""
+    if recorded.function_name != name:
+        raise NonDeterministicWorkflowError(ctx.workflow_id, step_id, recorded.function_name, name)
+
+
+def _release(
+    runtime: Runtime, workflow_id: str, future: asyncio.Future[Outcome], outcome: Outcome
+) -> None:
+    if runtime.local.get(workflow_id, (None, None))[1] is future:
+        del runtime.local[workflow_id]
+    if not future.done():
+        future.set_result(outcome)
+
+
+def spawn(
+    runtime: Runtime,
+    entry: registry.Registered,
+    workflow_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    recorded: dict[int, StepRecord],
+    deadline_epoch_ms: int | None,
+    future: asyncio.Future[Outcome] | None = None,
+) -> None:
+    """Run a recorded PENDING workflow as a task of the runtime."""
+    if future is None:
+        future = asyncio.get_running_loop().create_future()
+        runtime.local[workflow_id] = (entry.name, future)
+    ctx = WorkflowContext(runtime, workflow_id, entry.name, recorded)
+    ctx.deadline_epoch_ms = deadline_epoch_ms
+    runtime.workflow_group.start_soon(_execute, ctx, entry, args, kwargs, future)
+
+
+async def _execute(
+    ctx: WorkflowContext,
+    entry: registry.Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    future: asyncio.Future[Outcome],
+) -> None:
+    # The task inherited its starter's context: clear what must not leak in.
+    current_workflow.set(ctx)
+    context.current_step_id.set(None)
+    context.current_connection.set(None)
+    context.take_next_workflow_id()
+    writer = ctx.runtime.completion_writer
+    outcome = Outcome()
+    try:
+        try:
+            value = await entry.fn(*args, **kwargs)
+            output = serialization.encode(value, f"the result of workflow {entry.name}")
+            row = wf_table.Outcome(ctx.workflow_id, "SUCCESS", output, None, now_ms())
+            outcome.value = value
+        except Exception as exc:
+            row = wf_table.Outcome(
+                ctx.workflow_id, "ERROR", None, serialization.encode_exception(exc), now_ms()
+            )
+            outcome.error = exc
+        await writer.submit(row)
+    except BaseException as exc:
+        # Shutdown or a lost database: record nothing; the row stays PENDING and recovers.
+        outcome = Outcome(
+            error=DBOSError(
+                f"Workflow {ctx.workflow_id!r} was interrupted ({type(exc).__name__}); "
+                "it stays PENDING and resumes on recovery"
+            )
+        )
+        if not isinstance(exc, Exception):
+            raise
+        logger.error(
+            "workflow %s could not record its outcome: %r", ctx.workflow_id, exc,
+            extra={"action": "complete_workflow", "workflow_id": ctx.workflow_id},
+        )
+    finally:
+        _release(ctx.runtime, ctx.workflow_id, future, outcome)
+        logger.debug("workflow finished", extra={"workflow_id": ctx.workflow_id})
+
+
+class WorkflowHandle:
+    """A started workflow: wait for its result or read its status."""
+
+    __slots__ = ("_runtime", "workflow_id")
+
+    def __init__(self, runtime: Runtime, workflow_id: str) -> None:
+        self._runtime = runtime
+        self.workflow_id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r})"
+
+    async def get_result(self, timeout: float | None = None) -> Any:
+        """The workflow's result, or its recorded error re-raised.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first (the workflow goes on).
+            WorkflowCancelledError: the workflow was cancelled.
+        """
+        with anyio.fail_after(timeout):
+            return await await_result(self._runtime, self.workflow_id)
+
+    async def get_status(self) -> WorkflowStatus:
+        """The workflow's recorded status."""
+        status = await get_workflow_status(self._runtime, self.workflow_id)
+        if status is None:
+            raise WorkflowNotFoundError(self.workflow_id)
+        return status
+
+
+async def await_result(runtime: Runtime, workflow_id: str) -> Any:
+    """Wait for a workflow to finish: in-process through its task, else from its row."""
+    running = runtime.local.get(workflow_id)
+    if running is not None:
+        outcome = await asyncio.shield(running[1])
+        if outcome.local:
+            if outcome.error is not None:
+                raise outcome.error
+            return outcome.value
+    delay = _POLL_FIRST
+    while True:
+        async with runtime.pool.acquire() as conn:
+            row = await wf_table.select_workflow_outcome(conn, workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        status = WorkflowStatusString(row["status"])
+        if status.is_terminal:
+            return _decode_outcome(workflow_id, status, row)
+        running = runtime.local.get(workflow_id)
+        if running is not None:  # it started here meanwhile (recovery)
+            return await await_result(runtime, workflow_id)
+        await anyio.sleep(delay)
+        delay = min(delay * 2, _POLL_MAX)
+
+
+def _decode_outcome(workflow_id: str, status: WorkflowStatusString, row: dict[str, Any]) -> Any:
+    if status is WorkflowStatusString.SUCCESS:
+        entry = registry.lookup(row["name"])
+        annotation = serialization.return_annotation(entry.fn) if entry else Any
+        return serialization.decode(row["output"], annotation)
+    if status is WorkflowStatusString.CANCELLED:
+        raise WorkflowCancelledError(workflow_id)
+    if status is WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED:
+        entry = registry.lookup(row["name"])
+        limit = entry.options.get("max_recovery_attempts", 0) if entry else 0
+        raise MaxRecoveryAttemptsExceededError(workflow_id, limit)
+    raise serialization.decode_exception(row["error"])
+
+
+async def get_workflow_status(runtime: Runtime, workflow_id: str) -> WorkflowStatus | None:
+    """The recorded status of a workflow, or None. One round trip."""
+    check_workflow_id(workflow_id)
+    async with runtime.pool.acquire() as conn:
+        row = await wf_table.select_workflow_status(conn, workflow_id)
+    return None if row is None else status_from_row(row)
+
+
+def status_from_row(row: dict[str, Any], *, load_input: bool = True) -> WorkflowStatus:
+    """A WorkflowStatus from a ``workflow_status`` row."""
+    entry = registry.lookup(row["name"])
+    annotation = serialization.return_annotation(entry.fn) if entry else Any
+    error = row.get("error")
+    inputs = row.get("inputs")
+    return WorkflowStatus(
+        workflow_id=row["workflow_id"],
+        status=WorkflowStatusString(row["status"]),
+        name=row["name"],
+        input=serialization.decode(inputs) if load_input and inputs is not None else None,
+        output=serialization.decode(row.get("output"), annotation),
+        error=serialization.decode_exception(error) if error is not None else None,
+        created_at=row.get("created_at"),
+        updated_at=row.get("updated_at"),
+        queue_name=row.get("queue_name"),
+        executor_id=row.get("executor_id"),
+        app_version=row.get("app_version"),
+        recovery_attempts=row.get("recovery_attempts") or 0,
+        parent_workflow_id=row.get("parent_workflow_id"),
+        forked_from=row.get("forked_from"),
+        deduplication_id=row.get("deduplication_id"),
+        priority=row.get("priority") or 0,
+        timeout_ms=row.get("timeout_ms"),
+        deadline_epoch_ms=row.get("deadline_epoch_ms"),
+    )
+
+
+async def retrieve_workflow(runtime: Runtime, workflow_id: str) -> WorkflowHandle:
+    """A handle to a recorded workflow.
+
+    Raises:
+        WorkflowNotFoundError: no workflow has this ID.
+    """
+    check_workflow_id(workflow_id)
+    if workflow_id not in runtime.local:
+        async with runtime.pool.acquire() as conn:
+            if await wf_table.select_workflow_outcome(conn, workflow_id) is None:
+                raise WorkflowNotFoundError(workflow_id)
+    return WorkflowHandle(runtime, workflow_id)

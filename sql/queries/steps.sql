@@ -1,0 +1,30 @@
+-- name: insert_steps
+-- Checkpoint completed steps, many rows in one statement (group commit).
+-- The first writer of (workflow_id, step_id) wins; RETURNING names the rows written now.
+INSERT INTO operation_outputs (
+    workflow_id, step_id, function_name, output, error, child_workflow_id,
+    started_at, completed_at)
+SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::int8[], $8::int8[])
+ON CONFLICT (workflow_id, step_id) DO NOTHING
+RETURNING workflow_id, step_id;
+
+-- name: insert_step
+-- Checkpoint one step inside a caller's transaction (@DBOS.transaction);
+-- a conflict aborts that transaction, so the body commits exactly once.
+INSERT INTO operation_outputs (
+    workflow_id, step_id, function_name, output, error, child_workflow_id,
+    started_at, completed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: select_steps_of
+-- Recorded steps of workflows $1, read once when they (re)start.
+SELECT workflow_id, step_id, function_name, output, error, child_workflow_id
+FROM operation_outputs WHERE workflow_id = ANY($1::text[]);
+
+-- name: select_steps_by_key
+-- Recorded steps for the (workflow_id, step_id) pairs given as two arrays.
+SELECT o.workflow_id, o.step_id, o.function_name, o.output, o.error, o.child_workflow_id
+FROM operation_outputs AS o
+JOIN unnest($1::text[], $2::int4[]) AS k(workflow_id, step_id)
+  ON o.workflow_id = k.workflow_id AND o.step_id = k.step_id;

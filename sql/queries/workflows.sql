@@ -1,0 +1,49 @@
+-- name: insert_workflows
+-- Record new PENDING workflows, many rows in one statement (group commit).
+-- Rows whose workflow_id exists are skipped; RETURNING names the inserted ones.
+INSERT INTO workflow_status (
+    workflow_id, status, name, inputs, app_name, app_version, executor_id,
+    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms)
+SELECT u.workflow_id, 'PENDING', u.name, u.inputs, u.app_name, u.app_version, u.executor_id,
+       u.now_ms, u.now_ms, u.parent_workflow_id, u.timeout_ms, u.deadline_epoch_ms
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::int8[], $8::text[], $9::int8[], $10::int8[])
+     AS u(workflow_id, name, inputs, app_name, app_version, executor_id,
+          now_ms, parent_workflow_id, timeout_ms, deadline_epoch_ms)
+ON CONFLICT (workflow_id) DO NOTHING
+RETURNING workflow_id;
+
+-- name: select_workflow_names
+-- Name and status of existing workflows $1 (for rows insert_workflows skipped).
+SELECT workflow_id, name, status FROM workflow_status WHERE workflow_id = ANY($1::text[]);
+
+-- name: complete_workflows
+-- Record the outcome of finished workflows, many rows in one statement.
+-- Only PENDING rows change: a workflow cancelled meanwhile stays CANCELLED.
+UPDATE workflow_status AS w
+SET status = u.status, output = u.output, error = u.error, updated_at = u.now_ms
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
+     AS u(workflow_id, status, output, error, now_ms)
+WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING';
+
+-- name: select_workflow_status
+-- Every column of workflow $1, or no row.
+SELECT * FROM workflow_status WHERE workflow_id = $1;
+
+-- name: select_workflow_outcome
+-- Status, output and error of workflow $1 (what get_result waits for).
+SELECT status, name, output, error FROM workflow_status WHERE workflow_id = $1;
+
+-- name: claim_recoverable_workflows
+-- Count one more recovery attempt on the PENDING workflows of executor $1 and
+-- app version $2, returning them with their inputs.
+UPDATE workflow_status
+SET recovery_attempts = recovery_attempts + 1, updated_at = $3
+WHERE executor_id = $1 AND app_version = $2 AND status = 'PENDING'
+RETURNING workflow_id, name, inputs, recovery_attempts, deadline_epoch_ms;
+
+-- name: mark_max_recovery_exceeded
+-- Give up on workflows $1 that were recovered too many times.
+UPDATE workflow_status
+SET status = 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', updated_at = $2
+WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
