@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import anyio
-    import asyncpg
 
     from dbos_async.runtime import Runtime
+    from dbos_async.systemdb.pool import Connection
     from dbos_async.systemdb.steps import StepRecord
 
 
@@ -43,7 +43,7 @@ current_workflow: ContextVar[WorkflowContext | None] = ContextVar(
     "dbos_async_workflow", default=None
 )
 current_step_id: ContextVar[int | None] = ContextVar("dbos_async_step", default=None)
-current_connection: ContextVar[asyncpg.Connection[Any] | None] = ContextVar(
+current_connection: ContextVar[Connection | None] = ContextVar(
     "dbos_async_connection", default=None
 )
 _next_workflow_id: ContextVar[str | None] = ContextVar("dbos_async_next_id", default=None)

@@ -8,12 +8,11 @@ No logic lives here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
-
-import asyncpg
 
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
@@ -22,6 +21,7 @@ from dbos_async.context import current_connection, current_step_id, current_work
 from dbos_async.errors import NotInWorkflowError
 from dbos_async.models import WorkflowStatus
 from dbos_async.runtime import Runtime, active_runtime, resolve_config
+from dbos_async.systemdb.pool import Connection
 from dbos_async.workflow import WorkflowHandle
 
 P = ParamSpec("P")
@@ -45,7 +45,7 @@ class _DBOSMeta(type):
         return step_id if ctx is not None and step_id is not None and step_id >= 0 else None
 
     @property
-    def connection(cls) -> asyncpg.Connection[Any]:
+    def connection(cls) -> Connection:
         """The asyncpg connection of the current ``@DBOS.transaction``.
 
         Raises:
@@ -55,6 +55,23 @@ class _DBOSMeta(type):
         if conn is None:
             raise NotInWorkflowError("DBOS.connection is only available inside @DBOS.transaction")
         return conn
+
+
+class _runtime_method:
+    """A facade method: on the class it acts on the active runtime, on an instance on its own.
+
+    ``DBOS.start_workflow(f)`` picks the current workflow's runtime, else the one
+    launched last; ``dbos.start_workflow(f)`` always uses ``dbos``.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+
+    def __get__(self, obj: DBOS | None, cls: type | None = None) -> Callable[..., Any]:
+        runtime = obj._runtime if obj is not None else None
+        return functools.partial(self._fn, runtime)
 
 
 class DBOS(metaclass=_DBOSMeta):
@@ -141,25 +158,30 @@ class DBOS(metaclass=_DBOSMeta):
 
     # -- the facade -------------------------------------------------------------------
 
-    @staticmethod
+    @_runtime_method
     def start_workflow(
-        fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+        runtime: Runtime | None,
+        fn: Callable[P, Coroutine[Any, Any, R]],
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> Coroutine[Any, Any, WorkflowHandle]:
         """Start a workflow and return its handle once it is durably recorded.
 
         Inside a workflow this starts a child workflow (one step of the parent).
         """
-        return workflow_module.start_soon(workflow_module.entry_of(fn), args, kwargs)
+        return workflow_module.start_soon(workflow_module.entry_of(fn), args, kwargs, runtime)
 
-    @staticmethod
-    async def retrieve_workflow(workflow_id: str) -> WorkflowHandle:
+    @_runtime_method
+    async def retrieve_workflow(runtime: Runtime | None, workflow_id: str) -> WorkflowHandle:
         """A handle to a recorded workflow; WorkflowNotFoundError if there is none."""
-        return await workflow_module.retrieve_workflow(active_runtime(), workflow_id)
+        return await workflow_module.retrieve_workflow(runtime or active_runtime(), workflow_id)
 
-    @staticmethod
-    async def get_workflow_status(workflow_id: str) -> WorkflowStatus | None:
+    @_runtime_method
+    async def get_workflow_status(
+        runtime: Runtime | None, workflow_id: str
+    ) -> WorkflowStatus | None:
         """The recorded status of a workflow, or None."""
-        return await workflow_module.get_workflow_status(active_runtime(), workflow_id)
+        return await workflow_module.get_workflow_status(runtime or active_runtime(), workflow_id)
 
     @staticmethod
     def sleep(seconds: float) -> Coroutine[Any, Any, None]:

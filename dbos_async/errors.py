@@ -100,7 +100,7 @@ class MaxRecoveryAttemptsExceededError(DBOSError):
         )
 
 
-class MaxStepRetriesExceeded(DBOSError):  # noqa: N818 - the name is fixed by the API contract
+class MaxStepRetriesExceeded(DBOSError):
     """A step raised on every one of its allowed attempts."""
 
     def __init__(self, step_name: str, max_attempts: int, last_error: BaseException | None) -> None:

@@ -36,7 +36,9 @@ async def recover_pending(runtime: Runtime) -> int:
             if entry is None or entry.kind != "workflow":
                 logger.error(
                     "cannot recover workflow %s: %r is not registered in this process",
-                    row["workflow_id"], row["name"], extra={"workflow_id": row["workflow_id"]},
+                    row["workflow_id"],
+                    row["name"],
+                    extra={"workflow_id": row["workflow_id"]},
                 )
             elif row["recovery_attempts"] > entry.options["max_recovery_attempts"]:
                 exhausted.append(row["workflow_id"])

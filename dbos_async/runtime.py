@@ -46,7 +46,9 @@ def active_runtime() -> Runtime:
     if ctx is not None:
         return ctx.runtime
     if not _launched:
-        raise DBOSError("No DBOS runtime is running: use `async with DBOS(...)` or `await launch()`")
+        raise DBOSError(
+            "No DBOS runtime is running: use `async with DBOS(...)` or `await launch()`"
+        )
     return _launched[-1]
 
 
@@ -169,7 +171,8 @@ class Runtime:
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # A fresh context: nothing the caller set (SetWorkflowID...) leaks into the runtime.
         self._task = asyncio.create_task(
-            self._main(started), name=f"dbos_async runtime {self.executor_id}",
+            self._main(started),
+            name=f"dbos_async runtime {self.executor_id}",
             context=contextvars.Context(),
         )
         try:
@@ -210,16 +213,25 @@ class Runtime:
             self.thread_limiter = anyio.CapacityLimiter(40)
             writers = max(1, self.config.pool_size // 3)
             self.workflow_writer = GroupCommit(
-                "insert_workflows", self._pool, wf_table.insert_workflows,
-                writers=writers, max_batch=500,
+                "insert_workflows",
+                self._pool,
+                wf_table.insert_workflows,
+                writers=writers,
+                max_batch=500,
             )
             self.step_writer = GroupCommit(
-                "insert_steps", self._pool, steps_table.insert_steps,
-                writers=writers, max_batch=1000,
+                "insert_steps",
+                self._pool,
+                steps_table.insert_steps,
+                writers=writers,
+                max_batch=1000,
             )
             self.completion_writer = GroupCommit(
-                "complete_workflows", self._pool, wf_table.complete_workflows,
-                writers=writers, max_batch=500,
+                "complete_workflows",
+                self._pool,
+                wf_table.complete_workflows,
+                writers=writers,
+                max_batch=500,
             )
             self._writers = [self.workflow_writer, self.step_writer, self.completion_writer]
             async with anyio.create_task_group() as services:
@@ -232,7 +244,9 @@ class Runtime:
                         await recover_pending(self)
                         logger.info(
                             "DBOS runtime launched (executor %s, app version %s)",
-                            self.executor_id, self.app_version, extra={"action": "launch"},
+                            self.executor_id,
+                            self.app_version,
+                            extra={"action": "launch"},
                         )
                         started.set_result(None)
                         await self._stop.wait()
@@ -269,4 +283,4 @@ class Runtime:
         from dbos_async.embedded import start_embedded_postgres
 
         url, self.embedded = await start_embedded_postgres(self.config.data_dir)
-        return url
+        return str(url)

@@ -51,13 +51,20 @@ def step(
 
 class _StepDecorator:
     def __init__(
-        self, name: str | None, *, attempts: int, retries_allowed: bool, interval: float,
+        self,
+        name: str | None,
+        *,
+        attempts: int,
+        retries_allowed: bool,
+        interval: float,
         backoff: float,
     ) -> None:
         self.name = name
         self.options = {
-            "attempts": attempts, "retries_allowed": retries_allowed,
-            "interval": interval, "backoff": backoff,
+            "attempts": attempts,
+            "retries_allowed": retries_allowed,
+            "interval": interval,
+            "backoff": backoff,
         }
 
     @overload
@@ -101,8 +108,12 @@ async def _run_step(
         value = await _run_body(entry, args, kwargs, ctx)
     except Exception as exc:
         mine = StepRecord(
-            ctx.workflow_id, step_id, entry.name, error=serialization.encode_exception(exc),
-            started_at=started, completed_at=now_ms(),
+            ctx.workflow_id,
+            step_id,
+            entry.name,
+            error=serialization.encode_exception(exc),
+            started_at=started,
+            completed_at=now_ms(),
         )
         winner = await ctx.runtime.step_writer.submit(mine)
         if winner is mine:
@@ -111,9 +122,12 @@ async def _run_step(
     finally:
         current_step_id.reset(token)
     mine = StepRecord(
-        ctx.workflow_id, step_id, entry.name,
+        ctx.workflow_id,
+        step_id,
+        entry.name,
         output=serialization.encode(value, f"the result of step {entry.name}"),
-        started_at=started, completed_at=now_ms(),
+        started_at=started,
+        completed_at=now_ms(),
     )
     winner = await ctx.runtime.step_writer.submit(mine)
     # Another execution of this workflow recorded the step first: its outcome stands.
@@ -183,8 +197,12 @@ async def _durable_sleep(ctx: WorkflowContext, step_id: int, seconds: float) -> 
         wake_at = time.time() + seconds
         started = now_ms()
         mine = StepRecord(
-            ctx.workflow_id, step_id, SLEEP_STEP, output=serialization.encode(wake_at),
-            started_at=started, completed_at=started,
+            ctx.workflow_id,
+            step_id,
+            SLEEP_STEP,
+            output=serialization.encode(wake_at),
+            started_at=started,
+            completed_at=started,
         )
         winner = await ctx.runtime.step_writer.submit(mine)
         if winner is not mine:

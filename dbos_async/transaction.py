@@ -99,8 +99,12 @@ async def _run(
                 raise
             # The body failed and rolled back; its error is the step's outcome.
             mine = StepRecord(
-                ctx.workflow_id, step_id, entry.name, error=serialization.encode_exception(exc),
-                started_at=started, completed_at=now_ms(),
+                ctx.workflow_id,
+                step_id,
+                entry.name,
+                error=serialization.encode_exception(exc),
+                started_at=started,
+                completed_at=now_ms(),
             )
             winner = await runtime.step_writer.submit(mine)
             if winner is mine:
@@ -137,8 +141,12 @@ async def _attempt(
             await steps.insert_step(
                 conn,
                 StepRecord(
-                    ctx.workflow_id, step_id, entry.name, output=output,
-                    started_at=started, completed_at=now_ms(),
+                    ctx.workflow_id,
+                    step_id,
+                    entry.name,
+                    output=output,
+                    started_at=started,
+                    completed_at=now_ms(),
                 ),
             )
         except asyncpg.UniqueViolationError as exc:

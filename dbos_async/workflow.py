@@ -69,9 +69,7 @@ def workflow(
     def decorator(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         if not asyncio.iscoroutinefunction(fn):
             raise TypeError(f"@DBOS.workflow needs an async def function, got {fn!r}")
-        entry = registry.register(
-            "workflow", fn, name, max_recovery_attempts=max_recovery_attempts
-        )
+        entry = registry.register("workflow", fn, name, max_recovery_attempts=max_recovery_attempts)
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
@@ -102,7 +100,10 @@ def entry_of(fn: Callable[..., Any]) -> registry.Registered:
 
 
 def start_soon(
-    entry: registry.Registered, args: tuple[Any, ...], kwargs: dict[str, Any]
+    entry: registry.Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    runtime: Runtime | None = None,
 ) -> Coroutine[Any, Any, WorkflowHandle]:
     """Start a workflow; inside a workflow it becomes a child, checkpointed as one step."""
     from dbos_async.runtime import active_runtime
@@ -110,7 +111,7 @@ def start_soon(
     parent = current_workflow.get()
     if parent is not None and context.current_step_id.get() is None:
         return _start_child(parent, parent.take_step_id(), entry, args, kwargs)
-    return _start(active_runtime(), entry, args, kwargs)
+    return _start(runtime or active_runtime(), entry, args, kwargs)
 
 
 async def _start(
@@ -185,8 +186,12 @@ async def _start_child(
     # Recorded after the child's row exists, so replay never names a missing child.
     await runtime.step_writer.submit(
         StepRecord(
-            parent.workflow_id, step_id, entry.name, child_workflow_id=child_id,
-            started_at=started, completed_at=started,
+            parent.workflow_id,
+            step_id,
+            entry.name,
+            child_workflow_id=child_id,
+            started_at=started,
+            completed_at=started,
         )
     )
     return handle
@@ -263,7 +268,9 @@ async def _execute(
         if not isinstance(exc, Exception):
             raise
         logger.error(
-            "workflow %s could not record its outcome: %r", ctx.workflow_id, exc,
+            "workflow %s could not record its outcome: %r",
+            ctx.workflow_id,
+            exc,
             extra={"action": "complete_workflow", "workflow_id": ctx.workflow_id},
         )
     finally:
@@ -283,7 +290,7 @@ class WorkflowHandle:
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.workflow_id!r})"
 
-    async def get_result(self, timeout: float | None = None) -> Any:
+    async def get_result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - API
         """The workflow's result, or its recorded error re-raised.
 
         Raises:

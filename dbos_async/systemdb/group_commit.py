@@ -62,7 +62,8 @@ class GroupCommit(Generic[Row, Result]):
         self._queue.append((row, future))
         self._wakeup.set()
         with anyio.CancelScope(shield=True):
-            return await future
+            result = await future
+        return result
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the writer tasks until ``close()`` and the queue is drained."""
@@ -86,7 +87,9 @@ class GroupCommit(Generic[Row, Result]):
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+                batch = [
+                    self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))
+                ]
                 await self._write(batch)
 
     async def _write(self, batch: list[tuple[Row, asyncio.Future[Result]]]) -> None:
@@ -99,7 +102,9 @@ class GroupCommit(Generic[Row, Result]):
                 if delay is not None and is_connection_error(exc) and not self._closing:
                     logger.warning(
                         "%s: lost the database connection, retrying in %ss",
-                        self._name, delay, extra={"action": "group_commit_retry"},
+                        self._name,
+                        delay,
+                        extra={"action": "group_commit_retry"},
                     )
                     await anyio.sleep(delay)
                     continue

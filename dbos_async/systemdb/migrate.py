@@ -69,7 +69,9 @@ async def migrate(conn: Connection, schema: str) -> list[int]:
                 await conn.execute(migration.sql)
                 await conn.execute(q("insert_migration"), migration.version, migration.name)
             logger.info(
-                "applied migration %s", migration.name, extra={"action": "migrate", "schema": schema}
+                "applied migration %s",
+                migration.name,
+                extra={"action": "migrate", "schema": schema},
             )
             done.append(migration.version)
         return done

@@ -15,7 +15,9 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
     Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
-    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record]
+    Connection: TypeAlias = (
+        asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+    )
 else:
     Pool = asyncpg.Pool
     Connection = asyncpg.Connection
@@ -82,7 +84,7 @@ async def translated() -> AsyncIterator[None]:
 
 def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` means the database could not be reached."""
-    return isinstance(exc, CONNECTION_ERRORS + (DatabaseUnavailableError,))
+    return isinstance(exc, (*CONNECTION_ERRORS, DatabaseUnavailableError))
 
 
 def record_dict(record: Any) -> dict[str, Any]:

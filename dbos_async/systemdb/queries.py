@@ -12,7 +12,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import MappingProxyType
-from typing import LiteralString, cast
+from typing import LiteralString
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -23,7 +23,7 @@ def sql_root() -> Traversable:
     if packaged.is_dir():
         return packaged
     # An editable install: dbos_async/ sits next to the repository's sql/.
-    return cast(Traversable, Path(__file__).resolve().parents[2] / "sql")
+    return Path(__file__).resolve().parents[2] / "sql"
 
 
 def parse(text: str) -> dict[str, str]:
@@ -46,7 +46,7 @@ def load() -> MappingProxyType[str, LiteralString]:
             for name, body in parse(path.read_text(encoding="utf-8")).items():
                 if name in blocks:
                     raise ValueError(f"query {name!r} is defined in two files")
-                blocks[name] = cast(LiteralString, body)
+                blocks[name] = body  # mypy treats LiteralString as str
     return MappingProxyType(blocks)
 
 

@@ -1,5 +1,8 @@
-"""The ``workflow_status`` table: one row per workflow. Each function is one round trip,
-except ``insert_workflows`` when some IDs already exist (a second read names them)."""
+"""The ``workflow_status`` table: one row per workflow.
+
+Each function is one round trip, except ``insert_workflows`` when some IDs
+already exist (a second read names them).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,78 @@
+"""SQL round trips on the hot path, counted at the driver.
+
+Every statement asyncpg sends goes through ``Connection._execute`` (with
+arguments) or ``Connection.execute`` (without); with the statement cache warm,
+each is one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from dbos_async import DBOS, SetWorkflowID
+
+
+@DBOS.step()
+async def noop(i: int) -> int:
+    return i
+
+
+@DBOS.workflow()
+async def steps(n: int) -> int:
+    for i in range(n):
+        await noop(i)
+    return n
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    sent: list[str] = []
+    original_execute = asyncpg.Connection._execute
+    original_plain = asyncpg.Connection.execute
+
+    async def counted_execute(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return await original_execute(self, query, *args, **kwargs)
+
+    async def counted_plain(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        if not args:  # with args, execute() goes through _execute
+            sent.append(query)
+        return await original_plain(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "_execute", counted_execute)
+    monkeypatch.setattr(asyncpg.Connection, "execute", counted_plain)
+    yield sent
+
+
+async def test_round_trips_per_start_step_and_completion(
+    dbos: DBOS, statements: list[str]
+) -> None:
+    await steps(3)  # warm the statement caches
+    statements.clear()
+    with SetWorkflowID("counted-0"):
+        await steps(0)
+    assert len(statements) == 2, statements  # start + completion
+    statements.clear()
+    with SetWorkflowID("counted-10"):
+        await steps(10)
+    assert len(statements) == 12, statements  # start + one per step + completion
+
+
+async def test_recovery_reads_recorded_steps_once(db_url: str, statements: list[str]) -> None:
+    async with DBOS(database_url=db_url, app_version="test") as dbos:
+        with SetWorkflowID("replayed"):
+            await dbos.start_workflow(steps, 20)
+            await (await dbos.retrieve_workflow("replayed")).get_result()
+    conn = await asyncpg.connect(db_url, server_settings={"search_path": "dbos_async"})
+    await conn.execute("UPDATE workflow_status SET status = 'PENDING' WHERE workflow_id = 'replayed'")
+    await conn.close()
+    statements.clear()
+    async with DBOS(database_url=db_url, app_version="test") as dbos:
+        await (await dbos.retrieve_workflow("replayed")).get_result()
+    step_reads = [s for s in statements if "FROM operation_outputs" in s]
+    step_writes = [s for s in statements if "INSERT INTO operation_outputs" in s]
+    assert len(step_reads) == 1 and not step_writes, statements

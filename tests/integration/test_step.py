@@ -1,0 +1,120 @@
+"""Steps: checkpoint once, retries with backoff, sync bodies in threads, durable sleep."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import asyncpg
+import pytest
+
+from dbos_async import DBOS, MaxStepRetriesExceeded, SetWorkflowID, WorkflowStatusString
+
+attempts: list[float] = []
+
+
+@DBOS.step(retries_allowed=True, max_attempts=4, interval_seconds=0.01, backoff_rate=3.0)
+async def flaky(succeed_on: int) -> str:
+    attempts.append(time.monotonic())
+    if len(attempts) < succeed_on:
+        raise ConnectionError(f"attempt {len(attempts)} failed")
+    return f"ok after {len(attempts)}"
+
+
+@DBOS.workflow()
+async def uses_flaky(succeed_on: int) -> str:
+    return await flaky(succeed_on)
+
+
+async def test_retries_back_off_then_succeed(dbos: DBOS, conn: asyncpg.Connection) -> None:
+    attempts.clear()
+    with SetWorkflowID("flaky-ok"):
+        assert await uses_flaky(3) == "ok after 3"
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert gaps[0] >= 0.01 and gaps[1] >= 0.03  # interval * backoff**k
+    # Only the final outcome is checkpointed, once.
+    assert await conn.fetchval("SELECT count(*) FROM operation_outputs") == 1
+
+
+async def test_retries_exhausted_raise_max_step_retries(dbos: DBOS) -> None:
+    attempts.clear()
+    with SetWorkflowID("flaky-bad"), pytest.raises(MaxStepRetriesExceeded) as info:
+        await uses_flaky(99)
+    assert len(attempts) == 4
+    assert isinstance(info.value.last_error, ConnectionError)
+    status = await DBOS.get_workflow_status("flaky-bad")
+    assert status is not None and status.status is WorkflowStatusString.ERROR
+    assert isinstance(status.error, MaxStepRetriesExceeded)
+    assert isinstance(status.error.last_error, ConnectionError)
+
+
+threads: list[str] = []
+
+
+@DBOS.step()
+def blocking_io(x: int) -> int:
+    threads.append(threading.current_thread().name)
+    time.sleep(0.01)  # a real blocking call: it must not run on the event loop
+    assert DBOS.workflow_id == "sync-step"
+    return x + 1
+
+
+@DBOS.workflow()
+async def uses_sync() -> int:
+    return await blocking_io(1)
+
+
+async def test_sync_steps_run_in_a_worker_thread(dbos: DBOS) -> None:
+    threads.clear()
+    with SetWorkflowID("sync-step"):
+        assert await uses_sync() == 2
+    assert threads and threads[0] != threading.main_thread().name
+
+
+async def test_step_outside_a_workflow_just_runs(dbos: DBOS, conn: asyncpg.Connection) -> None:
+    attempts.clear()
+    assert await flaky(1) == "ok after 1"
+    assert await conn.fetchval("SELECT count(*) FROM operation_outputs") == 0
+
+
+@DBOS.step()
+async def inner() -> str:
+    return "inner"
+
+
+@DBOS.step()
+async def outer() -> str:
+    return await inner() + "+outer"
+
+
+@DBOS.workflow()
+async def nested_steps() -> str:
+    return await outer()
+
+
+async def test_a_step_called_from_a_step_is_part_of_it(dbos: DBOS, conn: asyncpg.Connection) -> None:
+    with SetWorkflowID("nested"):
+        assert await nested_steps() == "inner+outer"
+    names = await conn.fetch("SELECT function_name FROM operation_outputs")
+    assert [r[0] for r in names] == [outer.__dbos_entry__.name]  # type: ignore[attr-defined]
+
+
+@DBOS.workflow()
+async def naps(seconds: float) -> str:
+    await DBOS.sleep(seconds)
+    return "rested"
+
+
+async def test_durable_sleep_records_its_wake_up_time(dbos: DBOS, conn: asyncpg.Connection) -> None:
+    before = time.time()
+    with SetWorkflowID("nap"):
+        assert await naps(0.05) == "rested"
+    assert time.time() - before >= 0.05
+    row = await conn.fetchrow("SELECT function_name, output FROM operation_outputs")
+    assert row["function_name"] == "DBOS.sleep"
+    assert before + 0.05 <= float(row["output"]) <= time.time()
+
+
+async def test_sleep_rejects_negative_seconds(dbos: DBOS) -> None:
+    with pytest.raises(ValueError, match="seconds"):
+        await DBOS.sleep(-1)
