@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dbos_async import registry
+from dbos_async.recovery import recover_pending
 from dbos_async.errors import DBOSError
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
@@ -199,12 +200,11 @@ class Runtime:
                 logger.exception("the DBOS runtime stopped with an error")
 
     async def _main(self, started: asyncio.Future[None]) -> None:
-        from dbos_async.recovery import recover_pending
-
         try:
             self.database_url = await self._database_url()
             if not self.config.app_version:
-                self.app_version = registry.compute_app_version()
+                # Reads source files: keep that off the event loop.
+                self.app_version = await anyio.to_thread.run_sync(registry.compute_app_version)
             self._pool = await create_pool(
                 self.database_url, schema=self.config.schema, max_size=self.config.pool_size
             )

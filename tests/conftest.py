@@ -123,3 +123,16 @@ async def dbos(db_url: str) -> AsyncIterator[DBOS]:
     """A launched runtime on the test database."""
     async with DBOS(database_url=db_url, app_version="test") as runtime:
         yield runtime
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[None]:
+    """Fail any test whose code blocks the event loop (file I/O, time.sleep, ...)."""
+    from blockbuster import blockbuster_ctx
+
+    with blockbuster_ctx(["dbos_async", "tests"]) as bb:
+        # asyncpg looks for ~/.pgpass and ~/.postgresql certificates on every
+        # connect: its own choice, and tiny.
+        for function in bb.functions.values():
+            function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
+        yield

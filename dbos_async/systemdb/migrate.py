@@ -6,6 +6,7 @@ lock serializes the runners, and each file runs in its own transaction.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ class Migration:
     sql: str
 
 
-def migrations() -> list[Migration]:
+@functools.cache
+def migrations() -> tuple[Migration, ...]:
     """All migration files, in version order.
 
     Raises:
@@ -43,7 +45,10 @@ def migrations() -> list[Migration]:
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise ValueError(f"two migration files share a version: {versions}")
-    return found
+    return tuple(found)
+
+
+migrations()  # read at import: migrate() runs on the event loop
 
 
 async def migrate(conn: Connection, schema: str) -> list[int]:

@@ -53,3 +53,7 @@ def load() -> MappingProxyType[str, LiteralString]:
 def q(name: str) -> LiteralString:
     """The statement named ``name``."""
     return load()[name]
+
+
+# Read at import, so no coroutine ever touches the file system for SQL.
+load()

@@ -48,9 +48,7 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield sent
 
 
-async def test_round_trips_per_start_step_and_completion(
-    dbos: DBOS, statements: list[str]
-) -> None:
+async def test_round_trips_per_start_step_and_completion(dbos: DBOS, statements: list[str]) -> None:
     await steps(3)  # warm the statement caches
     statements.clear()
     with SetWorkflowID("counted-0"):
@@ -68,7 +66,9 @@ async def test_recovery_reads_recorded_steps_once(db_url: str, statements: list[
             await dbos.start_workflow(steps, 20)
             await (await dbos.retrieve_workflow("replayed")).get_result()
     conn = await asyncpg.connect(db_url, server_settings={"search_path": "dbos_async"})
-    await conn.execute("UPDATE workflow_status SET status = 'PENDING' WHERE workflow_id = 'replayed'")
+    await conn.execute(
+        "UPDATE workflow_status SET status = 'PENDING' WHERE workflow_id = 'replayed'"
+    )
     await conn.close()
     statements.clear()
     async with DBOS(database_url=db_url, app_version="test") as dbos:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import anyio
 import asyncpg
 import pytest
 
@@ -51,16 +52,14 @@ async def test_launch_and_shutdown_from_different_tasks(db_url: str) -> None:
     await asyncio.create_task(dbos.shutdown())
 
 
-async def test_configuration_resolution_order(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_configuration_resolution_order(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DBOS_DATABASE_URL", db_url)
     monkeypatch.setenv("DBOS_EXECUTOR_ID", "from-env")
     monkeypatch.delenv("DBOS_APP_VERSION", raising=False)
     async with DBOS() as dbos:
         assert dbos.database_url == db_url
         assert dbos.executor_id == "from-env"
-        assert dbos.app_version == compute_app_version()
+        assert dbos.app_version == await anyio.to_thread.run_sync(compute_app_version)
     monkeypatch.setenv("DBOS_APP_VERSION", "env-version")
     async with DBOS(executor_id="arg", app_version=None) as dbos:
         assert dbos.executor_id == "arg"

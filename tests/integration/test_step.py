@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -30,7 +31,7 @@ async def test_retries_back_off_then_succeed(dbos: DBOS, conn: asyncpg.Connectio
     attempts.clear()
     with SetWorkflowID("flaky-ok"):
         assert await uses_flaky(3) == "ok after 3"
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.01 and gaps[1] >= 0.03  # interval * backoff**k
     # Only the final outcome is checkpointed, once.
     assert await conn.fetchval("SELECT count(*) FROM operation_outputs") == 1
@@ -92,7 +93,9 @@ async def nested_steps() -> str:
     return await outer()
 
 
-async def test_a_step_called_from_a_step_is_part_of_it(dbos: DBOS, conn: asyncpg.Connection) -> None:
+async def test_a_step_called_from_a_step_is_part_of_it(
+    dbos: DBOS, conn: asyncpg.Connection
+) -> None:
     with SetWorkflowID("nested"):
         assert await nested_steps() == "inner+outer"
     names = await conn.fetch("SELECT function_name FROM operation_outputs")

@@ -94,7 +94,9 @@ async def gated(tag: str) -> str:
     return f"done:{tag}"
 
 
-async def test_twenty_concurrent_starts_with_one_id_run_the_body_once(dbos: DBOS, gate: asyncio.Event) -> None:
+async def test_twenty_concurrent_starts_with_one_id_run_the_body_once(
+    dbos: DBOS, gate: asyncio.Event
+) -> None:
 
     async def start() -> object:
         with SetWorkflowID("same-id"):
@@ -143,7 +145,9 @@ async def test_start_workflow_returns_once_durably_recorded(
 ) -> None:
     with SetWorkflowID("durable"):
         handle = await DBOS.start_workflow(gated, "z")
-    row = await conn.fetchrow("SELECT status, inputs FROM workflow_status WHERE workflow_id=$1", "durable")
+    row = await conn.fetchrow(
+        "SELECT status, inputs FROM workflow_status WHERE workflow_id=$1", "durable"
+    )
     assert row is not None and row["status"] == "PENDING"
     gate.set()
     assert await handle.get_result() == "done:z"
@@ -262,8 +266,13 @@ class Receipt:
 @DBOS.step()
 async def make_receipt(order: Order) -> Receipt:
     return Receipt(
-        order, Decimal("9.99"), datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
-        uuid.UUID(int=7), b"\x00\xff", {"a", "b"}, (1, "x"),
+        order,
+        Decimal("9.99"),
+        datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        uuid.UUID(int=7),
+        b"\x00\xff",
+        {"a", "b"},
+        (1, "x"),
     )
 
 
