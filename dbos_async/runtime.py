@@ -21,13 +21,14 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dbos_async import registry
-from dbos_async.recovery import recover_pending
 from dbos_async.errors import DBOSError
+from dbos_async.recovery import recover_pending
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
 from dbos_async.systemdb.migrate import migrate
 from dbos_async.systemdb.pool import Pool, create_pool
+from dbos_async.systemdb.queries import q
 from dbos_async.validation import check_identifier, check_schema_name
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class Runtime:
             async with self._pool.acquire() as conn:
                 await migrate(conn, self.config.schema)
             self.thread_limiter = anyio.CapacityLimiter(40)
-            writers = max(1, self.config.pool_size // 3)
+            writers = 2 if self.config.pool_size >= 8 else 1  # per kind; each holds a connection
             self.workflow_writer = GroupCommit(
                 "insert_workflows",
                 self._pool,
@@ -232,6 +233,9 @@ class Runtime:
                 wf_table.complete_workflows,
                 writers=writers,
                 max_batch=500,
+                # An outcome is derivable from the recorded steps (replay records
+                # it again), so its commit need not wait for the WAL flush.
+                session_setup=q("set_async_commit"),
             )
             self._writers = [self.workflow_writer, self.step_writer, self.completion_writer]
             async with anyio.create_task_group() as services:

@@ -1,7 +1,8 @@
 """Group commit: writes submitted while a statement is in flight share the next one.
 
-A lone writer pays one round trip. Under load, rows that arrive while the
-writers are busy queue up and go out together as one multi-row statement whose
+A lone writer pays one round trip and writes its row itself, in its own task
+(the "leader"). Rows that arrive while every connection is busy queue up, and
+the next free connection writes them all as one multi-row statement whose
 commit every submitter awaits. That is how thousands of concurrent workflows
 checkpoint over a handful of connections.
 """
@@ -15,10 +16,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from dbos_async.errors import DatabaseUnavailableError
-from dbos_async.systemdb.pool import Connection, Pool, is_connection_error
+from dbos_async.systemdb.pool import Connection, Pool, PooledConnection, is_connection_error
+from dbos_async.systemdb.queries import q
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,17 @@ Flush = Callable[[Connection, Sequence[Row]], Awaitable[Sequence[Result]]]
 _RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 
 
+class _Slot:
+    """One writer: the right to use one connection, kept across batches."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self) -> None:
+        self.conn: PooledConnection | None = None
+
+
 class GroupCommit(Generic[Row, Result]):
-    """Batches rows of one kind into ``flush(conn, rows)`` calls, one row result per row.
+    """Batches rows of one kind into ``flush(conn, rows)`` calls, one result per row.
 
     ``flush`` must be idempotent for a batch (the statements here use
     ``ON CONFLICT DO NOTHING``): after a lost connection the batch is sent
@@ -39,82 +50,120 @@ class GroupCommit(Generic[Row, Result]):
     """
 
     def __init__(
-        self, name: str, pool: Pool, flush: Flush[Row, Result], *, writers: int, max_batch: int
+        self,
+        name: str,
+        pool: Pool,
+        flush: Flush[Row, Result],
+        *,
+        writers: int,
+        max_batch: int,
+        session_setup: str | None = None,
     ) -> None:
         self._name = name
+        self._session_setup = session_setup
         self._pool = pool
         self._flush = flush
-        self._writers = writers
         self._max_batch = max_batch
+        self._slots = [_Slot() for _ in range(writers)]
+        self._idle = list(self._slots)
         self._queue: deque[tuple[Row, asyncio.Future[Result]]] = deque()
-        self._wakeup = asyncio.Event()
-        self._closing = False
+        self._tg: TaskGroup | None = None
+        self._closed = asyncio.Event()
 
     async def submit(self, row: Row) -> Result:
         """Write ``row`` and return its result once its statement has committed.
 
-        The wait is shielded: a cancelled caller still waits for a write that is
-        already on its way, so no checkpoint is left half-known.
+        A write that has started always finishes: a caller cancelled meanwhile
+        gets its CancelledError, but the row is still written.
         """
-        if self._closing:
+        if self._closed.is_set() or self._tg is None:
             raise DatabaseUnavailableError("The runtime is shut down; nothing more is written")
+        if len(self._idle) == len(self._slots) and not self._queue:
+            # Leader: nothing is in flight, so write now, from this task (shielded,
+            # since the statement runs here). Under load something always is in
+            # flight, and rows queue up to share a statement.
+            slot = self._idle.pop()
+            with anyio.CancelScope(shield=True):
+                try:
+                    outcome = (await self._write(slot, [row]))[0]
+                finally:
+                    self._idle.append(slot)
+                    self._drain_soon()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((row, future))
-        self._wakeup.set()
-        with anyio.CancelScope(shield=True):
-            result = await future
-        return result
+        self._drain_soon()
+        # The drain task writes the row whatever happens to this caller.
+        return await asyncio.shield(future)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the writer tasks until ``close()`` and the queue is drained."""
-        async with anyio.create_task_group() as tg:
-            for _ in range(self._writers):
-                tg.start_soon(self._writer)
-            task_status.started()
+        """Own the drain tasks until ``close()``; then write what is queued and let go."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                await self._closed.wait()
+                self._drain_soon()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for slot in self._slots:
+                    if slot.conn is not None:
+                        if self._session_setup is not None:
+                            await slot.conn.execute(q("reset_session"))
+                        await self._pool.release(slot.conn)
+                        slot.conn = None
 
     def close(self) -> None:
-        """Let the writers exit once everything queued so far is written."""
-        self._closing = True
-        self._wakeup.set()
+        """Stop taking rows; ``run`` returns once everything queued is written."""
+        self._closed.set()
 
-    async def _writer(self) -> None:
-        # Shielded: shutdown ends the writers through close(), after the last
-        # workflow has handed in its checkpoint, never by cancelling a write.
+    def _drain_soon(self) -> None:
+        if self._queue and self._idle and self._tg is not None:
+            slot = self._idle.pop()
+            self._tg.start_soon(self._drain, slot)
+
+    async def _drain(self, slot: _Slot) -> None:
         with anyio.CancelScope(shield=True):
-            while True:
-                while not self._queue:
-                    if self._closing:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                batch = [
-                    self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))
-                ]
-                await self._write(batch)
+            try:
+                while self._queue:
+                    count = min(len(self._queue), self._max_batch)
+                    batch = [self._queue.popleft() for _ in range(count)]
+                    outcome = await self._write(slot, [row for row, _ in batch])
+                    for (_, future), result in zip(batch, outcome, strict=True):
+                        if future.done():
+                            continue
+                        if isinstance(result, BaseException):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
+            finally:
+                self._idle.append(slot)
 
-    async def _write(self, batch: list[tuple[Row, asyncio.Future[Result]]]) -> None:
-        rows = [row for row, _ in batch]
+    async def _write(self, slot: _Slot, rows: list[Row]) -> Sequence[Result | BaseException]:
+        """Write one batch on the slot's connection, retrying lost connections."""
         for delay in (*_RETRY_DELAYS, None):
             try:
-                async with self._pool.acquire() as conn:
-                    results = await self._flush(conn, rows)
+                if slot.conn is None:
+                    slot.conn = await self._pool.acquire()
+                    if self._session_setup is not None:
+                        await slot.conn.execute(self._session_setup)
+                return await self._flush(slot.conn, rows)
             except Exception as exc:
-                if delay is not None and is_connection_error(exc) and not self._closing:
-                    logger.warning(
-                        "%s: lost the database connection, retrying in %ss",
-                        self._name,
-                        delay,
-                        extra={"action": "group_commit_retry"},
-                    )
-                    await anyio.sleep(delay)
-                    continue
-                if is_connection_error(exc):
-                    exc = DatabaseUnavailableError(f"{self._name}: {exc}")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-            return
+                if not is_connection_error(exc):
+                    return [exc] * len(rows)
+                if slot.conn is not None:
+                    slot.conn.terminate()
+                    await self._pool.release(slot.conn)
+                    slot.conn = None
+                if delay is None or self._closed.is_set():
+                    return [DatabaseUnavailableError(f"{self._name}: {exc}")] * len(rows)
+                logger.warning(
+                    "%s: lost the database connection, retrying in %ss",
+                    self._name,
+                    delay,
+                    extra={"action": "group_commit_retry"},
+                )
+                await anyio.sleep(delay)
+        raise AssertionError("unreachable")

@@ -15,11 +15,11 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
     Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
-    Connection: TypeAlias = (
-        asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
-    )
+    PooledConnection: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PooledConnection
 else:
     Pool = asyncpg.Pool
+    PooledConnection = asyncpg.pool.PoolConnectionProxy
     Connection = asyncpg.Connection
 
 # Errors that mean "the server or the connection is gone", not "the statement is wrong".

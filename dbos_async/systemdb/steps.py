@@ -57,7 +57,15 @@ async def insert_steps(conn: Connection, rows: Sequence[StepRecord]) -> list[Ste
 
     One round trip; a second only when some row was already recorded.
     """
-    written = {(r[0], r[1]) for r in await conn.fetch(q("insert_steps"), *_columns(rows))}
+    columns = _columns(rows)
+    if len(rows) == 1:  # the single-row form; its command tag says whether it wrote
+        tag = await conn.execute(q("insert_step_if_absent"), *(c[0] for c in columns))
+        if tag == "INSERT 0 1":
+            return list(rows)
+        written = set()
+    else:
+        records = await conn.fetch(q("insert_steps"), *columns)
+        written = {(r[0], r[1]) for r in records}
     lost = [r for r in rows if (r.workflow_id, r.step_id) not in written]
     if not lost:
         return list(rows)

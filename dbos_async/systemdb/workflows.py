@@ -51,22 +51,23 @@ class Outcome:
 
 async def insert_workflows(conn: Connection, rows: Sequence[NewWorkflow]) -> list[Existing | None]:
     """Record new PENDING workflows; per row, None if inserted, else what already exists."""
-    inserted = {
-        r[0]
-        for r in await conn.fetch(
-            q("insert_workflows"),
-            [r.workflow_id for r in rows],
-            [r.name for r in rows],
-            [r.inputs for r in rows],
-            [r.app_name for r in rows],
-            [r.app_version for r in rows],
-            [r.executor_id for r in rows],
-            [r.now_ms for r in rows],
-            [r.parent_workflow_id for r in rows],
-            [r.timeout_ms for r in rows],
-            [r.deadline_epoch_ms for r in rows],
-        )
-    }
+    columns = (
+        [r.workflow_id for r in rows],
+        [r.name for r in rows],
+        [r.inputs for r in rows],
+        [r.app_name for r in rows],
+        [r.app_version for r in rows],
+        [r.executor_id for r in rows],
+        [r.now_ms for r in rows],
+        [r.parent_workflow_id for r in rows],
+        [r.timeout_ms for r in rows],
+        [r.deadline_epoch_ms for r in rows],
+    )
+    if len(rows) == 1:  # the single-row form; its command tag says whether it wrote
+        tag = await conn.execute(q("insert_workflow"), *(c[0] for c in columns))
+        inserted = {rows[0].workflow_id} if tag == "INSERT 0 1" else set()
+    else:
+        inserted = {r[0] for r in await conn.fetch(q("insert_workflows"), *columns)}
     taken = [r.workflow_id for r in rows if r.workflow_id not in inserted]
     if not taken:
         return [None] * len(rows)
@@ -86,14 +87,17 @@ async def insert_workflows(conn: Connection, rows: Sequence[NewWorkflow]) -> lis
 
 async def complete_workflows(conn: Connection, rows: Sequence[Outcome]) -> list[None]:
     """Record the outcomes of finished workflows."""
-    await conn.execute(
-        q("complete_workflows"),
+    columns = (
         [r.workflow_id for r in rows],
         [r.status for r in rows],
         [r.output for r in rows],
         [r.error for r in rows],
         [r.now_ms for r in rows],
     )
+    if len(rows) == 1:
+        await conn.execute(q("complete_workflow"), *(c[0] for c in columns))
+    else:
+        await conn.execute(q("complete_workflows"), *columns)
     return [None] * len(rows)
 
 

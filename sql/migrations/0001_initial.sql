@@ -34,9 +34,11 @@ CREATE INDEX workflow_status_parent_idx
     ON workflow_status (parent_workflow_id) WHERE parent_workflow_id IS NOT NULL;
 
 -- One row per completed step; (workflow_id, step_id) is the checkpoint key and
--- the first writer wins.
+-- the first writer wins. No foreign key to workflow_status: the check would
+-- cost every checkpoint an index probe and a row lock on the workflow's row,
+-- and the runtime always writes the workflow's row first (deletes remove both).
 CREATE TABLE operation_outputs (
-    workflow_id        text NOT NULL REFERENCES workflow_status (workflow_id) ON DELETE CASCADE,
+    workflow_id        text NOT NULL,
     step_id            integer NOT NULL,
     function_name      text NOT NULL,
     output             text,

@@ -9,6 +9,15 @@ SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
 ON CONFLICT (workflow_id, step_id) DO NOTHING
 RETURNING workflow_id, step_id;
 
+-- name: insert_step_if_absent
+-- insert_steps for a batch of one: the single-row form is cheaper than unnest.
+-- The command tag (INSERT 0 1 or INSERT 0 0) says whether it was written.
+INSERT INTO operation_outputs (
+    workflow_id, step_id, function_name, output, error, child_workflow_id,
+    started_at, completed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (workflow_id, step_id) DO NOTHING;
+
 -- name: insert_step
 -- Checkpoint one step inside a caller's transaction (@DBOS.transaction);
 -- a conflict aborts that transaction, so the body commits exactly once.

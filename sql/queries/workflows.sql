@@ -13,6 +13,14 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id;
 
+-- name: insert_workflow
+-- insert_workflows for a batch of one: the single-row form is cheaper than unnest.
+INSERT INTO workflow_status (
+    workflow_id, status, name, inputs, app_name, app_version, executor_id,
+    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms)
+VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)
+ON CONFLICT (workflow_id) DO NOTHING;
+
 -- name: select_workflow_names
 -- Name and status of existing workflows $1 (for rows insert_workflows skipped).
 SELECT workflow_id, name, status FROM workflow_status WHERE workflow_id = ANY($1::text[]);
@@ -25,6 +33,12 @@ SET status = u.status, output = u.output, error = u.error, updated_at = u.now_ms
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
      AS u(workflow_id, status, output, error, now_ms)
 WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING';
+
+-- name: complete_workflow
+-- complete_workflows for a batch of one.
+UPDATE workflow_status
+SET status = $2, output = $3, error = $4, updated_at = $5
+WHERE workflow_id = $1 AND status = 'PENDING';
 
 -- name: select_workflow_status
 -- Every column of workflow $1, or no row.
