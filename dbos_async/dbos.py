@@ -12,7 +12,7 @@ import functools
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
@@ -57,21 +57,43 @@ class _DBOSMeta(type):
         return conn
 
 
-class _runtime_method:
+class _runtime_method(Generic[P, R]):
     """A facade method: on the class it acts on the active runtime, on an instance on its own.
 
-    ``DBOS.start_workflow(f)`` picks the current workflow's runtime, else the one
-    launched last; ``dbos.start_workflow(f)`` always uses ``dbos``.
+    ``DBOS.get_workflow_status(i)`` picks the current workflow's runtime, else the
+    one launched last; ``dbos.get_workflow_status(i)`` always uses ``dbos``.
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[Concatenate[Runtime | None, P], R]) -> None:
         self._fn = fn
         self.__doc__ = fn.__doc__
-        self.__name__ = fn.__name__
 
-    def __get__(self, obj: DBOS | None, cls: type | None = None) -> Callable[..., Any]:
-        runtime = obj._runtime if obj is not None else None
-        return functools.partial(self._fn, runtime)
+    def __get__(self, obj: DBOS | None, cls: type | None = None) -> Callable[P, R]:
+        return functools.partial(self._fn, obj._runtime if obj is not None else None)
+
+
+class _WorkflowStarter:
+    """``start_workflow`` bound to a runtime (or to the active one)."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime: Runtime | None) -> None:
+        self._runtime = runtime
+
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, WorkflowHandle[R]]:
+        """Start a workflow and return its handle once it is durably recorded.
+
+        Inside a workflow this starts a child workflow (one step of the parent).
+        """
+        entry = workflow_module.entry_of(fn)
+        return workflow_module.start_soon(entry, args, kwargs, self._runtime)
+
+
+class _start_workflow:
+    def __get__(self, obj: DBOS | None, cls: type | None = None) -> _WorkflowStarter:
+        return _WorkflowStarter(obj._runtime if obj is not None else None)
 
 
 class DBOS(metaclass=_DBOSMeta):
@@ -158,21 +180,11 @@ class DBOS(metaclass=_DBOSMeta):
 
     # -- the facade -------------------------------------------------------------------
 
-    @_runtime_method
-    def start_workflow(
-        runtime: Runtime | None,
-        fn: Callable[P, Coroutine[Any, Any, R]],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> Coroutine[Any, Any, WorkflowHandle]:
-        """Start a workflow and return its handle once it is durably recorded.
-
-        Inside a workflow this starts a child workflow (one step of the parent).
-        """
-        return workflow_module.start_soon(workflow_module.entry_of(fn), args, kwargs, runtime)
+    start_workflow = _start_workflow()
+    """Start a workflow; the handle returns once it is durably recorded."""
 
     @_runtime_method
-    async def retrieve_workflow(runtime: Runtime | None, workflow_id: str) -> WorkflowHandle:
+    async def retrieve_workflow(runtime: Runtime | None, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle to a recorded workflow; WorkflowNotFoundError if there is none."""
         return await workflow_module.retrieve_workflow(runtime or active_runtime(), workflow_id)
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import anyio
 
@@ -83,7 +83,7 @@ def workflow(
     return decorator
 
 
-async def _result_of(handle: Coroutine[Any, Any, WorkflowHandle]) -> Any:
+async def _result_of(handle: Coroutine[Any, Any, WorkflowHandle[Any]]) -> Any:
     return await (await handle).get_result()
 
 
@@ -104,7 +104,7 @@ def start_soon(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     runtime: Runtime | None = None,
-) -> Coroutine[Any, Any, WorkflowHandle]:
+) -> Coroutine[Any, Any, WorkflowHandle[Any]]:
     """Start a workflow; inside a workflow it becomes a child, checkpointed as one step."""
     from dbos_async.runtime import active_runtime
 
@@ -122,7 +122,7 @@ async def _start(
     *,
     workflow_id: str | None = None,
     parent: WorkflowContext | None = None,
-) -> WorkflowHandle:
+) -> WorkflowHandle[Any]:
     workflow_id = workflow_id or context.take_next_workflow_id() or str(uuid.uuid4())
     inputs = serialization.encode_inputs(args, kwargs, entry.name)  # before any write
     running = runtime.local.get(workflow_id)
@@ -173,7 +173,7 @@ async def _start_child(
     entry: registry.Registered,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-) -> WorkflowHandle:
+) -> WorkflowHandle[Any]:
     runtime = parent.runtime
     recorded = parent.recorded.get(step_id)
     if recorded is not None:
@@ -278,7 +278,7 @@ async def _execute(
         logger.debug("workflow finished", extra={"workflow_id": ctx.workflow_id})
 
 
-class WorkflowHandle:
+class WorkflowHandle(Generic[R]):
     """A started workflow: wait for its result or read its status."""
 
     __slots__ = ("_runtime", "workflow_id")
@@ -290,7 +290,7 @@ class WorkflowHandle:
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.workflow_id!r})"
 
-    async def get_result(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - API
+    async def get_result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109 - API
         """The workflow's result, or its recorded error re-raised.
 
         Raises:
@@ -298,7 +298,8 @@ class WorkflowHandle:
             WorkflowCancelledError: the workflow was cancelled.
         """
         with anyio.fail_after(timeout):
-            return await await_result(self._runtime, self.workflow_id)
+            result: R = await await_result(self._runtime, self.workflow_id)
+        return result
 
     async def get_status(self) -> WorkflowStatus:
         """The workflow's recorded status."""
@@ -383,7 +384,7 @@ def status_from_row(row: dict[str, Any], *, load_input: bool = True) -> Workflow
     )
 
 
-async def retrieve_workflow(runtime: Runtime, workflow_id: str) -> WorkflowHandle:
+async def retrieve_workflow(runtime: Runtime, workflow_id: str) -> WorkflowHandle[Any]:
     """A handle to a recorded workflow.
 
     Raises:
