@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 async def recover_pending(runtime: Runtime) -> int:
     """Start every recoverable workflow as a task; returns how many were started."""
-    async with runtime.pool.acquire() as conn:
+    async with runtime.connection() as conn:
         rows = await wf_table.claim_recoverable_workflows(
             conn, runtime.executor_id, runtime.app_version, now_ms()
         )

@@ -9,10 +9,12 @@ ASGI servers and test fixtures do). Shutdown order: cancel the workflow tasks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import logging
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
 from dbos_async.systemdb.migrate import migrate
-from dbos_async.systemdb.pool import Pool, create_pool
+from dbos_async.systemdb.pool import Pool, PooledConnection, create_pool, translated
 from dbos_async.systemdb.queries import q
 from dbos_async.validation import check_identifier, check_schema_name
 
@@ -140,6 +142,12 @@ class Runtime:
         self._check_running()
         assert self._group is not None
         return self._group
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[PooledConnection]:
+        """A system-database connection; lost-connection errors become DatabaseUnavailableError."""
+        async with translated(), self.pool.acquire() as conn:
+            yield conn
 
     def _check_running(self) -> None:
         if self.state is not State.RUNNING:

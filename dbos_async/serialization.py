@@ -18,17 +18,20 @@ from decimal import Decimal
 from typing import Any, get_type_hints
 
 import orjson
-import pydantic
+
+# Imported by name: pydantic loads these lazily, and an import is file I/O that
+# must not happen on the event loop at the first decode.
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from dbos_async.errors import DBOSError, SerializationError, WorkflowError
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-_BYTES_CONFIG = pydantic.ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+_BYTES_CONFIG = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
 
 def _lower(value: Any) -> Any:
     """Turn a value orjson cannot encode into one it can."""
-    if isinstance(value, pydantic.BaseModel):
+    if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, Decimal):
         return str(value)
@@ -51,10 +54,10 @@ def encode(value: Any, what: str = "value") -> str:
         raise SerializationError(f"Cannot serialize {what}: {exc}") from exc
 
 
-def _box(annotation: Any) -> type[pydantic.BaseModel]:
+def _box(annotation: Any) -> type[BaseModel]:
     # A wrapper model carries the bytes config down to plain dataclasses and
     # TypedDicts, which take their parent's config; pydantic models keep their own.
-    return pydantic.create_model("Value", __config__=_BYTES_CONFIG, v=(annotation, ...))
+    return create_model("Value", __config__=_BYTES_CONFIG, v=(annotation, ...))
 
 
 _cached_box = functools.cache(_box)
@@ -72,7 +75,7 @@ def decode(raw: str | None, annotation: Any = Any) -> Any:
         box = _box(annotation)
     try:
         return box.model_validate_json('{"v":' + raw + "}").v  # type: ignore[attr-defined]
-    except pydantic.ValidationError:
+    except ValidationError:
         # A recorded value that no longer matches its annotation is still returned.
         return orjson.loads(raw)
 

@@ -111,7 +111,7 @@ async def _run(
                 raise
             return replay(ctx, step_id, entry, winner)
     assert ctx is not None and step_id is not None
-    async with runtime.pool.acquire() as conn:
+    async with runtime.connection() as conn:
         rows = await conn.fetch(q("select_steps_by_key"), [ctx.workflow_id], [step_id])
     winner = steps.record_from_row(rows[0])
     return replay(ctx, step_id, entry, winner)

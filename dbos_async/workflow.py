@@ -320,7 +320,7 @@ async def await_result(runtime: Runtime, workflow_id: str) -> Any:
             return outcome.value
     delay = _POLL_FIRST
     while True:
-        async with runtime.pool.acquire() as conn:
+        async with runtime.connection() as conn:
             row = await wf_table.select_workflow_outcome(conn, workflow_id)
         if row is None:
             raise WorkflowNotFoundError(workflow_id)
@@ -351,7 +351,7 @@ def _decode_outcome(workflow_id: str, status: WorkflowStatusString, row: dict[st
 async def get_workflow_status(runtime: Runtime, workflow_id: str) -> WorkflowStatus | None:
     """The recorded status of a workflow, or None. One round trip."""
     check_workflow_id(workflow_id)
-    async with runtime.pool.acquire() as conn:
+    async with runtime.connection() as conn:
         row = await wf_table.select_workflow_status(conn, workflow_id)
     return None if row is None else status_from_row(row)
 
@@ -392,7 +392,7 @@ async def retrieve_workflow(runtime: Runtime, workflow_id: str) -> WorkflowHandl
     """
     check_workflow_id(workflow_id)
     if workflow_id not in runtime.local:
-        async with runtime.pool.acquire() as conn:
+        async with runtime.connection() as conn:
             if await wf_table.select_workflow_outcome(conn, workflow_id) is None:
                 raise WorkflowNotFoundError(workflow_id)
     return WorkflowHandle(runtime, workflow_id)

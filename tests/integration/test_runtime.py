@@ -119,3 +119,27 @@ async def test_shutdown_leaves_running_workflows_pending(db_url: str) -> None:
     assert status is not None and status.status is WorkflowStatusString.PENDING
     with pytest.raises(DBOSError):
         await handle.get_result()
+
+
+async def test_lost_database_gives_database_unavailable(db_url: str, pg_server_url: str) -> None:
+    async with DBOS(database_url=db_url, app_version="test") as dbos:
+        admin = await asyncpg.connect(pg_server_url)
+        try:
+            # Cut every connection of the runtime, and refuse new ones for a moment.
+            await admin.execute(
+                f'ALTER DATABASE "{db_url.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS false'
+            )
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1", db_url.rsplit("/", 1)[1],
+            )
+            with pytest.raises(DBOSError) as info:
+                await dbos.get_workflow_status("anything")
+            assert type(info.value).__name__ == "DatabaseUnavailableError"
+        finally:
+            await admin.execute(
+                f'ALTER DATABASE "{db_url.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS true'
+            )
+            await admin.close()
+        # Connections come back once the database accepts them again.
+        assert await dbos.get_workflow_status("anything") is None
