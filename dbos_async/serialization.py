@@ -61,6 +61,7 @@ def _box(annotation: Any) -> type[BaseModel]:
 
 
 _cached_box = functools.cache(_box)
+_cached_box(Any)  # pydantic scans plugin entry points on its first model: do it at import
 
 
 def decode(raw: str | None, annotation: Any = Any) -> Any:

@@ -105,9 +105,9 @@ async def main(reset: bool) -> None:
         for workflow_id, customer, card in ORDERS:
             with SetWorkflowID(workflow_id):
                 handles.append(await DBOS.start_workflow(checkout, "hamlet", customer, card))
-        for handle in handles:
-            status = await handle.get_status()
-            if status.status.is_terminal:
+        finished = [(await h.get_status()).status.is_terminal for h in handles]
+        for handle, done in zip(handles, finished, strict=True):
+            if done:
                 say(handle.workflow_id, "already finished in an earlier run")
             paid = await handle.get_result()
             say(handle.workflow_id, f"checkout {'succeeded' if paid else 'failed'}")

@@ -130,8 +130,8 @@ async def test_lost_database_gives_database_unavailable(db_url: str, pg_server_u
                 f'ALTER DATABASE "{db_url.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS false'
             )
             await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = $1", db_url.rsplit("/", 1)[1],
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                db_url.rsplit("/", 1)[1],
             )
             with pytest.raises(DBOSError) as info:
                 await dbos.get_workflow_status("anything")
