@@ -29,7 +29,7 @@ from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
 from dbos_async.systemdb.migrate import migrate
-from dbos_async.systemdb.pool import Pool, PooledConnection, create_pool, translated
+from dbos_async.systemdb.pool import Pool, PooledConnection, acquire, create_pool
 from dbos_async.systemdb.queries import q
 from dbos_async.validation import check_identifier, check_schema_name
 
@@ -146,7 +146,7 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[PooledConnection]:
         """A system-database connection; lost-connection errors become DatabaseUnavailableError."""
-        async with translated(), self.pool.acquire() as conn:
+        async with acquire(self.pool) as conn:
             yield conn
 
     def _check_running(self) -> None:

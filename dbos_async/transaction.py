@@ -24,7 +24,7 @@ from dbos_async.context import (
 from dbos_async.runtime import active_runtime
 from dbos_async.step import replay
 from dbos_async.systemdb import steps
-from dbos_async.systemdb.pool import RETRYABLE_ERRORS, Connection, translated
+from dbos_async.systemdb.pool import RETRYABLE_ERRORS, Connection, acquire
 from dbos_async.systemdb.queries import q
 from dbos_async.systemdb.steps import StepRecord
 from dbos_async.workflow import now_ms
@@ -87,7 +87,7 @@ async def _run(
     started = now_ms()
     for attempt in range(_MAX_TRIES):
         try:
-            async with translated(), pool.acquire() as conn:
+            async with acquire(pool) as conn:
                 return await _attempt(conn, entry, args, kwargs, ctx, step_id, started)
         except RETRYABLE_ERRORS:
             if attempt == _MAX_TRIES - 1:

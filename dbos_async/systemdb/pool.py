@@ -32,6 +32,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # The protocol lost track of its state, e.g. after the server killed an idle
+    # connection: the connection is unusable.
+    asyncpg.InternalClientError,
     TimeoutError,
 )
 
@@ -45,6 +48,7 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
 async def _keep_session(_conn: Connection) -> None:
     # asyncpg's default release runs a reset query: one extra round trip per
     # checkpoint. System connections never change session state, so skip it.
+    # (That query also caught broken connections: see acquire() for that.)
     return None
 
 
@@ -71,6 +75,21 @@ async def create_pool(
         raise DatabaseUnavailableError(f"The database does not exist: {exc}") from exc
     assert pool is not None
     return pool
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: Pool) -> AsyncIterator[PooledConnection]:
+    """A pooled connection; a broken one is closed, not handed back for reuse.
+
+    Raises:
+        DatabaseUnavailableError: the connection was lost (the next acquire gets a new one).
+    """
+    async with translated(), pool.acquire() as conn:
+        try:
+            yield conn
+        except CONNECTION_ERRORS:
+            conn.terminate()
+            raise
 
 
 @contextlib.asynccontextmanager
