@@ -1,0 +1,35 @@
+"""Named SQL: every block parses, names are verb_object, and every name used exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from dbos_async.systemdb.queries import load, parse
+
+PACKAGE = Path(__file__).parents[2] / "dbos_async"
+
+
+def test_names_are_snake_case_verb_object() -> None:
+    for name in load():
+        assert re.fullmatch(r"[a-z]+(_[a-z0-9]+)+", name), name
+
+
+def test_every_query_used_in_the_package_exists() -> None:
+    used = set()
+    for path in PACKAGE.rglob("*.py"):
+        used |= set(re.findall(r'\bq\("([a-z0-9_]+)"\)', path.read_text()))
+    assert used and used <= set(load()), used - set(load())
+
+
+def test_a_name_defined_twice_is_an_error() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        parse("-- name: a_b\nSELECT 1;\n-- name: a_b\nSELECT 2;\n")
+
+
+def test_no_statement_is_built_with_string_formatting() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r'(execute|fetch\w*)\(\s*f"', text), path
