@@ -13,6 +13,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import asyncio
+
     import anyio
 
     from dbos_async.runtime import Runtime
@@ -31,12 +33,22 @@ class WorkflowContext:
     next_step_id: int = 0
     cancel_scope: anyio.CancelScope | None = None
     deadline_epoch_ms: int | None = None
+    cancelled: bool = False  # cancel_workflow or the deadline, never a shutdown
 
     def take_step_id(self) -> int:
         """Return the next step ID; called synchronously at call time for determinism."""
         step_id = self.next_step_id
         self.next_step_id += 1
         return step_id
+
+
+@dataclass(slots=True, eq=False)
+class Running:
+    """A workflow claimed by this runtime: its name, its outcome future, its context."""
+
+    name: str
+    future: asyncio.Future[Any]
+    ctx: WorkflowContext | None = None  # None until its task is spawned
 
 
 current_workflow: ContextVar[WorkflowContext | None] = ContextVar(

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
+from dbos_async import management
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
 from dbos_async import workflow as workflow_module
@@ -199,3 +200,15 @@ class DBOS(metaclass=_DBOSMeta):
     def sleep(seconds: float) -> Coroutine[Any, Any, None]:
         """Durable sleep: a recovered workflow wakes at the originally recorded time."""
         return step_module.sleep(seconds)
+
+    @_runtime_method
+    async def cancel_workflow(runtime: Runtime | None, workflow_id: str) -> None:
+        """Cancel a PENDING or ENQUEUED workflow; its running step is interrupted."""
+        await management.cancel_workflow((runtime or active_runtime()).pool, workflow_id)
+
+    @_runtime_method
+    async def resume_workflow(runtime: Runtime | None, workflow_id: str) -> WorkflowHandle[Any]:
+        """Continue a cancelled or failed workflow from its last completed step, here."""
+        rt = runtime or active_runtime()
+        await management.resume_workflow(rt.pool, workflow_id, rt)
+        return WorkflowHandle(rt, workflow_id)

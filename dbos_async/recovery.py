@@ -9,11 +9,13 @@ first step that never completed.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from dbos_async import registry, serialization
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
+from dbos_async.systemdb.pool import Connection
 from dbos_async.workflow import now_ms, spawn
 
 if TYPE_CHECKING:
@@ -30,29 +32,46 @@ async def recover_pending(runtime: Runtime) -> int:
         )
         if not rows:
             return 0
-        runnable, exhausted = [], []
+        exhausted: set[str] = set()
         for row in rows:
             entry = registry.lookup(row["name"])
-            if entry is None or entry.kind != "workflow":
-                logger.error(
-                    "cannot recover workflow %s: %r is not registered in this process",
-                    row["workflow_id"],
-                    row["name"],
-                    extra={"workflow_id": row["workflow_id"]},
-                )
-            elif row["recovery_attempts"] > entry.options["max_recovery_attempts"]:
-                exhausted.append(row["workflow_id"])
-            else:
-                runnable.append((row, entry))
+            limit = entry.options.get("max_recovery_attempts", 0) if entry else 0
+            if entry is not None and row["recovery_attempts"] > limit:
+                exhausted.add(row["workflow_id"])
         if exhausted:
-            await wf_table.mark_max_recovery_exceeded(conn, exhausted, now_ms())
+            await wf_table.mark_max_recovery_exceeded(conn, sorted(exhausted), now_ms())
             logger.warning("%d workflows exceeded their recovery attempts", len(exhausted))
-        recorded = await steps_table.select_steps_of(
-            conn, [row["workflow_id"] for row, _ in runnable]
+        started = await run_claimed(
+            runtime, conn, [r for r in rows if r["workflow_id"] not in exhausted]
         )
+    logger.info("recovering %d workflows", started, extra={"action": "recover"})
+    return started
+
+
+async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+    """Replay workflows this runtime just claimed (PENDING, executor = this one).
+
+    ``rows`` need ``workflow_id``, ``name``, ``inputs`` and optionally
+    ``deadline_epoch_ms``. One round trip reads all their recorded steps.
+    Returns how many were started (unregistered names are logged and skipped).
+    """
+    runnable = []
+    for row in rows:
+        entry = registry.lookup(row["name"])
+        if entry is None or entry.kind != "workflow":
+            logger.error(
+                "cannot run workflow %s: %r is not registered in this process",
+                row["workflow_id"],
+                row["name"],
+                extra={"workflow_id": row["workflow_id"]},
+            )
+        else:
+            runnable.append((row, entry))
+    if not runnable:
+        return 0
+    recorded = await steps_table.select_steps_of(conn, [row["workflow_id"] for row, _ in runnable])
     for row, entry in runnable:
         args, kwargs = serialization.decode_inputs(row["inputs"], entry.fn)
         wid = row["workflow_id"]
-        spawn(runtime, entry, wid, args, kwargs, recorded[wid], row["deadline_epoch_ms"])
-    logger.info("recovering %d workflows", len(runnable), extra={"action": "recover"})
+        spawn(runtime, entry, wid, args, kwargs, recorded[wid], row.get("deadline_epoch_ms"))
     return len(runnable)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import enum
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -22,8 +23,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from dbos_async import registry
+from dbos_async import registry, workflow
+from dbos_async.context import Running
 from dbos_async.errors import DBOSError
+from dbos_async.notifications import Listener
 from dbos_async.recovery import recover_pending
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
@@ -115,8 +118,8 @@ class Runtime:
         self.executor_id = config.executor_id
         self.app_version = config.app_version or ""
         self.database_url = ""
-        # workflow_id -> (name, future of its Outcome) for workflows running here.
-        self.local: dict[str, tuple[str, asyncio.Future[Any]]] = {}
+        # The workflows this runtime has claimed (started, recovered, dequeued).
+        self.local: dict[str, Running] = {}
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._pool: Pool | None = None
@@ -126,6 +129,7 @@ class Runtime:
         self._writers: list[GroupCommit[Any, Any]] = []
         self.thread_limiter: anyio.CapacityLimiter | None = None
         self.embedded: Any = None
+        self._listener: Listener | None = None
 
     # -- resources ------------------------------------------------------------------
 
@@ -135,6 +139,13 @@ class Runtime:
         self._check_running()
         assert self._pool is not None
         return self._pool
+
+    @property
+    def listener(self) -> Listener:
+        """The notification listener: ``watch(kind, key)`` for wake-ups."""
+        self._check_running()
+        assert self._listener is not None
+        return self._listener
 
     @property
     def workflow_group(self) -> TaskGroup:
@@ -246,7 +257,11 @@ class Runtime:
                 session_setup=q("set_async_commit"),
             )
             self._writers = [self.workflow_writer, self.step_writer, self.completion_writer]
+            self._listener = Listener(self.database_url, channel=self.config.schema)
+            self._listener.on("c", functools.partial(workflow.cancel_local, self))
             async with anyio.create_task_group() as services:
+                # LISTEN is live before anything can wait on it.
+                await services.start(self._listener.run)
                 for writer in self._writers:
                     await services.start(writer.run)
                 try:
@@ -268,6 +283,7 @@ class Runtime:
                     self.state = State.STOPPING
                     for writer in self._writers:
                         writer.close()
+                    self._listener.stop()
         except BaseException as exc:
             if not started.done():
                 started.set_exception(exc)

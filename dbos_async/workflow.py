@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import anyio
 
 from dbos_async import context, registry, serialization
-from dbos_async.context import WorkflowContext, current_workflow
+from dbos_async.context import Running, WorkflowContext, current_workflow
 from dbos_async.errors import (
     DBOSError,
     MaxRecoveryAttemptsExceededError,
@@ -40,9 +41,6 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# get_result on a workflow running elsewhere re-reads its row with this backoff (seconds).
-_POLL_FIRST, _POLL_MAX = 0.005, 0.5
 
 
 def now_ms() -> int:
@@ -127,8 +125,8 @@ async def _start(
     inputs = serialization.encode_inputs(args, kwargs, entry.name)  # before any write
     running = runtime.local.get(workflow_id)
     if running is not None:
-        if running[0] != entry.name:
-            raise WorkflowConflictError(workflow_id, running[0], entry.name)
+        if running.name != entry.name:
+            raise WorkflowConflictError(workflow_id, running.name, entry.name)
         return WorkflowHandle(runtime, workflow_id)
     timeout = context.workflow_timeout()
     created = now_ms()
@@ -138,7 +136,7 @@ async def _start(
         deadline = own if deadline is None else min(deadline, own)
     # Claim the ID in-process first, so concurrent starts here share one execution.
     future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-    runtime.local[workflow_id] = (entry.name, future)
+    runtime.local[workflow_id] = Running(entry.name, future)
     try:
         existing = await runtime.workflow_writer.submit(
             wf_table.NewWorkflow(
@@ -197,6 +195,23 @@ async def _start_child(
     return handle
 
 
+def _loop_deadline(deadline_epoch_ms: int | None) -> float:
+    """An epoch-millisecond deadline on the event loop's clock (inf: none)."""
+    if deadline_epoch_ms is None:
+        return math.inf
+    return anyio.current_time() + (deadline_epoch_ms / 1000 - time.time())
+
+
+def cancel_local(runtime: Runtime, workflow_id: str) -> None:
+    """Interrupt a workflow running here whose row was just marked CANCELLED."""
+    running = runtime.local.get(workflow_id)
+    if running is None or running.ctx is None:
+        return
+    running.ctx.cancelled = True
+    if running.ctx.cancel_scope is not None:
+        running.ctx.cancel_scope.cancel()
+
+
 def check_replay(ctx: WorkflowContext, step_id: int, name: str, recorded: StepRecord) -> None:
     """Raise NonDeterministicWorkflowError if replay calls another function at this step."""
     if recorded.function_name != name:
@@ -206,7 +221,8 @@ def check_replay(ctx: WorkflowContext, step_id: int, name: str, recorded: StepRe
 def _release(
     runtime: Runtime, workflow_id: str, future: asyncio.Future[Outcome], outcome: Outcome
 ) -> None:
-    if runtime.local.get(workflow_id, (None, None))[1] is future:
+    running = runtime.local.get(workflow_id)
+    if running is not None and running.future is future:
         del runtime.local[workflow_id]
     if not future.done():
         future.set_result(outcome)
@@ -225,9 +241,10 @@ def spawn(
     """Run a recorded PENDING workflow as a task of the runtime."""
     if future is None:
         future = asyncio.get_running_loop().create_future()
-        runtime.local[workflow_id] = (entry.name, future)
+        runtime.local[workflow_id] = Running(entry.name, future)
     ctx = WorkflowContext(runtime, workflow_id, entry.name, recorded)
     ctx.deadline_epoch_ms = deadline_epoch_ms
+    runtime.local[workflow_id].ctx = ctx
     runtime.workflow_group.start_soon(_execute, ctx, entry, args, kwargs, future)
 
 
@@ -243,20 +260,36 @@ async def _execute(
     context.current_step_id.set(None)
     context.current_connection.set(None)
     context.take_next_workflow_id()
-    writer = ctx.runtime.completion_writer
+    runtime = ctx.runtime
     outcome = Outcome()
+    row: wf_table.Outcome | None = None
     try:
-        try:
-            value = await entry.fn(*args, **kwargs)
-            output = serialization.encode(value, f"the result of workflow {entry.name}")
-            row = wf_table.Outcome(ctx.workflow_id, "SUCCESS", output, None, now_ms())
-            outcome.value = value
-        except Exception as exc:
-            row = wf_table.Outcome(
-                ctx.workflow_id, "ERROR", None, serialization.encode_exception(exc), now_ms()
-            )
-            outcome.error = exc
-        await writer.submit(row)
+        # cancel_workflow and the deadline cancel this scope; a shutdown cancels
+        # the runtime's task group around it instead, and records nothing.
+        with anyio.CancelScope(deadline=_loop_deadline(ctx.deadline_epoch_ms)) as scope:
+            ctx.cancel_scope = scope
+            if ctx.cancelled:
+                scope.cancel()
+            try:
+                value = await entry.fn(*args, **kwargs)
+                output = serialization.encode(value, f"the result of workflow {entry.name}")
+                row = wf_table.Outcome(ctx.workflow_id, "SUCCESS", output, None, now_ms())
+                outcome.value = value
+            except Exception as exc:
+                row = wf_table.Outcome(
+                    ctx.workflow_id, "ERROR", None, serialization.encode_exception(exc), now_ms()
+                )
+                outcome.error = exc
+        if scope.cancel_called:
+            outcome = Outcome(error=WorkflowCancelledError(ctx.workflow_id))
+            if not ctx.cancelled:  # the deadline passed: record it (cancel_workflow already did)
+                ctx.cancelled = True
+                with anyio.CancelScope(shield=True):
+                    async with runtime.connection() as conn:
+                        await wf_table.cancel_workflow(conn, ctx.workflow_id, now_ms())
+        else:
+            assert row is not None
+            await runtime.completion_writer.submit(row)
     except BaseException as exc:
         # Shutdown or a lost database: record nothing; the row stays PENDING and recovers.
         outcome = Outcome(
@@ -310,28 +343,31 @@ class WorkflowHandle(Generic[R]):
 
 
 async def await_result(runtime: Runtime, workflow_id: str) -> Any:
-    """Wait for a workflow to finish: in-process through its task, else from its row."""
+    """Wait for a workflow to finish: in-process through its task, else from its row.
+
+    A workflow running elsewhere is re-read only when its ``w`` notification
+    arrives (or the listener's safety net fires): one round trip per wake-up.
+    """
     running = runtime.local.get(workflow_id)
     if running is not None:
-        outcome = await asyncio.shield(running[1])
+        outcome = await asyncio.shield(running.future)
         if outcome.local:
             if outcome.error is not None:
                 raise outcome.error
             return outcome.value
-    delay = _POLL_FIRST
-    while True:
-        async with runtime.connection() as conn:
-            row = await wf_table.select_workflow_outcome(conn, workflow_id)
-        if row is None:
-            raise WorkflowNotFoundError(workflow_id)
-        status = WorkflowStatusString(row["status"])
-        if status.is_terminal:
-            return _decode_outcome(workflow_id, status, row)
-        running = runtime.local.get(workflow_id)
-        if running is not None:  # it started here meanwhile (recovery)
-            return await await_result(runtime, workflow_id)
-        await anyio.sleep(delay)
-        delay = min(delay * 2, _POLL_MAX)
+    # Running elsewhere: its completion is announced on ``w:<id>``.
+    with runtime.listener.watch("w", workflow_id) as changed:
+        while True:
+            async with runtime.connection() as conn:
+                row = await wf_table.select_workflow_outcome(conn, workflow_id)
+            if row is None:
+                raise WorkflowNotFoundError(workflow_id)
+            status = WorkflowStatusString(row["status"])
+            if status.is_terminal:
+                return _decode_outcome(workflow_id, status, row)
+            if workflow_id in runtime.local:  # it started here meanwhile (recovery, resume)
+                return await await_result(runtime, workflow_id)
+            await changed.wait()
 
 
 def _decode_outcome(workflow_id: str, status: WorkflowStatusString, row: dict[str, Any]) -> Any:

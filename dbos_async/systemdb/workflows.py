@@ -95,10 +95,19 @@ async def complete_workflows(conn: Connection, rows: Sequence[Outcome]) -> list[
         [r.now_ms for r in rows],
     )
     if len(rows) == 1:
-        await conn.execute(q("complete_workflow"), *(c[0] for c in columns))
+        await conn.fetchval(q("complete_workflow"), *(c[0] for c in columns))
     else:
-        await conn.execute(q("complete_workflows"), *columns)
+        await conn.fetchval(q("complete_workflows"), *columns)
     return [None] * len(rows)
+
+
+async def cancel_workflow(conn: Connection, workflow_id: str, now_ms: int) -> str | None:
+    """Mark a PENDING or ENQUEUED workflow CANCELLED and announce it.
+
+    Returns the status it had before (None: no such workflow). One round trip.
+    """
+    status: str | None = await conn.fetchval(q("cancel_workflow"), workflow_id, now_ms)
+    return status
 
 
 async def select_workflow_status(conn: Connection, workflow_id: str) -> dict[str, Any] | None:
@@ -126,3 +135,22 @@ async def mark_max_recovery_exceeded(
 ) -> None:
     """Mark workflows as MAX_RECOVERY_ATTEMPTS_EXCEEDED."""
     await conn.execute(q("mark_max_recovery_exceeded"), list(workflow_ids), now_ms)
+
+
+async def resume_workflow(
+    conn: Connection,
+    workflow_id: str,
+    executor_id: str | None,
+    app_version: str | None,
+    queue_name: str,
+    now_ms: int,
+) -> dict[str, Any] | None:
+    """Put a finished-but-not-successful workflow back to work (see the query). One round trip.
+
+    Returns None if the workflow does not exist; else ``status`` (before) and,
+    when it changed, its ``workflow_id``, ``name`` and ``inputs``.
+    """
+    row = await conn.fetchrow(
+        q("resume_workflow"), workflow_id, executor_id, app_version, queue_name, now_ms
+    )
+    return None if row is None else record_dict(row)

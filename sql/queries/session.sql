@@ -7,3 +7,7 @@ SET synchronous_commit TO off;
 -- name: reset_session
 -- Undo session settings before a connection goes back to the pool.
 RESET ALL;
+
+-- name: check_alive
+-- A liveness probe for the listener's otherwise idle connection.
+SELECT 1;

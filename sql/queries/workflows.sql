@@ -26,19 +26,41 @@ ON CONFLICT (workflow_id) DO NOTHING;
 SELECT workflow_id, name, status FROM workflow_status WHERE workflow_id = ANY($1::text[]);
 
 -- name: complete_workflows
--- Record the outcome of finished workflows, many rows in one statement.
--- Only PENDING rows change: a workflow cancelled meanwhile stays CANCELLED.
-UPDATE workflow_status AS w
-SET status = u.status, output = u.output, error = u.error, updated_at = u.now_ms
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
-     AS u(workflow_id, status, output, error, now_ms)
-WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING';
+-- Record the outcome of finished workflows, many rows in one statement, and
+-- announce each on w:<id>. Only PENDING rows change: a workflow cancelled
+-- meanwhile stays CANCELLED.
+WITH done AS (
+    UPDATE workflow_status AS w
+    SET status = u.status, output = u.output, error = u.error, updated_at = u.now_ms
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
+         AS u(workflow_id, status, output, error, now_ms)
+    WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING'
+    RETURNING w.workflow_id)
+SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done;
 
 -- name: complete_workflow
 -- complete_workflows for a batch of one.
-UPDATE workflow_status
-SET status = $2, output = $3, error = $4, updated_at = $5
-WHERE workflow_id = $1 AND status = 'PENDING';
+WITH done AS (
+    UPDATE workflow_status
+    SET status = $2, output = $3, error = $4, updated_at = $5
+    WHERE workflow_id = $1 AND status = 'PENDING'
+    RETURNING workflow_id)
+SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done;
+
+-- name: cancel_workflow
+-- Mark workflow $1 CANCELLED unless it already finished; announce it on c:<id>
+-- (runtimes running it interrupt it) and w:<id> (waiters re-read). Returns
+-- the status it had, or no row if it does not exist.
+WITH old AS (
+    SELECT workflow_id, status FROM workflow_status WHERE workflow_id = $1 FOR UPDATE),
+changed AS (
+    UPDATE workflow_status AS w SET status = 'CANCELLED', updated_at = $2
+    FROM old WHERE w.workflow_id = old.workflow_id AND old.status IN ('PENDING', 'ENQUEUED')
+    RETURNING w.workflow_id)
+SELECT old.status,
+       (SELECT count(pg_notify(current_schema(), k || ':' || workflow_id))
+        FROM changed, (VALUES ('c'), ('w')) AS kinds(k)) AS notified
+FROM old;
 
 -- name: select_workflow_status
 -- Every column of workflow $1, or no row.
@@ -61,3 +83,27 @@ RETURNING workflow_id, name, inputs, recovery_attempts, deadline_epoch_ms;
 UPDATE workflow_status
 SET status = 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', updated_at = $2
 WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
+
+-- name: resume_workflow
+-- Put a CANCELLED, ERROR or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow $1 back to
+-- work from its last completed step, with its deadline and recovery count
+-- cleared: claimed by executor $2 (PENDING, app version $3), or when $2 is
+-- NULL, ENQUEUED on queue $4 for any runtime to dequeue (announced on q:<queue>).
+-- Returns the status it had, and its name and inputs if it changed; no row if absent.
+WITH old AS (
+    SELECT workflow_id, status FROM workflow_status WHERE workflow_id = $1 FOR UPDATE),
+changed AS (
+    UPDATE workflow_status AS w
+    SET status = CASE WHEN $2::text IS NULL THEN 'ENQUEUED' ELSE 'PENDING' END,
+        executor_id = $2, app_version = COALESCE($3, w.app_version),
+        queue_name = CASE WHEN $2::text IS NULL THEN $4 ELSE w.queue_name END,
+        recovery_attempts = 0, deadline_epoch_ms = NULL, output = NULL, error = NULL,
+        updated_at = $5
+    FROM old
+    WHERE w.workflow_id = old.workflow_id
+      AND old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')
+    RETURNING w.workflow_id, w.name, w.inputs)
+SELECT old.status, changed.workflow_id, changed.name, changed.inputs,
+       (SELECT count(pg_notify(current_schema(), 'q:' || $4::text))
+        FROM changed WHERE $2::text IS NULL) AS notified
+FROM old LEFT JOIN changed ON true;

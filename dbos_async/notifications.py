@@ -1,0 +1,186 @@
+"""One LISTEN connection per runtime, fanning Postgres notifications out to in-process waiters.
+
+Every change another process may wait for is announced with
+``pg_notify(current_schema(), '<kind>:<key>')`` in the statement that makes it,
+so it is delivered on commit. The payload names what changed, never user data
+(NOTIFY payloads are capped at 8,000 bytes). The kinds:
+
+====  =============  ==========================================================
+kind  key            announced when
+====  =============  ==========================================================
+w     workflow ID    its status changed (finished, cancelled, resumed)
+m     workflow ID    a message was sent to it
+e     workflow ID    it set an event
+s     workflow ID    it wrote to or closed a stream
+q     queue name     work was enqueued on the queue, or a slot was freed
+====  =============  ==========================================================
+
+A waiter opens a ``watch(kind, key)`` *before* it reads the database, then
+re-reads after every wake-up. Wake-ups are hints: a watch also fires when the
+listener reconnects (notifications sent during the gap are lost) and on a slow
+safety-net timer, so a lost notification can delay a waiter, never strand it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+import anyio
+import asyncpg
+from anyio.abc import TaskStatus
+
+from dbos_async.systemdb.pool import CONNECTION_ERRORS
+from dbos_async.systemdb.queries import q
+
+logger = logging.getLogger(__name__)
+
+SAFETY_POLL_SECONDS = 30.0
+"""Longest a watch sleeps without a notification before its owner re-reads anyway."""
+
+_HEALTH_CHECK_SECONDS = 10.0  # a half-open TCP connection delivers nothing and says nothing
+_RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Watch:
+    """Interest in one ``(kind, key)``; ``wait()`` returns when it may have changed."""
+
+    __slots__ = ("_fired",)
+
+    def __init__(self) -> None:
+        self._fired = asyncio.Event()
+
+    def fire(self) -> None:
+        """Wake the waiter (a notification arrived, or notifications may have been lost)."""
+        self._fired.set()
+
+    async def wait(self, at_most: float | None = None) -> None:
+        """Sleep until fired, ``at_most`` seconds pass, or the safety-net interval ends.
+
+        The caller re-reads the database afterwards whichever happened.
+        """
+        limit = SAFETY_POLL_SECONDS if at_most is None else min(at_most, SAFETY_POLL_SECONDS)
+        with anyio.move_on_after(max(0.0, limit)):
+            await self._fired.wait()
+        self._fired.clear()
+
+
+class Listener:
+    """The runtime's notification listener; see the module docstring."""
+
+    def __init__(self, database_url: str, channel: str) -> None:
+        self._url = database_url
+        self._channel = channel
+        self._watches: dict[tuple[str, str | None], set[Watch]] = {}
+        self._handlers: dict[str, Callable[[str], None]] = {}
+        self._lost = asyncio.Event()
+        self._scope = anyio.CancelScope()
+        self.reconnects = 0
+
+    @contextlib.contextmanager
+    def watch(self, kind: str, key: str | None) -> Iterator[Watch]:
+        """Register a watch on ``kind:key`` (``key=None``: every key of ``kind``)."""
+        w = Watch()
+        bucket = self._watches.setdefault((kind, key), set())
+        bucket.add(w)
+        try:
+            yield w
+        finally:
+            bucket.discard(w)
+            if not bucket:
+                self._watches.pop((kind, key), None)
+
+    def on(self, kind: str, handler: Callable[[str], None]) -> None:
+        """Call ``handler(key)`` for every ``kind`` notification (the runtime's own reactions)."""
+        self._handlers[kind] = handler
+
+    def fire(self, kind: str, key: str) -> None:
+        """Wake the watches of ``kind:key`` and of every ``kind`` key, as a notification would."""
+        handler = self._handlers.get(kind)
+        if handler is not None:
+            handler(key)
+        for bucket_key in ((kind, key), (kind, None)):
+            for w in self._watches.get(bucket_key, ()):
+                w.fire()
+
+    def fire_all(self) -> None:
+        """Wake every watch: notifications may have been missed."""
+        for bucket in self._watches.values():
+            for w in bucket:
+                w.fire()
+
+    def stop(self) -> None:
+        """Make ``run`` return and close the connection."""
+        self._scope.cancel()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """LISTEN until ``stop()``; ``task_status.started()`` once the first LISTEN is live.
+
+        The first connection failure is raised (the runtime cannot start without
+        it); later ones are retried with backoff, waking every watch afterwards.
+        """
+        with self._scope:
+            await self._listen(task_status)
+
+    async def _listen(self, task_status: TaskStatus[None]) -> None:
+        attempt = 0
+        started = False
+        while True:
+            conn: asyncpg.Connection[asyncpg.Record] | None = None
+            try:
+                conn = await asyncpg.connect(
+                    self._url, server_settings={"application_name": "dbos_async listener"}
+                )
+                self._lost.clear()
+                conn.add_termination_listener(lambda _c: self._lost.set())
+                await conn.add_listener(self._channel, self._on_notify)
+                attempt = 0
+                if started:
+                    self.reconnects += 1
+                    logger.info("listener reconnected", extra={"action": "listen"})
+                    self.fire_all()
+                else:
+                    started = True
+                    task_status.started()
+                await self._supervise(conn)
+            except CONNECTION_ERRORS as exc:
+                if not started:
+                    raise
+                delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
+                attempt += 1
+                logger.warning(
+                    "listener lost its connection (%r); reconnecting in %ss",
+                    exc,
+                    delay,
+                    extra={"action": "listen"},
+                )
+                # Waiters re-read now rather than sleep through the outage blind.
+                self.fire_all()
+                await anyio.sleep(delay)
+            finally:
+                if conn is not None:
+                    with anyio.CancelScope(shield=True):
+                        await _close_quietly(conn)
+
+    async def _supervise(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        """Return (by raising) when the connection is lost; probe it now and then."""
+        while True:
+            with anyio.move_on_after(_HEALTH_CHECK_SECONDS):
+                await self._lost.wait()
+                raise ConnectionError("the listener's connection was closed")
+            with anyio.fail_after(_HEALTH_CHECK_SECONDS):
+                await conn.fetchval(q("check_alive"))
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        kind, sep, key = str(payload).partition(":")
+        if sep:
+            self.fire(kind, key)
+
+
+async def _close_quietly(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), timeout=2)
+    except Exception:
+        conn.terminate()
