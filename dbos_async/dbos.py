@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
-from dbos_async import management
+from dbos_async import management, messaging, streams
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
 from dbos_async import workflow as workflow_module
@@ -212,3 +212,54 @@ class DBOS(metaclass=_DBOSMeta):
         rt = runtime or active_runtime()
         await management.resume_workflow(rt.pool, workflow_id, rt)
         return WorkflowHandle(rt, workflow_id)
+
+    # -- messages, events, streams ----------------------------------------------------
+
+    @_runtime_method
+    def send(
+        runtime: Runtime | None, destination_id: str, message: Any, topic: str | None = None
+    ) -> Coroutine[Any, Any, None]:
+        """Send a message to a workflow; exactly once from a workflow.
+
+        Outside a workflow, ``SetWorkflowID`` around the call is its idempotency key.
+        """
+        return messaging.send(runtime, destination_id, message, topic)
+
+    @staticmethod
+    def recv(topic: str | None = None, timeout_seconds: float = 60) -> Coroutine[Any, Any, Any]:
+        """The next message for this workflow on ``topic``, or None on timeout (durable)."""
+        return messaging.recv(topic, timeout_seconds)
+
+    @staticmethod
+    def set_event(key: str, value: Any) -> Coroutine[Any, Any, None]:
+        """Set an event of this workflow; the latest value wins."""
+        return messaging.set_event(key, value)
+
+    @_runtime_method
+    def get_event(
+        runtime: Runtime | None, workflow_id: str, key: str, timeout_seconds: float = 60
+    ) -> Coroutine[Any, Any, Any]:
+        """A workflow's event value, waiting up to the timeout; None if it is not set."""
+        return messaging.get_event(runtime, workflow_id, key, timeout_seconds)
+
+    @_runtime_method
+    def get_all_events(
+        runtime: Runtime | None, workflow_id: str
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
+        """Every event of a workflow with its latest value."""
+        return messaging.get_all_events(runtime, workflow_id)
+
+    @staticmethod
+    def write_stream(key: str, value: Any) -> Coroutine[Any, Any, None]:
+        """Append a value to this workflow's stream ``key``."""
+        return streams.write_stream(key, value)
+
+    @staticmethod
+    def close_stream(key: str) -> Coroutine[Any, Any, None]:
+        """Close this workflow's stream ``key``."""
+        return streams.close_stream(key)
+
+    @_runtime_method
+    def read_stream(runtime: Runtime | None, workflow_id: str, key: str) -> AsyncIterator[Any]:
+        """Iterate a workflow's stream; ends when it is closed or the workflow finishes."""
+        return streams.read_stream(runtime or active_runtime(), workflow_id, key)

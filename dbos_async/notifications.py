@@ -79,18 +79,25 @@ class Listener:
         self._scope = anyio.CancelScope()
         self.reconnects = 0
 
-    @contextlib.contextmanager
-    def watch(self, kind: str, key: str | None) -> Iterator[Watch]:
+    def watch(self, kind: str, key: str | None) -> contextlib.AbstractContextManager[Watch]:
         """Register a watch on ``kind:key`` (``key=None``: every key of ``kind``)."""
+        return self.watch_many((kind, key))
+
+    @contextlib.contextmanager
+    def watch_many(self, *topics: tuple[str, str | None]) -> Iterator[Watch]:
+        """One watch fired by any of several ``(kind, key)`` topics."""
         w = Watch()
-        bucket = self._watches.setdefault((kind, key), set())
-        bucket.add(w)
+        for topic in topics:
+            self._watches.setdefault(topic, set()).add(w)
         try:
             yield w
         finally:
-            bucket.discard(w)
-            if not bucket:
-                self._watches.pop((kind, key), None)
+            for topic in topics:
+                bucket = self._watches.get(topic)
+                if bucket is not None:
+                    bucket.discard(w)
+                    if not bucket:
+                        del self._watches[topic]
 
     def on(self, kind: str, handler: Callable[[str], None]) -> None:
         """Call ``handler(key)`` for every ``kind`` notification (the runtime's own reactions)."""

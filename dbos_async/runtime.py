@@ -28,6 +28,7 @@ from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.notifications import Listener
 from dbos_async.recovery import recover_pending
+from dbos_async.streams import Announcer
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
@@ -130,6 +131,7 @@ class Runtime:
         self.thread_limiter: anyio.CapacityLimiter | None = None
         self.embedded: Any = None
         self._listener: Listener | None = None
+        self.stream_announcer = Announcer()
 
     # -- resources ------------------------------------------------------------------
 

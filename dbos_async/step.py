@@ -189,22 +189,28 @@ def sleep(seconds: float) -> Coroutine[Any, Any, None]:
 
 
 async def _durable_sleep(ctx: WorkflowContext, step_id: int, seconds: float) -> None:
+    wake_at = await record_wake_time(ctx, step_id, seconds)
+    await anyio.sleep(max(0.0, wake_at - time.time()))
+
+
+async def record_wake_time(ctx: WorkflowContext, step_id: int, seconds: float) -> float:
+    """The epoch time ``seconds`` from now, recorded as step ``step_id`` (or as recorded before).
+
+    Durable sleeps and the timeouts of ``recv``/``get_event`` use it, so a
+    recovered workflow keeps its original schedule. One round trip, none on replay.
+    """
     recorded = ctx.recorded.get(step_id)
     if recorded is not None:
         check_replay(ctx, step_id, SLEEP_STEP, recorded)
-        wake_at = float(serialization.decode(recorded.output))
-    else:
-        wake_at = time.time() + seconds
-        started = now_ms()
-        mine = StepRecord(
-            ctx.workflow_id,
-            step_id,
-            SLEEP_STEP,
-            output=serialization.encode(wake_at),
-            started_at=started,
-            completed_at=started,
-        )
-        winner = await ctx.runtime.step_writer.submit(mine)
-        if winner is not mine:
-            wake_at = float(serialization.decode(winner.output))
-    await anyio.sleep(max(0.0, wake_at - time.time()))
+        return float(serialization.decode(recorded.output))
+    started = now_ms()
+    mine = StepRecord(
+        ctx.workflow_id,
+        step_id,
+        SLEEP_STEP,
+        output=serialization.encode(time.time() + seconds),
+        started_at=started,
+        completed_at=started,
+    )
+    winner = await ctx.runtime.step_writer.submit(mine)
+    return float(serialization.decode(winner.output))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
+import anyio
 import asyncpg
 
 from dbos_async.errors import DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
     Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
@@ -109,3 +112,27 @@ def is_connection_error(exc: BaseException) -> bool:
 def record_dict(record: Any) -> dict[str, Any]:
     """An asyncpg record as a plain dict."""
     return dict(record.items())
+
+
+_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+async def run_idempotent(pool: Pool, statement: Callable[[Connection], Awaitable[T]]) -> T:
+    """Run ``statement`` on a pooled connection, again after a lost connection.
+
+    Only for statements that are safe to repeat: a lost connection may have
+    lost the commit acknowledgement of a statement that did commit.
+
+    Raises:
+        DatabaseUnavailableError: the connection was lost on every try.
+    """
+    for delay in (*_RETRY_DELAYS, None):
+        try:
+            async with acquire(pool) as conn:
+                return await statement(conn)
+        except DatabaseUnavailableError:
+            if delay is None:
+                raise
+            logger.warning("lost the database connection; retrying in %ss", delay)
+            await anyio.sleep(delay)
+    raise AssertionError("unreachable")

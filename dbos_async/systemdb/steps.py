@@ -91,3 +91,9 @@ async def select_steps_of(
     for r in await conn.fetch(q("select_steps_of"), list(workflow_ids)):
         found[r["workflow_id"]][r["step_id"]] = record_from_row(r)
     return found
+
+
+async def select_step(conn: Connection, workflow_id: str, step_id: int) -> StepRecord | None:
+    """One recorded step, or None. One round trip."""
+    rows = await conn.fetch(q("select_steps_by_key"), [workflow_id], [step_id])
+    return record_from_row(rows[0]) if rows else None

@@ -1,0 +1,102 @@
+"""The ``messages`` and ``workflow_events`` tables: send/recv and events.
+
+Every function is one round trip. Writes made from a workflow carry that
+workflow's step checkpoint in the same statement, so they happen exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from dbos_async.systemdb.pool import Connection
+from dbos_async.systemdb.queries import q
+
+
+async def send_message_from_workflow(
+    conn: Connection,
+    destination_id: str,
+    topic: str,
+    payload: str,
+    now_ms: int,
+    workflow_id: str,
+    step_id: int,
+) -> bool:
+    """Send as a workflow step; False if the destination does not exist."""
+    row = await conn.fetchrow(
+        q("send_message_from_workflow"),
+        destination_id,
+        topic,
+        payload,
+        now_ms,
+        workflow_id,
+        step_id,
+    )
+    assert row is not None
+    return bool(row["destination_exists"])
+
+
+async def send_message(
+    conn: Connection,
+    destination_id: str,
+    topic: str,
+    payload: str,
+    now_ms: int,
+    idempotency_key: str | None,
+) -> bool:
+    """Send from outside a workflow; False if the destination does not exist."""
+    row = await conn.fetchrow(
+        q("send_message"), destination_id, topic, payload, now_ms, idempotency_key
+    )
+    assert row is not None
+    return bool(row["destination_exists"])
+
+
+class AlreadyRecorded(Exception):
+    """The step was recorded by an earlier execution (or an earlier try of this statement)."""
+
+
+async def receive_message(
+    conn: Connection, workflow_id: str, topic: str, step_id: int, now_ms: int
+) -> str | None:
+    """Consume the oldest waiting message and record it as the step; None if none waits.
+
+    Raises:
+        AlreadyRecorded: the step exists; nothing was consumed.
+    """
+    try:
+        payload: str | None = await conn.fetchval(
+            q("receive_message"), workflow_id, topic, step_id, now_ms
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise AlreadyRecorded from exc
+    return payload
+
+
+async def set_event(
+    conn: Connection, workflow_id: str, step_id: int, key: str, value: str, now_ms: int
+) -> None:
+    """Set an event as a workflow step (nothing if the step was recorded)."""
+    await conn.fetchval(q("set_event"), workflow_id, step_id, key, value, now_ms)
+
+
+async def select_event(conn: Connection, workflow_id: str, key: str) -> str | None:
+    """The encoded value of an event, or None if it is not set."""
+    value: str | None = await conn.fetchval(q("select_event"), workflow_id, key)
+    return value
+
+
+async def record_event(
+    conn: Connection, workflow_id: str, key: str, reader_id: str, step_id: int, now_ms: int
+) -> tuple[str | None, bool]:
+    """Read an event and record it as step ``step_id`` of ``reader_id``.
+
+    Returns the encoded value (None: not set) and whether this call recorded it.
+    """
+    row = await conn.fetchrow(q("record_event"), workflow_id, key, reader_id, step_id, now_ms)
+    assert row is not None
+    return row["value"], bool(row["recorded"])
+
+
+async def select_events(conn: Connection, workflow_id: str) -> list[tuple[str, str]]:
+    """Every event of a workflow as (key, encoded value)."""
+    return [(r["key"], r["value"]) for r in await conn.fetch(q("select_events"), workflow_id)]

@@ -1,0 +1,90 @@
+-- name: send_message_from_workflow
+-- Send message $3 to workflow $1 on topic $2 as step $6 of workflow $5, at $4.
+-- The message is inserted only together with the step's checkpoint, so a
+-- replayed send sends nothing; nothing is written if $1 does not exist.
+-- Announces m:<destination>.
+WITH dest AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1),
+step AS (
+    INSERT INTO operation_outputs (
+        workflow_id, step_id, function_name, started_at, completed_at)
+    SELECT $5, $6, 'DBOS.send', $4, $4 WHERE EXISTS (SELECT 1 FROM dest)
+    ON CONFLICT (workflow_id, step_id) DO NOTHING
+    RETURNING 1),
+msg AS (
+    INSERT INTO messages (destination_id, topic, payload, created_at)
+    SELECT $1, $2, $3, $4 FROM step
+    RETURNING destination_id)
+SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
+       (SELECT count(pg_notify(current_schema(), 'm:' || destination_id)) FROM msg) AS sent;
+
+-- name: send_message
+-- Send message $3 to workflow $1 on topic $2 from outside a workflow, at $4.
+-- $5 is an optional idempotency key: a second send under it sends nothing.
+-- Nothing is written if $1 does not exist. Announces m:<destination>.
+WITH dest AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1),
+msg AS (
+    INSERT INTO messages (destination_id, topic, payload, created_at, idempotency_key)
+    SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM dest)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING destination_id)
+SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
+       (SELECT count(pg_notify(current_schema(), 'm:' || destination_id)) FROM msg) AS sent;
+
+-- name: receive_message
+-- Consume the oldest unconsumed message of workflow $1 on topic $2 and record
+-- it as step $3 (at $4), in one statement: if the step was already recorded
+-- (a replay, or this statement retried after a lost commit acknowledgement)
+-- the insert raises a unique violation and the whole statement, consumption
+-- included, rolls back. Returns the payload, or no row when none is waiting.
+WITH m AS (
+    UPDATE messages SET consumed_at = $4
+    WHERE message_id = (
+        SELECT message_id FROM messages
+        WHERE destination_id = $1 AND topic = $2 AND consumed_at IS NULL
+        ORDER BY message_id LIMIT 1
+        FOR UPDATE SKIP LOCKED)
+    RETURNING payload)
+INSERT INTO operation_outputs (
+    workflow_id, step_id, function_name, output, started_at, completed_at)
+SELECT $1, $3, 'DBOS.recv', m.payload, $4, $4 FROM m
+RETURNING output;
+
+-- name: set_event
+-- Set event $3 of workflow $1 to $4 as its step $2 (at $5): the value is
+-- written only together with the step's checkpoint, so replay writes nothing.
+-- The latest value wins. Announces e:<workflow>.
+WITH step AS (
+    INSERT INTO operation_outputs (
+        workflow_id, step_id, function_name, started_at, completed_at)
+    VALUES ($1, $2, 'DBOS.set_event', $5, $5)
+    ON CONFLICT (workflow_id, step_id) DO NOTHING
+    RETURNING 1),
+ev AS (
+    INSERT INTO workflow_events (workflow_id, key, value, updated_at)
+    SELECT $1, $3, $4, $5 FROM step
+    ON CONFLICT (workflow_id, key)
+    DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+    RETURNING workflow_id)
+SELECT count(pg_notify(current_schema(), 'e:' || workflow_id)) FROM ev;
+
+-- name: select_event
+-- The value of event $2 of workflow $1, or no row.
+SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2;
+
+-- name: record_event
+-- Inside workflow $3, read event $2 of workflow $1 and record the value as
+-- step $4 (at $5), in one statement. Returns the value (NULL: not set yet)
+-- and whether this statement recorded it (false with a value: the step was
+-- recorded before; read the recorded step).
+WITH e AS (SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2),
+ins AS (
+    INSERT INTO operation_outputs (
+        workflow_id, step_id, function_name, output, started_at, completed_at)
+    SELECT $3, $4, 'DBOS.get_event', e.value, $5, $5 FROM e
+    ON CONFLICT (workflow_id, step_id) DO NOTHING
+    RETURNING 1)
+SELECT (SELECT value FROM e) AS value, EXISTS (SELECT 1 FROM ins) AS recorded;
+
+-- name: select_events
+-- Every event of workflow $1 with its latest value.
+SELECT key, value FROM workflow_events WHERE workflow_id = $1 ORDER BY key;

@@ -1,0 +1,31 @@
+-- name: write_stream
+-- Append to stream $3 of workflow $1 as its step $2 (the step ID is the
+-- offset), at $6: value $4, or the closing marker when $5. The row is written
+-- only together with the step's checkpoint, so replay writes nothing.
+-- Announces s:<workflow> only when $7: busy streams announce at most once per
+-- short window (the runtime sends a trailing announcement).
+WITH step AS (
+    INSERT INTO operation_outputs (
+        workflow_id, step_id, function_name, started_at, completed_at)
+    VALUES ($1, $2, CASE WHEN $5 THEN 'DBOS.close_stream' ELSE 'DBOS.write_stream' END, $6, $6)
+    ON CONFLICT (workflow_id, step_id) DO NOTHING
+    RETURNING 1),
+s AS (
+    INSERT INTO streams (workflow_id, key, "offset", value, closed, created_at)
+    SELECT $1, $3, $2, $4, $5, $6 FROM step
+    RETURNING workflow_id)
+SELECT count(pg_notify(current_schema(), 's:' || workflow_id)) FROM s WHERE $7;
+
+-- name: notify_stream
+-- The trailing announcement of writes to workflow $1's streams.
+SELECT pg_notify(current_schema(), 's:' || $1::text);
+
+-- name: read_stream
+-- Entries of stream $2 of workflow $1 after offset $3, in order, with the
+-- workflow's status (a stream also ends when its workflow has finished).
+SELECT s."offset", s.value, s.closed, w.status
+FROM (SELECT status FROM workflow_status WHERE workflow_id = $1) AS w
+LEFT JOIN LATERAL (
+    SELECT "offset", value, closed FROM streams
+    WHERE workflow_id = $1 AND key = $2 AND "offset" > $3
+    ORDER BY "offset") AS s ON true;
