@@ -34,12 +34,23 @@ class WorkflowContext:
     cancel_scope: anyio.CancelScope | None = None
     deadline_epoch_ms: int | None = None
     cancelled: bool = False  # cancel_workflow or the deadline, never a shutdown
+    fence: int = 0  # the fencing token this runtime holds on the workflow's row
+    adopted: bool = False  # another runtime took the workflow over: stop, record nothing
 
     def take_step_id(self) -> int:
         """Return the next step ID; called synchronously at call time for determinism."""
         step_id = self.next_step_id
         self.next_step_id += 1
         return step_id
+
+
+class FencedOff(BaseException):
+    """This runtime no longer owns the workflow: another one adopted it.
+
+    Raised by a checkpoint write whose fence is stale. A BaseException, so the
+    workflow's own ``except Exception`` cannot swallow it; the runtime stops
+    the workflow without recording anything.
+    """
 
 
 @dataclass(slots=True, eq=False)

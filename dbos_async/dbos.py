@@ -111,6 +111,8 @@ class DBOS(metaclass=_DBOSMeta):
         schema: The Postgres schema holding the system tables.
         pool_size: Most connections to the system database.
         data_dir: Where the embedded Postgres keeps its data.
+        lease_seconds: A runtime that has not heartbeat for this long is presumed
+            dead: a live runtime of the same app version adopts its PENDING workflows.
     """
 
     workflow = staticmethod(workflow_module.workflow)
@@ -127,10 +129,18 @@ class DBOS(metaclass=_DBOSMeta):
         schema: str = "dbos_async",
         pool_size: int = 10,
         data_dir: str | os.PathLike[str] = ".dbos_async",
+        lease_seconds: float = 30.0,
     ) -> None:
         self._runtime = Runtime(
             resolve_config(
-                database_url, app_name, app_version, executor_id, schema, pool_size, data_dir
+                database_url,
+                app_name,
+                app_version,
+                executor_id,
+                schema,
+                pool_size,
+                data_dir,
+                lease_seconds,
             )
         )
 

@@ -88,7 +88,7 @@ async def _send_from_workflow(
     exists = await run_idempotent(
         ctx.runtime.pool,
         lambda conn: msg_table.send_message_from_workflow(
-            conn, destination_id, topic, payload, now_ms(), ctx.workflow_id, step_id
+            conn, destination_id, topic, payload, now_ms(), ctx.workflow_id, step_id, ctx.fence
         ),
     )
     if not exists:
@@ -145,7 +145,9 @@ async def _recv(
             try:
                 payload = await run_idempotent(
                     runtime.pool,
-                    lambda conn: msg_table.receive_message(conn, wid, topic, step_id, now_ms()),
+                    lambda conn: msg_table.receive_message(
+                        conn, wid, topic, step_id, now_ms(), ctx.fence
+                    ),
                 )
             except msg_table.AlreadyRecorded:
                 return await _recorded_outcome(ctx, step_id, RECV_STEP)
@@ -178,6 +180,7 @@ async def _record_value(ctx: WorkflowContext, step_id: int, name: str, value: An
         output=serialization.encode(value),
         started_at=started,
         completed_at=started,
+        fence=ctx.fence,
     )
     winner = await ctx.runtime.step_writer.submit(mine)
     check_replay(ctx, step_id, name, winner)
@@ -208,7 +211,9 @@ async def _set_event(ctx: WorkflowContext, step_id: int, key: str, value: str) -
         return
     await run_idempotent(
         ctx.runtime.pool,
-        lambda conn: msg_table.set_event(conn, ctx.workflow_id, step_id, key, value, now_ms()),
+        lambda conn: msg_table.set_event(
+            conn, ctx.workflow_id, step_id, key, value, now_ms(), ctx.fence
+        ),
     )
 
 
@@ -265,7 +270,7 @@ async def _get_event_in_workflow(
             value, mine = await run_idempotent(
                 runtime.pool,
                 lambda conn: msg_table.record_event(
-                    conn, workflow_id, key, ctx.workflow_id, step_id, now_ms()
+                    conn, workflow_id, key, ctx.workflow_id, step_id, now_ms(), ctx.fence
                 ),
             )
             if value is not None:

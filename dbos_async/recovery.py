@@ -1,9 +1,9 @@
 """Recovery: resume this executor's PENDING workflows of the current app version.
 
 Two round trips for any number of workflows: one claims them (counting a
-recovery attempt on each), one reads all their recorded steps. Each then
-replays from the start, returning recorded step outcomes until it reaches the
-first step that never completed.
+recovery attempt on each, and bumping their fence), one reads all their
+recorded steps. Each then replays from the start, returning recorded step
+outcomes until it reaches the first step that never completed.
 """
 
 from __future__ import annotations
@@ -32,28 +32,42 @@ async def recover_pending(runtime: Runtime) -> int:
         )
         if not rows:
             return 0
-        exhausted: set[str] = set()
-        for row in rows:
-            entry = registry.lookup(row["name"])
-            limit = entry.options.get("max_recovery_attempts", 0) if entry else 0
-            if entry is not None and row["recovery_attempts"] > limit:
-                exhausted.add(row["workflow_id"])
+        runnable, exhausted = split_exhausted(rows)
         if exhausted:
-            await wf_table.mark_max_recovery_exceeded(conn, sorted(exhausted), now_ms())
-            logger.warning("%d workflows exceeded their recovery attempts", len(exhausted))
-        started = await run_claimed(
-            runtime, conn, [r for r in rows if r["workflow_id"] not in exhausted]
-        )
+            await wf_table.mark_max_recovery_exceeded(conn, exhausted, now_ms())
+        started = await run_claimed(runtime, conn, runnable)
     logger.info("recovering %d workflows", started, extra={"action": "recover"})
     return started
+
+
+def split_exhausted(
+    rows: Sequence[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Split claimed rows into those to run and the IDs past their max_recovery_attempts."""
+    runnable, exhausted = [], []
+    for row in rows:
+        entry = registry.lookup(row["name"])
+        limit = entry.options.get("max_recovery_attempts", 0) if entry else 0
+        if entry is not None and row["recovery_attempts"] > limit:
+            exhausted.append(row["workflow_id"])
+            logger.warning(
+                "workflow %s exceeded its %d recovery attempts",
+                row["workflow_id"],
+                limit,
+                extra={"workflow_id": row["workflow_id"]},
+            )
+        else:
+            runnable.append(row)
+    return runnable, exhausted
 
 
 async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     """Replay workflows this runtime just claimed (PENDING, executor = this one).
 
     ``rows`` need ``workflow_id``, ``name``, ``inputs`` and optionally
-    ``deadline_epoch_ms``. One round trip reads all their recorded steps.
-    Returns how many were started (unregistered names are logged and skipped).
+    ``deadline_epoch_ms`` and ``fence`` (the token the claim produced). One
+    round trip reads all their recorded steps. Returns how many were started
+    (unregistered names are logged and skipped).
     """
     runnable = []
     for row in rows:
@@ -73,5 +87,14 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
     for row, entry in runnable:
         args, kwargs = serialization.decode_inputs(row["inputs"], entry.fn)
         wid = row["workflow_id"]
-        spawn(runtime, entry, wid, args, kwargs, recorded[wid], row.get("deadline_epoch_ms"))
+        spawn(
+            runtime,
+            entry,
+            wid,
+            args,
+            kwargs,
+            recorded[wid],
+            row.get("deadline_epoch_ms"),
+            fence=row.get("fence", 0),
+        )
     return len(runnable)

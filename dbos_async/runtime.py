@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from dbos_async import registry, workflow
+from dbos_async import fleet, registry, workflow
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.notifications import Listener
@@ -81,6 +81,7 @@ class Config:
     schema: str
     pool_size: int
     data_dir: Path
+    lease_seconds: float = 30.0
 
 
 def resolve_config(
@@ -91,10 +92,13 @@ def resolve_config(
     schema: str,
     pool_size: int,
     data_dir: str | os.PathLike[str],
+    lease_seconds: float = 30.0,
 ) -> Config:
     """Apply the documented resolution order: argument, then environment, then default."""
     if pool_size < 2:
         raise ValueError("pool_size must be at least 2")
+    if not lease_seconds > 0:
+        raise ValueError(f"lease_seconds must be positive, got {lease_seconds!r}")
     version = app_version or os.environ.get("DBOS_APP_VERSION") or None
     return Config(
         database_url=database_url or os.environ.get("DBOS_DATABASE_URL") or None,
@@ -106,6 +110,7 @@ def resolve_config(
         schema=check_schema_name(schema),
         pool_size=pool_size,
         data_dir=Path(data_dir),
+        lease_seconds=float(lease_seconds),
     )
 
 
@@ -261,6 +266,7 @@ class Runtime:
             self._writers = [self.workflow_writer, self.step_writer, self.completion_writer]
             self._listener = Listener(self.database_url, channel=self.config.schema)
             self._listener.on("c", functools.partial(workflow.cancel_local, self))
+            self._listener.on("a", functools.partial(workflow.stop_adopted, self))
             async with anyio.create_task_group() as services:
                 # LISTEN is live before anything can wait on it.
                 await services.start(self._listener.run)
@@ -271,6 +277,7 @@ class Runtime:
                         self._group = group
                         self.state = State.RUNNING
                         await recover_pending(self)
+                        await group.start(fleet.heartbeat_and_adopt, self)
                         logger.info(
                             "DBOS runtime launched (executor %s, app version %s)",
                             self.executor_id,

@@ -114,6 +114,7 @@ async def _run_step(
             error=serialization.encode_exception(exc),
             started_at=started,
             completed_at=now_ms(),
+            fence=ctx.fence,
         )
         winner = await ctx.runtime.step_writer.submit(mine)
         if winner is mine:
@@ -128,6 +129,7 @@ async def _run_step(
         output=serialization.encode(value, f"the result of step {entry.name}"),
         started_at=started,
         completed_at=now_ms(),
+        fence=ctx.fence,
     )
     winner = await ctx.runtime.step_writer.submit(mine)
     # Another execution of this workflow recorded the step first: its outcome stands.
@@ -211,6 +213,7 @@ async def record_wake_time(ctx: WorkflowContext, step_id: int, seconds: float) -
         output=serialization.encode(time.time() + seconds),
         started_at=started,
         completed_at=started,
+        fence=ctx.fence,
     )
     winner = await ctx.runtime.step_writer.submit(mine)
     return float(serialization.decode(winner.output))

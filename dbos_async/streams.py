@@ -120,6 +120,7 @@ async def _write(
             close=close,
             now_ms=now_ms(),
             notify=notify,
+            fence=ctx.fence,
         ),
     )
     if not notify:

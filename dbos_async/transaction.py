@@ -105,6 +105,7 @@ async def _run(
                 error=serialization.encode_exception(exc),
                 started_at=started,
                 completed_at=now_ms(),
+                fence=ctx.fence,
             )
             winner = await runtime.step_writer.submit(mine)
             if winner is mine:
@@ -147,6 +148,7 @@ async def _attempt(
                     output=output,
                     started_at=started,
                     completed_at=now_ms(),
+                    fence=ctx.fence,
                 ),
             )
         except asyncpg.UniqueViolationError as exc:

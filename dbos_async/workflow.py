@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import anyio
 
 from dbos_async import context, registry, serialization
-from dbos_async.context import Running, WorkflowContext, current_workflow
+from dbos_async.context import FencedOff, Running, WorkflowContext, current_workflow
 from dbos_async.errors import (
     DBOSError,
     MaxRecoveryAttemptsExceededError,
@@ -190,6 +190,7 @@ async def _start_child(
             child_workflow_id=child_id,
             started_at=started,
             completed_at=started,
+            fence=parent.fence,
         )
     )
     return handle
@@ -200,6 +201,17 @@ def _loop_deadline(deadline_epoch_ms: int | None) -> float:
     if deadline_epoch_ms is None:
         return math.inf
     return anyio.current_time() + (deadline_epoch_ms / 1000 - time.time())
+
+
+def stop_adopted(runtime: Runtime, key: str) -> None:
+    """Stop a workflow running here that another runtime adopted (key ``<fence>:<id>``)."""
+    fence, _, workflow_id = key.partition(":")
+    running = runtime.local.get(workflow_id)
+    if running is None or running.ctx is None or running.ctx.fence >= int(fence):
+        return
+    running.ctx.adopted = True
+    if running.ctx.cancel_scope is not None:
+        running.ctx.cancel_scope.cancel()
 
 
 def cancel_local(runtime: Runtime, workflow_id: str) -> None:
@@ -237,13 +249,18 @@ def spawn(
     recorded: dict[int, StepRecord],
     deadline_epoch_ms: int | None,
     future: asyncio.Future[Outcome] | None = None,
+    fence: int = 0,
 ) -> None:
-    """Run a recorded PENDING workflow as a task of the runtime."""
+    """Run a recorded PENDING workflow as a task of the runtime.
+
+    ``fence`` is the token this runtime holds on the row (from its claim).
+    """
     if future is None:
         future = asyncio.get_running_loop().create_future()
         runtime.local[workflow_id] = Running(entry.name, future)
     ctx = WorkflowContext(runtime, workflow_id, entry.name, recorded)
     ctx.deadline_epoch_ms = deadline_epoch_ms
+    ctx.fence = fence
     runtime.local[workflow_id].ctx = ctx
     runtime.workflow_group.start_soon(_execute, ctx, entry, args, kwargs, future)
 
@@ -273,13 +290,22 @@ async def _execute(
             try:
                 value = await entry.fn(*args, **kwargs)
                 output = serialization.encode(value, f"the result of workflow {entry.name}")
-                row = wf_table.Outcome(ctx.workflow_id, "SUCCESS", output, None, now_ms())
+                row = wf_table.Outcome(
+                    ctx.workflow_id, "SUCCESS", output, None, now_ms(), ctx.fence
+                )
                 outcome.value = value
             except Exception as exc:
                 row = wf_table.Outcome(
-                    ctx.workflow_id, "ERROR", None, serialization.encode_exception(exc), now_ms()
+                    ctx.workflow_id,
+                    "ERROR",
+                    None,
+                    serialization.encode_exception(exc),
+                    now_ms(),
+                    ctx.fence,
                 )
                 outcome.error = exc
+        if ctx.adopted:
+            raise FencedOff(ctx.workflow_id)
         if scope.cancel_called:
             outcome = Outcome(error=WorkflowCancelledError(ctx.workflow_id))
             if not ctx.cancelled:  # the deadline passed: record it (cancel_workflow already did)
@@ -290,6 +316,14 @@ async def _execute(
         else:
             assert row is not None
             await runtime.completion_writer.submit(row)
+    except FencedOff:
+        # Adopted by another runtime: it owns the row now; waiters here read it.
+        outcome = Outcome(local=False)
+        logger.warning(
+            "workflow %s was adopted by another executor; stopped here",
+            ctx.workflow_id,
+            extra={"action": "fenced", "workflow_id": ctx.workflow_id},
+        )
     except BaseException as exc:
         # Shutdown or a lost database: record nothing; the row stays PENDING and recovers.
         outcome = Outcome(

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 Row = TypeVar("Row")
 Result = TypeVar("Result")
 
-Flush = Callable[[Connection, Sequence[Row]], Awaitable[Sequence[Result]]]
+# One result per row; an exception instance in place of a result is raised to that row's caller.
+Flush = Callable[[Connection, Sequence[Row]], Awaitable[Sequence[Result | BaseException]]]
 
 _RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 

@@ -20,6 +20,7 @@ async def send_message_from_workflow(
     now_ms: int,
     workflow_id: str,
     step_id: int,
+    fence: int,
 ) -> bool:
     """Send as a workflow step; False if the destination does not exist."""
     row = await conn.fetchrow(
@@ -30,6 +31,7 @@ async def send_message_from_workflow(
         now_ms,
         workflow_id,
         step_id,
+        fence,
     )
     assert row is not None
     return bool(row["destination_exists"])
@@ -56,7 +58,7 @@ class AlreadyRecorded(Exception):
 
 
 async def receive_message(
-    conn: Connection, workflow_id: str, topic: str, step_id: int, now_ms: int
+    conn: Connection, workflow_id: str, topic: str, step_id: int, now_ms: int, fence: int
 ) -> str | None:
     """Consume the oldest waiting message and record it as the step; None if none waits.
 
@@ -65,7 +67,7 @@ async def receive_message(
     """
     try:
         payload: str | None = await conn.fetchval(
-            q("receive_message"), workflow_id, topic, step_id, now_ms
+            q("receive_message"), workflow_id, topic, step_id, now_ms, fence
         )
     except asyncpg.UniqueViolationError as exc:
         raise AlreadyRecorded from exc
@@ -73,10 +75,16 @@ async def receive_message(
 
 
 async def set_event(
-    conn: Connection, workflow_id: str, step_id: int, key: str, value: str, now_ms: int
+    conn: Connection,
+    workflow_id: str,
+    step_id: int,
+    key: str,
+    value: str,
+    now_ms: int,
+    fence: int,
 ) -> None:
     """Set an event as a workflow step (nothing if the step was recorded)."""
-    await conn.fetchval(q("set_event"), workflow_id, step_id, key, value, now_ms)
+    await conn.fetchval(q("set_event"), workflow_id, step_id, key, value, now_ms, fence)
 
 
 async def select_event(conn: Connection, workflow_id: str, key: str) -> str | None:
@@ -86,13 +94,21 @@ async def select_event(conn: Connection, workflow_id: str, key: str) -> str | No
 
 
 async def record_event(
-    conn: Connection, workflow_id: str, key: str, reader_id: str, step_id: int, now_ms: int
+    conn: Connection,
+    workflow_id: str,
+    key: str,
+    reader_id: str,
+    step_id: int,
+    now_ms: int,
+    fence: int,
 ) -> tuple[str | None, bool]:
     """Read an event and record it as step ``step_id`` of ``reader_id``.
 
     Returns the encoded value (None: not set) and whether this call recorded it.
     """
-    row = await conn.fetchrow(q("record_event"), workflow_id, key, reader_id, step_id, now_ms)
+    row = await conn.fetchrow(
+        q("record_event"), workflow_id, key, reader_id, step_id, now_ms, fence
+    )
     assert row is not None
     return row["value"], bool(row["recorded"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dbos_async.context import FencedOff
 from dbos_async.systemdb.pool import Connection
 from dbos_async.systemdb.queries import q
 
@@ -25,6 +26,7 @@ class StepRecord:
     child_workflow_id: str | None = None
     started_at: int | None = None
     completed_at: int | None = None
+    fence: int = 0  # the writer's fencing token (see 0003_failover.sql); not stored
 
 
 def record_from_row(r: object) -> StepRecord:
@@ -49,38 +51,57 @@ def _columns(rows: Sequence[StepRecord]) -> tuple[list[object], ...]:
         [r.child_workflow_id for r in rows],
         [r.started_at for r in rows],
         [r.completed_at for r in rows],
+        [r.fence for r in rows],
     )
 
 
-async def insert_steps(conn: Connection, rows: Sequence[StepRecord]) -> list[StepRecord]:
+async def insert_steps(
+    conn: Connection, rows: Sequence[StepRecord]
+) -> list[StepRecord | FencedOff]:
     """Checkpoint ``rows``; returns, per row, the record that won (ours or an earlier one).
 
-    One round trip; a second only when some row was already recorded.
+    A row whose fence is stale gets a FencedOff instead. One round trip; a
+    second only when some row was not written.
     """
     columns = _columns(rows)
+    written: set[tuple[str, int]] = set()
     if len(rows) == 1:  # the single-row form; its command tag says whether it wrote
         tag = await conn.execute(q("insert_step_if_absent"), *(c[0] for c in columns))
         if tag == "INSERT 0 1":
-            return list(rows)
-        written = set()
+            return [rows[0]]
     else:
         records = await conn.fetch(q("insert_steps"), *columns)
         written = {(r[0], r[1]) for r in records}
     lost = [r for r in rows if (r.workflow_id, r.step_id) not in written]
     if not lost:
-        return list(rows)
+        return [*rows]
     winners = {
         (r["workflow_id"], r["step_id"]): record_from_row(r)
         for r in await conn.fetch(
             q("select_steps_by_key"), [r.workflow_id for r in lost], [r.step_id for r in lost]
         )
     }
-    return [winners.get((r.workflow_id, r.step_id), r) for r in rows]
+
+    def outcome(r: StepRecord) -> StepRecord | FencedOff:
+        key = (r.workflow_id, r.step_id)
+        if key in written:
+            return r
+        # Not written and nothing recorded: the row's fence was stale.
+        return winners.get(key) or FencedOff(r.workflow_id)
+
+    return [outcome(r) for r in rows]
 
 
 async def insert_step(conn: Connection, row: StepRecord) -> None:
-    """Checkpoint one step in the caller's transaction. One round trip."""
-    await conn.execute(q("insert_step"), *(column[0] for column in _columns([row])))
+    """Checkpoint one step in the caller's transaction. One round trip.
+
+    Raises:
+        asyncpg.UniqueViolationError: the step is already recorded.
+        FencedOff: the fence is stale (the caller's transaction must roll back).
+    """
+    tag = await conn.execute(q("insert_step"), *(column[0] for column in _columns([row])))
+    if tag != "INSERT 0 1":
+        raise FencedOff(row.workflow_id)
 
 
 async def select_steps_of(

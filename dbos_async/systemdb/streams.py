@@ -27,9 +27,12 @@ async def write_stream(
     close: bool,
     now_ms: int,
     notify: bool,
+    fence: int,
 ) -> None:
     """Append a value (or the closing marker) as a workflow step."""
-    await conn.fetchval(q("write_stream"), workflow_id, step_id, key, value, close, now_ms, notify)
+    await conn.fetchval(
+        q("write_stream"), workflow_id, step_id, key, value, close, now_ms, notify, fence
+    )
 
 
 async def notify_stream(conn: Connection, workflow_id: str) -> None:

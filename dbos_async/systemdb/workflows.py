@@ -47,6 +47,7 @@ class Outcome:
     output: str | None
     error: str | None
     now_ms: int
+    fence: int = 0
 
 
 async def insert_workflows(conn: Connection, rows: Sequence[NewWorkflow]) -> list[Existing | None]:
@@ -93,6 +94,7 @@ async def complete_workflows(conn: Connection, rows: Sequence[Outcome]) -> list[
         [r.output for r in rows],
         [r.error for r in rows],
         [r.now_ms for r in rows],
+        [r.fence for r in rows],
     )
     if len(rows) == 1:
         await conn.fetchval(q("complete_workflow"), *(c[0] for c in columns))

@@ -1,13 +1,15 @@
 -- name: send_message_from_workflow
 -- Send message $3 to workflow $1 on topic $2 as step $6 of workflow $5, at $4.
 -- The message is inserted only together with the step's checkpoint, so a
--- replayed send sends nothing; nothing is written if $1 does not exist.
+-- replayed send sends nothing; nothing is written if $1 does not exist or if
+-- $7 is not the sender's current fence.
 -- Announces m:<destination>.
 WITH dest AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1),
 step AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, started_at, completed_at)
     SELECT $5, $6, 'DBOS.send', $4, $4 WHERE EXISTS (SELECT 1 FROM dest)
+        AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $5 AND fence = $7)
     ON CONFLICT (workflow_id, step_id) DO NOTHING
     RETURNING 1),
 msg AS (
@@ -35,7 +37,8 @@ SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
 -- it as step $3 (at $4), in one statement: if the step was already recorded
 -- (a replay, or this statement retried after a lost commit acknowledgement)
 -- the insert raises a unique violation and the whole statement, consumption
--- included, rolls back. Returns the payload, or no row when none is waiting.
+-- included, rolls back. Returns the payload, or no row when none is waiting
+-- (or when $5 is not the workflow's current fence).
 WITH m AS (
     UPDATE messages SET consumed_at = $4
     WHERE message_id = (
@@ -43,6 +46,7 @@ WITH m AS (
         WHERE destination_id = $1 AND topic = $2 AND consumed_at IS NULL
         ORDER BY message_id LIMIT 1
         FOR UPDATE SKIP LOCKED)
+      AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $5)
     RETURNING payload)
 INSERT INTO operation_outputs (
     workflow_id, step_id, function_name, output, started_at, completed_at)
@@ -50,13 +54,14 @@ SELECT $1, $3, 'DBOS.recv', m.payload, $4, $4 FROM m
 RETURNING output;
 
 -- name: set_event
--- Set event $3 of workflow $1 to $4 as its step $2 (at $5): the value is
--- written only together with the step's checkpoint, so replay writes nothing.
--- The latest value wins. Announces e:<workflow>.
+-- Set event $3 of workflow $1 to $4 as its step $2 (at $5), with fence $6:
+-- the value is written only together with the step's checkpoint, so replay
+-- writes nothing. The latest value wins. Announces e:<workflow>.
 WITH step AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, started_at, completed_at)
-    VALUES ($1, $2, 'DBOS.set_event', $5, $5)
+    SELECT $1, $2, 'DBOS.set_event', $5, $5
+    WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $6)
     ON CONFLICT (workflow_id, step_id) DO NOTHING
     RETURNING 1),
 ev AS (
@@ -72,8 +77,8 @@ SELECT count(pg_notify(current_schema(), 'e:' || workflow_id)) FROM ev;
 SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2;
 
 -- name: record_event
--- Inside workflow $3, read event $2 of workflow $1 and record the value as
--- step $4 (at $5), in one statement. Returns the value (NULL: not set yet)
+-- Inside workflow $3 (fence $6), read event $2 of workflow $1 and record the
+-- value as step $4 (at $5), in one statement. Returns the value (NULL: not set yet)
 -- and whether this statement recorded it (false with a value: the step was
 -- recorded before; read the recorded step).
 WITH e AS (SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2),
@@ -81,6 +86,7 @@ ins AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, output, started_at, completed_at)
     SELECT $3, $4, 'DBOS.get_event', e.value, $5, $5 FROM e
+    WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $3 AND fence = $6)
     ON CONFLICT (workflow_id, step_id) DO NOTHING
     RETURNING 1)
 SELECT (SELECT value FROM e) AS value, EXISTS (SELECT 1 FROM ins) AS recorded;

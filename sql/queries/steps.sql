@@ -1,11 +1,18 @@
 -- name: insert_steps
 -- Checkpoint completed steps, many rows in one statement (group commit).
--- The first writer of (workflow_id, step_id) wins; RETURNING names the rows written now.
+-- The first writer of (workflow_id, step_id) wins; a row whose fence ($9)
+-- is not the workflow's current one is not written (its writer lost the
+-- workflow to another runtime). RETURNING names the rows written now.
 INSERT INTO operation_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
     started_at, completed_at)
-SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::int8[], $8::int8[])
+SELECT u.workflow_id, u.step_id, u.function_name, u.output, u.error, u.child_workflow_id,
+       u.started_at, u.completed_at
+FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
+            $6::text[], $7::int8[], $8::int8[], $9::int4[])
+     AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
+          started_at, completed_at, fence)
+JOIN workflow_status AS w ON w.workflow_id = u.workflow_id AND w.fence = u.fence
 ON CONFLICT (workflow_id, step_id) DO NOTHING
 RETURNING workflow_id, step_id;
 
@@ -15,16 +22,19 @@ RETURNING workflow_id, step_id;
 INSERT INTO operation_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
     started_at, completed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8
+WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9)
 ON CONFLICT (workflow_id, step_id) DO NOTHING;
 
 -- name: insert_step
--- Checkpoint one step inside a caller's transaction (@DBOS.transaction);
--- a conflict aborts that transaction, so the body commits exactly once.
+-- Checkpoint one step inside a caller's transaction (@DBOS.transaction); a
+-- conflict aborts that transaction, so the body commits exactly once. INSERT
+-- 0 0 means the fence ($9) is stale: the caller rolls back.
 INSERT INTO operation_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
     started_at, completed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+SELECT $1, $2, $3, $4, $5, $6, $7, $8
+WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9);
 
 -- name: select_steps_of
 -- Recorded steps of workflows $1, read once when they (re)start.

@@ -3,11 +3,13 @@
 -- offset), at $6: value $4, or the closing marker when $5. The row is written
 -- only together with the step's checkpoint, so replay writes nothing.
 -- Announces s:<workflow> only when $7: busy streams announce at most once per
--- short window (the runtime sends a trailing announcement).
+-- short window (the runtime sends a trailing announcement). $8 is the
+-- writer's fence.
 WITH step AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, started_at, completed_at)
-    VALUES ($1, $2, CASE WHEN $5 THEN 'DBOS.close_stream' ELSE 'DBOS.write_stream' END, $6, $6)
+    SELECT $1, $2, CASE WHEN $5 THEN 'DBOS.close_stream' ELSE 'DBOS.write_stream' END, $6, $6
+    WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $8)
     ON CONFLICT (workflow_id, step_id) DO NOTHING
     RETURNING 1),
 s AS (

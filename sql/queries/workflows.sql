@@ -27,14 +27,14 @@ SELECT workflow_id, name, status FROM workflow_status WHERE workflow_id = ANY($1
 
 -- name: complete_workflows
 -- Record the outcome of finished workflows, many rows in one statement, and
--- announce each on w:<id>. Only PENDING rows change: a workflow cancelled
--- meanwhile stays CANCELLED.
+-- announce each on w:<id>. Only PENDING rows change (a workflow cancelled
+-- meanwhile stays CANCELLED), and only for the holder of the fence.
 WITH done AS (
     UPDATE workflow_status AS w
     SET status = u.status, output = u.output, error = u.error, updated_at = u.now_ms
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])
-         AS u(workflow_id, status, output, error, now_ms)
-    WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING'
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int4[])
+         AS u(workflow_id, status, output, error, now_ms, fence)
+    WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING' AND w.fence = u.fence
     RETURNING w.workflow_id)
 SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done;
 
@@ -43,7 +43,7 @@ SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done;
 WITH done AS (
     UPDATE workflow_status
     SET status = $2, output = $3, error = $4, updated_at = $5
-    WHERE workflow_id = $1 AND status = 'PENDING'
+    WHERE workflow_id = $1 AND status = 'PENDING' AND fence = $6
     RETURNING workflow_id)
 SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done;
 
@@ -72,11 +72,12 @@ SELECT status, name, output, error FROM workflow_status WHERE workflow_id = $1;
 
 -- name: claim_recoverable_workflows
 -- Count one more recovery attempt on the PENDING workflows of executor $1 and
--- app version $2, returning them with their inputs.
+-- app version $2, returning them with their inputs. The fence is bumped: an
+-- earlier process of this executor that is somehow still running is cut off.
 UPDATE workflow_status
-SET recovery_attempts = recovery_attempts + 1, updated_at = $3
+SET recovery_attempts = recovery_attempts + 1, updated_at = $3, fence = fence + 1
 WHERE executor_id = $1 AND app_version = $2 AND status = 'PENDING'
-RETURNING workflow_id, name, inputs, recovery_attempts, deadline_epoch_ms;
+RETURNING workflow_id, name, inputs, recovery_attempts, deadline_epoch_ms, fence;
 
 -- name: mark_max_recovery_exceeded
 -- Give up on workflows $1 that were recovered too many times.
@@ -98,12 +99,12 @@ changed AS (
         executor_id = $2, app_version = COALESCE($3, w.app_version),
         queue_name = CASE WHEN $2::text IS NULL THEN $4 ELSE w.queue_name END,
         recovery_attempts = 0, deadline_epoch_ms = NULL, output = NULL, error = NULL,
-        updated_at = $5
+        updated_at = $5, fence = w.fence + 1
     FROM old
     WHERE w.workflow_id = old.workflow_id
       AND old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')
-    RETURNING w.workflow_id, w.name, w.inputs)
-SELECT old.status, changed.workflow_id, changed.name, changed.inputs,
+    RETURNING w.workflow_id, w.name, w.inputs, w.fence)
+SELECT old.status, changed.workflow_id, changed.name, changed.inputs, changed.fence,
        (SELECT count(pg_notify(current_schema(), 'q:' || $4::text))
         FROM changed WHERE $2::text IS NULL) AS notified
 FROM old LEFT JOIN changed ON true;

@@ -114,9 +114,9 @@ async def test_a_retried_receive_statement_consumes_nothing_more(
         await dbos.start_workflow(receiver, "t", 0, 1)
     await dbos.send("r3", "m1", topic="t")
     await dbos.send("r3", "m2", topic="t")
-    assert await msg_table.receive_message(conn, "r3", "t", 7, 0) == '"m1"'
+    assert await msg_table.receive_message(conn, "r3", "t", 7, 0, 0) == '"m1"'
     with pytest.raises(msg_table.AlreadyRecorded):
-        await msg_table.receive_message(conn, "r3", "t", 7, 0)
+        await msg_table.receive_message(conn, "r3", "t", 7, 0, 0)
     unconsumed = await conn.fetchval(
         "SELECT count(*) FROM messages WHERE destination_id = 'r3' AND consumed_at IS NULL"
     )

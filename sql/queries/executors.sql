@@ -1,0 +1,33 @@
+-- name: upsert_heartbeat
+-- Executor $1 of app $2, version $3, is alive at $4.
+INSERT INTO executors (executor_id, app_name, app_version, heartbeat_at)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (executor_id)
+DO UPDATE SET app_name = excluded.app_name, app_version = excluded.app_version,
+              heartbeat_at = excluded.heartbeat_at;
+
+-- name: adopt_orphaned_workflows
+-- Claim for executor $1 up to $5 PENDING workflows of app version $2 whose
+-- executor last heartbeat before $3 (or never), at $4: bump their fence so the
+-- old owner can write no further checkpoint, count a recovery attempt, and
+-- announce a:<fence>:<id> so a stale owner that is still running stops.
+-- SKIP LOCKED and the re-checked WHERE make each workflow go to one adopter.
+WITH orphans AS (
+    SELECT w.workflow_id
+    FROM workflow_status AS w
+    LEFT JOIN executors AS e ON e.executor_id = w.executor_id
+    WHERE w.status = 'PENDING' AND w.app_version = $2 AND w.executor_id <> $1
+      AND (e.heartbeat_at IS NULL OR e.heartbeat_at < $3)
+    ORDER BY w.created_at
+    LIMIT $5
+    FOR UPDATE OF w SKIP LOCKED),
+adopted AS (
+    UPDATE workflow_status AS w
+    SET executor_id = $1, fence = w.fence + 1,
+        recovery_attempts = w.recovery_attempts + 1, updated_at = $4
+    FROM orphans
+    WHERE w.workflow_id = orphans.workflow_id AND w.status = 'PENDING'
+    RETURNING w.workflow_id, w.name, w.inputs, w.recovery_attempts,
+              w.deadline_epoch_ms, w.fence)
+SELECT a.*, pg_notify(current_schema(), 'a:' || a.fence || ':' || a.workflow_id)
+FROM adopted AS a;
