@@ -104,19 +104,27 @@ async def _collect(proc: asyncio.subprocess.Process, stderr: Any, limit_s: float
     return result
 
 
+async def _first_signal(proc: asyncio.subprocess.Process) -> bytes:
+    """The first READY or JSON line on stdout (skipping anything a library printed), or EOF."""
+    assert proc.stdout is not None
+    while line := await proc.stdout.readline():
+        if line.strip() == READY.encode() or line.startswith(b"{"):
+            return line
+    return b""
+
+
 async def _seed_and_kill(
     side: Side, workload: str, url: str, quick: bool, limit_s: float
 ) -> dict[str, Any] | None:
     """Run the seed phase until it says READY, then SIGKILL it; its JSON if it said otherwise."""
     with tempfile.TemporaryFile() as stderr:
         proc = await _spawn(side, workload, url, quick, "seed", stderr, {FIRST_RUN_ENV: "1"})
-        assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), limit_s)
+            line = await asyncio.wait_for(_first_signal(proc), limit_s)
         except TimeoutError:
             line = b""
         try:
-            if line.decode().strip() == READY:
+            if line.strip() == READY.encode():
                 return None
             if line.startswith(b"{"):
                 result: dict[str, Any] = json.loads(line)  # e.g. skipped

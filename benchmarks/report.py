@@ -15,6 +15,7 @@ from benchmarks.stats import Summary, fmt
 logger = logging.getLogger("benchmarks")
 
 COLORS = {"dbos_async": "#4c72b0", "DBOS": "#dd8452", "floor": "#8c8c8c"}
+NUMBER_LIST = re.compile(r"\[[\d\s.,eE+-]*\]")
 BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
 
 
@@ -120,7 +121,10 @@ def markdown_table(rows: list[Row], meta: dict[str, Any]) -> str:
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
     """The full record: metadata, every run's raw samples, and the summaries."""
-    path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(record, indent=1, ensure_ascii=False)
+    # Lists of numbers (raw samples) on one line each: one number per line would be 10x longer.
+    text = NUMBER_LIST.sub(lambda m: re.sub(r"\s+", "", m.group()), text)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def write_chart(path: Path, rows: list[Row]) -> bool:
