@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from dbos_async import context, serialization
-from dbos_async.context import WorkflowContext
+from dbos_async.context import FencedOff, WorkflowContext
 from dbos_async.errors import NotInWorkflowError, WorkflowNotFoundError
 from dbos_async.step import record_wake_time
 from dbos_async.systemdb import messages as msg_table
@@ -165,7 +165,8 @@ async def _recorded_outcome(ctx: WorkflowContext, step_id: int, name: str) -> An
     """The value an earlier execution recorded for this step."""
     async with ctx.runtime.connection() as conn:
         recorded = await steps_table.select_step(conn, ctx.workflow_id, step_id)
-    assert recorded is not None
+    if recorded is None:  # our statement wrote nothing and nobody else did: we are fenced off
+        raise FencedOff(ctx.workflow_id)
     check_replay(ctx, step_id, name, recorded)
     return serialization.decode(recorded.output)
 

@@ -70,9 +70,10 @@ class Watch:
 class Listener:
     """The runtime's notification listener; see the module docstring."""
 
-    def __init__(self, database_url: str, channel: str) -> None:
+    def __init__(self, database_url: str, channel: str, name: str = "dbos_async listener") -> None:
         self._url = database_url
         self._channel = channel
+        self._name = name  # its application_name, for operators (and tests) to find it
         self._watches: dict[tuple[str, str | None], set[Watch]] = {}
         self._handlers: dict[str, Callable[[str], None]] = {}
         self._lost = asyncio.Event()
@@ -138,7 +139,7 @@ class Listener:
             conn: asyncpg.Connection[asyncpg.Record] | None = None
             try:
                 conn = await asyncpg.connect(
-                    self._url, server_settings={"application_name": "dbos_async listener"}
+                    self._url, server_settings={"application_name": self._name}
                 )
                 self._lost.clear()
                 conn.add_termination_listener(lambda _c: self._lost.set())

@@ -264,7 +264,11 @@ class Runtime:
                 session_setup=q("set_async_commit"),
             )
             self._writers = [self.workflow_writer, self.step_writer, self.completion_writer]
-            self._listener = Listener(self.database_url, channel=self.config.schema)
+            self._listener = Listener(
+                self.database_url,
+                channel=self.config.schema,
+                name=f"dbos_async listener {self.executor_id}"[:63],
+            )
             self._listener.on("c", functools.partial(workflow.cancel_local, self))
             self._listener.on("a", functools.partial(workflow.stop_adopted, self))
             async with anyio.create_task_group() as services:

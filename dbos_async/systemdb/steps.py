@@ -75,10 +75,10 @@ async def insert_steps(
     lost = [r for r in rows if (r.workflow_id, r.step_id) not in written]
     if not lost:
         return [*rows]
-    winners = {
-        (r["workflow_id"], r["step_id"]): record_from_row(r)
+    found = {
+        (r["workflow_id"], r["step_id"]): r
         for r in await conn.fetch(
-            q("select_steps_by_key"), [r.workflow_id for r in lost], [r.step_id for r in lost]
+            q("select_step_winners"), [r.workflow_id for r in lost], [r.step_id for r in lost]
         )
     }
 
@@ -86,8 +86,12 @@ async def insert_steps(
         key = (r.workflow_id, r.step_id)
         if key in written:
             return r
-        # Not written and nothing recorded: the row's fence was stale.
-        return winners.get(key) or FencedOff(r.workflow_id)
+        row = found[key]
+        if row["current_fence"] != r.fence:
+            # Another runtime owns the workflow now: even a recorded step must
+            # not let this one go on to its next step.
+            return FencedOff(r.workflow_id)
+        return record_from_row(row)  # an earlier execution recorded it first
 
     return [outcome(r) for r in rows]
 

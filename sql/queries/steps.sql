@@ -41,6 +41,16 @@ WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $
 SELECT workflow_id, step_id, function_name, output, error, child_workflow_id
 FROM operation_outputs WHERE workflow_id = ANY($1::text[]);
 
+-- name: select_step_winners
+-- For rows insert_steps did not write: the recorded steps for the
+-- (workflow_id, step_id) pairs given as two arrays, each with its workflow's
+-- current fence (a step may be unrecorded; then only the fence comes back).
+SELECT k.workflow_id, k.step_id, w.fence AS current_fence,
+       o.function_name, o.output, o.error, o.child_workflow_id
+FROM unnest($1::text[], $2::int4[]) AS k(workflow_id, step_id)
+LEFT JOIN workflow_status AS w ON w.workflow_id = k.workflow_id
+LEFT JOIN operation_outputs AS o ON o.workflow_id = k.workflow_id AND o.step_id = k.step_id;
+
 -- name: select_steps_by_key
 -- Recorded steps for the (workflow_id, step_id) pairs given as two arrays.
 SELECT o.workflow_id, o.step_id, o.function_name, o.output, o.error, o.child_workflow_id

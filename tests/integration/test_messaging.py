@@ -186,7 +186,7 @@ async def test_a_wake_up_survives_the_listener_being_killed(
     listener = dbos._runtime.listener
     killed = await conn.fetchval(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE application_name = 'dbos_async listener' AND datname = current_database()"
+        "WHERE application_name LIKE 'dbos_async listener%' AND datname = current_database()"
     )
     assert killed == 1
     await dbos.send("r7", "in the gap")  # its NOTIFY may reach nobody

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,49 +11,10 @@ from pathlib import Path
 import anyio
 import asyncpg
 import pytest
+from child import Child
 
 APP = Path(__file__).with_name("app.py")
-Run = Callable[..., Awaitable["Child"]]
-
-
-class Child:
-    """A running app.py whose stdout lines the test reads one by one."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls, mode: str, url: str, version: str, env: dict[str, str]) -> Child:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(APP),
-            mode,
-            url,
-            version,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **env},
-        )
-        return cls(proc)
-
-    async def wait_for(self, prefix: str, within: float = 30) -> str:
-        """Read lines until one starts with ``prefix``: the child's own output is the event."""
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        with anyio.fail_after(within):
-            while line := (await self.proc.stdout.readline()).decode():
-                if line.startswith(prefix):
-                    return line.strip()
-            err = (await self.proc.stderr.read()).decode()
-        raise AssertionError(f"child exited before {prefix!r}: {err[-3000:]}")
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def finish(self, within: float = 30) -> int:
-        with anyio.fail_after(within):
-            return await self.proc.wait()
+Run = Callable[..., Awaitable[Child]]
 
 
 @pytest.fixture
@@ -63,7 +22,7 @@ async def run(db_url: str) -> AsyncIterator[Callable[..., Awaitable[Child]]]:
     children: list[Child] = []
 
     async def start(mode: str, version: str = "v1", **env: str) -> Child:
-        child = await Child.start(mode, db_url, version, env)
+        child = await Child.start(APP, mode, db_url, version, env=env)
         children.append(child)
         return child
 
