@@ -13,14 +13,16 @@ sleep, so a recovered workflow keeps its original deadline.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from dbos_async import context, serialization
 from dbos_async.context import FencedOff, WorkflowContext
 from dbos_async.errors import NotInWorkflowError, WorkflowNotFoundError
-from dbos_async.step import record_wake_time
+from dbos_async.notifications import Watch
+from dbos_async.step import SLEEP_STEP, arm_timer
 from dbos_async.systemdb import messages as msg_table
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb.pool import run_idempotent
@@ -85,21 +87,42 @@ async def _send_from_workflow(
     if recorded is not None:
         check_replay(ctx, step_id, SEND_STEP, recorded)
         return
+    here = _runs_here(ctx.runtime, destination_id)
     exists = await run_idempotent(
         ctx.runtime.pool,
         lambda conn: msg_table.send_message_from_workflow(
-            conn, destination_id, topic, payload, now_ms(), ctx.workflow_id, step_id, ctx.fence
+            conn,
+            destination_id,
+            topic,
+            payload,
+            now_ms(),
+            ctx.workflow_id,
+            step_id,
+            ctx.fence,
+            notify=not here,
         ),
     )
     if not exists:
         raise _no_destination(destination_id)
+    if here:
+        ctx.runtime.listener.fire("m", destination_id)
+
+
+def _runs_here(runtime: Runtime, workflow_id: str) -> bool:
+    """Whether a workflow runs in this runtime, which then wakes it without a NOTIFY."""
+    running = runtime.local.get(workflow_id)
+    return running is not None and running.ctx is not None
 
 
 async def _send(
     runtime: Runtime, destination_id: str, topic: str, payload: str, key: str | None
 ) -> None:
+    here = _runs_here(runtime, destination_id)
+
     async def statement(conn: Any) -> bool:
-        return await msg_table.send_message(conn, destination_id, topic, payload, now_ms(), key)
+        return await msg_table.send_message(
+            conn, destination_id, topic, payload, now_ms(), key, notify=not here
+        )
 
     if key is not None:  # idempotent: safe to send again after a lost acknowledgement
         exists = await run_idempotent(runtime.pool, statement)
@@ -108,6 +131,8 @@ async def _send(
             exists = await statement(conn)
     if not exists:
         raise _no_destination(destination_id)
+    if here:
+        runtime.listener.fire("m", destination_id)
 
 
 def _no_destination(destination_id: str) -> WorkflowNotFoundError:
@@ -139,26 +164,63 @@ async def _recv(
         check_replay(ctx, step_id, RECV_STEP, recorded)
         return serialization.decode(recorded.output)
     runtime, wid = ctx.runtime, ctx.workflow_id
-    wake_at: float | None = None
+
+    async def consume() -> tuple[bool, Any]:
+        try:
+            payload = await run_idempotent(
+                runtime.pool,
+                lambda conn: msg_table.receive_message(
+                    conn, wid, topic, step_id, now_ms(), ctx.fence
+                ),
+            )
+        except msg_table.AlreadyRecorded:
+            return True, await _recorded_outcome(ctx, step_id, RECV_STEP)
+        return payload is not None, serialization.decode(payload)
+
     with runtime.listener.watch("m", wid) as arrived:
-        while True:
-            try:
-                payload = await run_idempotent(
-                    runtime.pool,
-                    lambda conn: msg_table.receive_message(
-                        conn, wid, topic, step_id, now_ms(), ctx.fence
-                    ),
-                )
-            except msg_table.AlreadyRecorded:
-                return await _recorded_outcome(ctx, step_id, RECV_STEP)
-            if payload is not None:
-                return serialization.decode(payload)
-            if wake_at is None:
-                wake_at = await record_wake_time(ctx, timer_id, wait_seconds)
-            left = wake_at - time.time()
-            if left <= 0:
-                return await _record_value(ctx, step_id, RECV_STEP, None)
-            await arrived.wait(left)
+        found, value = await durable_wait(ctx, timer_id, wait_seconds, arrived, consume)
+    if found:
+        return value
+    return await _record_value(ctx, step_id, RECV_STEP, None)
+
+
+async def durable_wait(
+    ctx: WorkflowContext,
+    timer_id: int,
+    seconds: float,
+    watch: Watch,
+    attempt: Callable[[], Awaitable[tuple[bool, Any]]],
+) -> tuple[bool, Any]:
+    """Call ``attempt`` until it finds something or the durable deadline passes.
+
+    The deadline (now + ``seconds``, or what an earlier execution recorded at
+    ``timer_id``) is recorded in the background: a message that arrives
+    meanwhile is not delayed by that write, and the deadline is only acted on
+    once it is durable. Returns ``(False, None)`` at the deadline.
+    """
+    found, value = await attempt()
+    if found:
+        return found, value
+    recorded = ctx.recorded.get(timer_id)
+    armed: asyncio.Future[float] | None = None
+    if recorded is not None:
+        check_replay(ctx, timer_id, SLEEP_STEP, recorded)
+        wake_at = float(serialization.decode(recorded.output))
+    else:
+        wake_at = time.time() + seconds
+        armed = arm_timer(ctx, timer_id, wake_at)
+    while True:
+        left = wake_at - time.time()
+        if left <= 0:
+            if armed is None:
+                return False, None
+            # Act on the deadline only once it is recorded (an earlier execution's wins).
+            wake_at, armed = await asyncio.shield(armed), None
+            continue
+        await watch.wait(left)
+        found, value = await attempt()
+        if found:
+            return found, value
 
 
 async def _recorded_outcome(ctx: WorkflowContext, step_id: int, name: str) -> Any:
@@ -216,6 +278,7 @@ async def _set_event(ctx: WorkflowContext, step_id: int, key: str, value: str) -
             conn, ctx.workflow_id, step_id, key, value, now_ms(), ctx.fence
         ),
     )
+    ctx.runtime.listener.fire("e", ctx.workflow_id)
 
 
 def get_event(
@@ -265,25 +328,25 @@ async def _get_event_in_workflow(
         check_replay(ctx, step_id, GET_EVENT_STEP, recorded)
         return serialization.decode(recorded.output)
     runtime = ctx.runtime
-    wake_at: float | None = None
+
+    async def read_and_record() -> tuple[bool, Any]:
+        value, mine = await run_idempotent(
+            runtime.pool,
+            lambda conn: msg_table.record_event(
+                conn, workflow_id, key, ctx.workflow_id, step_id, now_ms(), ctx.fence
+            ),
+        )
+        if value is None:
+            return False, None
+        if not mine:
+            return True, await _recorded_outcome(ctx, step_id, GET_EVENT_STEP)
+        return True, serialization.decode(value)
+
     with runtime.listener.watch("e", workflow_id) as changed:
-        while True:
-            value, mine = await run_idempotent(
-                runtime.pool,
-                lambda conn: msg_table.record_event(
-                    conn, workflow_id, key, ctx.workflow_id, step_id, now_ms(), ctx.fence
-                ),
-            )
-            if value is not None:
-                if mine:
-                    return serialization.decode(value)
-                return await _recorded_outcome(ctx, step_id, GET_EVENT_STEP)
-            if wake_at is None:
-                wake_at = await record_wake_time(ctx, timer_id, wait_seconds)
-            left = wake_at - time.time()
-            if left <= 0:
-                return await _record_value(ctx, step_id, GET_EVENT_STEP, None)
-            await changed.wait(left)
+        found, value = await durable_wait(ctx, timer_id, wait_seconds, changed, read_and_record)
+    if found:
+        return value
+    return await _record_value(ctx, step_id, GET_EVENT_STEP, None)
 
 
 def get_all_events(

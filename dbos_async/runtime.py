@@ -34,7 +34,6 @@ from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
 from dbos_async.systemdb.migrate import migrate
 from dbos_async.systemdb.pool import Pool, PooledConnection, acquire, create_pool
-from dbos_async.systemdb.queries import q
 from dbos_async.validation import check_identifier, check_schema_name
 
 logger = logging.getLogger(__name__)
@@ -259,9 +258,6 @@ class Runtime:
                 wf_table.complete_workflows,
                 writers=writers,
                 max_batch=500,
-                # An outcome is derivable from the recorded steps (replay records
-                # it again), so its commit need not wait for the WAL flush.
-                session_setup=q("set_async_commit"),
             )
             self._writers = [self.workflow_writer, self.step_writer, self.completion_writer]
             self._listener = Listener(

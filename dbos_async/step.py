@@ -195,11 +195,14 @@ async def _durable_sleep(ctx: WorkflowContext, step_id: int, seconds: float) -> 
     await anyio.sleep(max(0.0, wake_at - time.time()))
 
 
-async def record_wake_time(ctx: WorkflowContext, step_id: int, seconds: float) -> float:
-    """The epoch time ``seconds`` from now, recorded as step ``step_id`` (or as recorded before).
+async def record_wake_time(
+    ctx: WorkflowContext, step_id: int, seconds: float, *, wake_at: float | None = None
+) -> float:
+    """The epoch time ``seconds`` from now (or ``wake_at``), recorded as step ``step_id``.
 
-    Durable sleeps and the timeouts of ``recv``/``get_event`` use it, so a
-    recovered workflow keeps its original schedule. One round trip, none on replay.
+    Returns what was recorded, by this call or an earlier execution. Durable
+    sleeps and the timeouts of ``recv``/``get_event`` use it, so a recovered
+    workflow keeps its original schedule. One round trip, none on replay.
     """
     recorded = ctx.recorded.get(step_id)
     if recorded is not None:
@@ -210,10 +213,33 @@ async def record_wake_time(ctx: WorkflowContext, step_id: int, seconds: float) -
         ctx.workflow_id,
         step_id,
         SLEEP_STEP,
-        output=serialization.encode(time.time() + seconds),
+        output=serialization.encode(time.time() + seconds if wake_at is None else wake_at),
         started_at=started,
         completed_at=started,
         fence=ctx.fence,
     )
     winner = await ctx.runtime.step_writer.submit(mine)
     return float(serialization.decode(winner.output))
+
+
+def arm_timer(ctx: WorkflowContext, step_id: int, wake_at: float) -> asyncio.Future[float]:
+    """Record ``wake_at`` as step ``step_id`` in the background; the future gives what won.
+
+    The write belongs to the runtime's task group, not to the waiter, so a
+    waiter that gets its message first does not wait for it.
+    """
+    armed: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def record() -> None:
+        # Never raises into the runtime's task group: the waiter gets the outcome.
+        try:
+            armed.set_result(await record_wake_time(ctx, step_id, 0, wake_at=wake_at))
+        except anyio.get_cancelled_exc_class():
+            armed.cancel()
+            raise
+        except BaseException as exc:  # a lost database, or FencedOff
+            armed.set_exception(exc)
+            armed.exception()  # marked retrieved: a waiter that got its message never asks
+
+    ctx.runtime.workflow_group.start_soon(record)
+    return armed

@@ -20,7 +20,6 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from dbos_async.errors import DatabaseUnavailableError
 from dbos_async.systemdb.pool import Connection, Pool, PooledConnection, is_connection_error
-from dbos_async.systemdb.queries import q
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +57,8 @@ class GroupCommit(Generic[Row, Result]):
         *,
         writers: int,
         max_batch: int,
-        session_setup: str | None = None,
     ) -> None:
         self._name = name
-        self._session_setup = session_setup
         self._pool = pool
         self._flush = flush
         self._max_batch = max_batch
@@ -111,8 +108,6 @@ class GroupCommit(Generic[Row, Result]):
             with anyio.CancelScope(shield=True):
                 for slot in self._slots:
                     if slot.conn is not None:
-                        if self._session_setup is not None:
-                            await slot.conn.execute(q("reset_session"))
                         await self._pool.release(slot.conn)
                         slot.conn = None
 
@@ -148,8 +143,6 @@ class GroupCommit(Generic[Row, Result]):
             try:
                 if slot.conn is None:
                     slot.conn = await self._pool.acquire()
-                    if self._session_setup is not None:
-                        await slot.conn.execute(self._session_setup)
                 return await self._flush(slot.conn, rows)
             except Exception as exc:
                 if not is_connection_error(exc):

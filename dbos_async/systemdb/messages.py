@@ -21,6 +21,7 @@ async def send_message_from_workflow(
     workflow_id: str,
     step_id: int,
     fence: int,
+    notify: bool,
 ) -> bool:
     """Send as a workflow step; False if the destination does not exist."""
     row = await conn.fetchrow(
@@ -32,6 +33,7 @@ async def send_message_from_workflow(
         workflow_id,
         step_id,
         fence,
+        notify,
     )
     assert row is not None
     return bool(row["destination_exists"])
@@ -44,10 +46,11 @@ async def send_message(
     payload: str,
     now_ms: int,
     idempotency_key: str | None,
+    notify: bool,
 ) -> bool:
     """Send from outside a workflow; False if the destination does not exist."""
     row = await conn.fetchrow(
-        q("send_message"), destination_id, topic, payload, now_ms, idempotency_key
+        q("send_message"), destination_id, topic, payload, now_ms, idempotency_key, notify
     )
     assert row is not None
     return bool(row["destination_exists"])

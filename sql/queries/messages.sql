@@ -1,8 +1,12 @@
 -- name: send_message_from_workflow
--- Send message $3 to workflow $1 on topic $2 as step $6 of workflow $5, at $4.
+-- Send message $3 to workflow $1 on topic $2 as step $6 of workflow $5, at $4;
+-- announce it unless $8 is false (the destination runs in the sender's process,
+-- which wakes it directly).
 -- The message is inserted only together with the step's checkpoint, so a
 -- replayed send sends nothing; nothing is written if $1 does not exist or if
--- $7 is not the sender's current fence.
+-- $7 is not the sender's current fence. Commits asynchronously, like every
+-- write that only other workflows consume (see the README): a server crash
+-- that loses it loses everything that followed it in the WAL too.
 -- Announces m:<destination>.
 WITH dest AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1),
 step AS (
@@ -17,12 +21,14 @@ msg AS (
     SELECT $1, $2, $3, $4 FROM step
     RETURNING destination_id)
 SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
-       (SELECT count(pg_notify(current_schema(), 'm:' || destination_id)) FROM msg) AS sent;
+       (SELECT count(pg_notify(current_schema(), 'm:' || destination_id)) FROM msg WHERE $8)
+           AS notified,
+       (SELECT set_config('synchronous_commit', 'off', true));
 
 -- name: send_message
 -- Send message $3 to workflow $1 on topic $2 from outside a workflow, at $4.
 -- $5 is an optional idempotency key: a second send under it sends nothing.
--- Nothing is written if $1 does not exist. Announces m:<destination>.
+-- Nothing is written if $1 does not exist. Announces m:<destination> when $6.
 WITH dest AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1),
 msg AS (
     INSERT INTO messages (destination_id, topic, payload, created_at, idempotency_key)
@@ -30,7 +36,8 @@ msg AS (
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING destination_id)
 SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
-       (SELECT count(pg_notify(current_schema(), 'm:' || destination_id)) FROM msg) AS sent;
+       (SELECT count(pg_notify(current_schema(), 'm:' || destination_id)) FROM msg WHERE $6)
+           AS notified;
 
 -- name: receive_message
 -- Consume the oldest unconsumed message of workflow $1 on topic $2 and record
@@ -38,7 +45,9 @@ SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
 -- (a replay, or this statement retried after a lost commit acknowledgement)
 -- the insert raises a unique violation and the whole statement, consumption
 -- included, rolls back. Returns the payload, or no row when none is waiting
--- (or when $5 is not the workflow's current fence).
+-- (or when $5 is not the workflow's current fence). Commits asynchronously:
+-- if a server crash loses the consumption, the message is again the oldest
+-- on its topic and replay receives it again.
 WITH m AS (
     UPDATE messages SET consumed_at = $4
     WHERE message_id = (
@@ -50,13 +59,15 @@ WITH m AS (
     RETURNING payload)
 INSERT INTO operation_outputs (
     workflow_id, step_id, function_name, output, started_at, completed_at)
-SELECT $1, $3, 'DBOS.recv', m.payload, $4, $4 FROM m
+SELECT $1, $3, 'DBOS.recv', m.payload, $4, $4
+FROM m, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
 RETURNING output;
 
 -- name: set_event
 -- Set event $3 of workflow $1 to $4 as its step $2 (at $5), with fence $6:
 -- the value is written only together with the step's checkpoint, so replay
--- writes nothing. The latest value wins. Announces e:<workflow>.
+-- writes nothing. The latest value wins. Announces e:<workflow>. Commits
+-- asynchronously, like send_message_from_workflow.
 WITH step AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, started_at, completed_at)
@@ -70,7 +81,9 @@ ev AS (
     ON CONFLICT (workflow_id, key)
     DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
     RETURNING workflow_id)
-SELECT count(pg_notify(current_schema(), 'e:' || workflow_id)) FROM ev;
+SELECT count(pg_notify(current_schema(), 'e:' || workflow_id)),
+       (SELECT set_config('synchronous_commit', 'off', true))
+FROM ev;
 
 -- name: select_event
 -- The value of event $2 of workflow $1, or no row.
@@ -80,7 +93,8 @@ SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2;
 -- Inside workflow $3 (fence $6), read event $2 of workflow $1 and record the
 -- value as step $4 (at $5), in one statement. Returns the value (NULL: not set yet)
 -- and whether this statement recorded it (false with a value: the step was
--- recorded before; read the recorded step).
+-- recorded before; read the recorded step). Commits asynchronously: a lost
+-- record is simply read again on replay.
 WITH e AS (SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2),
 ins AS (
     INSERT INTO operation_outputs (
@@ -89,7 +103,8 @@ ins AS (
     WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $3 AND fence = $6)
     ON CONFLICT (workflow_id, step_id) DO NOTHING
     RETURNING 1)
-SELECT (SELECT value FROM e) AS value, EXISTS (SELECT 1 FROM ins) AS recorded;
+SELECT (SELECT value FROM e) AS value, EXISTS (SELECT 1 FROM ins) AS recorded,
+       (SELECT set_config('synchronous_commit', 'off', true));
 
 -- name: select_events
 -- Every event of workflow $1 with its latest value.

@@ -27,7 +27,9 @@ SELECT workflow_id, name, status FROM workflow_status WHERE workflow_id = ANY($1
 
 -- name: complete_workflows
 -- Record the outcome of finished workflows, many rows in one statement, and
--- announce each on w:<id>. Only PENDING rows change (a workflow cancelled
+-- announce each on w:<id>. Commits asynchronously (set_config is_local): an
+-- outcome is derivable from the recorded steps, so if a server crash loses
+-- it, the workflow is PENDING again and replay records the same outcome. Only PENDING rows change (a workflow cancelled
 -- meanwhile stays CANCELLED), and only for the holder of the fence.
 WITH done AS (
     UPDATE workflow_status AS w
@@ -36,7 +38,9 @@ WITH done AS (
          AS u(workflow_id, status, output, error, now_ms, fence)
     WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING' AND w.fence = u.fence
     RETURNING w.workflow_id)
-SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done;
+SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)),
+       (SELECT set_config('synchronous_commit', 'off', true))
+FROM done;
 
 -- name: complete_workflow
 -- complete_workflows for a batch of one.
@@ -45,7 +49,9 @@ WITH done AS (
     SET status = $2, output = $3, error = $4, updated_at = $5
     WHERE workflow_id = $1 AND status = 'PENDING' AND fence = $6
     RETURNING workflow_id)
-SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done;
+SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)),
+       (SELECT set_config('synchronous_commit', 'off', true))
+FROM done;
 
 -- name: cancel_workflow
 -- Mark workflow $1 CANCELLED unless it already finished; announce it on c:<id>

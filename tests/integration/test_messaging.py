@@ -178,22 +178,33 @@ async def test_recv_timeout_is_durable_across_a_restart(db_url: str) -> None:
 
 
 async def test_a_wake_up_survives_the_listener_being_killed(
-    dbos: DBOS, conn: asyncpg.Connection
+    db_url: str, conn: asyncpg.Connection
 ) -> None:
-    with SetWorkflowID("r7"):
-        handle = await dbos.start_workflow(receiver, None, 1, 60)
-    await started.wait()
-    listener = dbos._runtime.listener
-    killed = await conn.fetchval(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE application_name LIKE 'dbos_async listener%' AND datname = current_database()"
-    )
-    assert killed == 1
-    await dbos.send("r7", "in the gap")  # its NOTIFY may reach nobody
-    assert await handle.get_result(timeout=10) == ["in the gap"]
-    with anyio.fail_after(10):
-        while listener.reconnects < 1:  # noqa: ASYNC110 - a counter, no event to wait on
-            await anyio.sleep(0.01)
+    async with (
+        DBOS(database_url=db_url, app_version="test", executor_id="a") as a,
+        DBOS(database_url=db_url, app_version="test", executor_id="b") as b,
+    ):
+        with SetWorkflowID("r7"):
+            handle = await a.start_workflow(receiver, None, 1, 60)
+        await started.wait()
+        # Parked in recv once its deadline is recorded (after a first look found nothing).
+        with anyio.fail_after(10):
+            while not await conn.fetchval(  # noqa: ASYNC110 - the state is a row, not an event
+                "SELECT count(*) FROM operation_outputs "
+                "WHERE workflow_id = 'r7' AND function_name = 'DBOS.sleep'"
+            ):
+                await anyio.sleep(0.005)
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'dbos_async listener a' AND datname = current_database()"
+        )
+        assert killed == 1
+        await b.send("r7", "in the gap")  # its NOTIFY may reach nobody
+        assert await handle.get_result(timeout=10) == ["in the gap"]
+        listener = a._runtime.listener
+        with anyio.fail_after(10):
+            while listener.reconnects < 1:  # noqa: ASYNC110 - a counter, no event to wait on
+                await anyio.sleep(0.01)
 
 
 async def test_events_latest_value_wins_and_get_event_waits(dbos: DBOS) -> None:
