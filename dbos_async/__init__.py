@@ -16,8 +16,8 @@ from dbos_async.errors import (
     WorkflowError,
     WorkflowNotFoundError,
 )
+from dbos_async.handle import WorkflowHandle
 from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
-from dbos_async.workflow import WorkflowHandle
 
 __all__ = [
     "DBOS",
