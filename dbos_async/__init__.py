@@ -1,5 +1,6 @@
 """dbos_async: asyncio-native durable workflows over PostgreSQL."""
 
+from dbos_async.client import DBOSClient
 from dbos_async.context import SetWorkflowID, SetWorkflowTimeout
 from dbos_async.dbos import DBOS
 from dbos_async.errors import (
@@ -21,6 +22,7 @@ from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
 
 __all__ = [
     "DBOS",
+    "DBOSClient",
     "DBOSError",
     "DatabaseUnavailableError",
     "MaxRecoveryAttemptsExceededError",
