@@ -1,5 +1,6 @@
 """dbos_async: asyncio-native durable workflows over PostgreSQL."""
 
+from dbos_async.client import DBOSClient
 from dbos_async.context import SetWorkflowID, SetWorkflowTimeout
 from dbos_async.dbos import DBOS
 from dbos_async.errors import (
@@ -16,11 +17,12 @@ from dbos_async.errors import (
     WorkflowError,
     WorkflowNotFoundError,
 )
+from dbos_async.handle import WorkflowHandle
 from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
-from dbos_async.workflow import WorkflowHandle
 
 __all__ = [
     "DBOS",
+    "DBOSClient",
     "DBOSError",
     "DatabaseUnavailableError",
     "MaxRecoveryAttemptsExceededError",

@@ -12,7 +12,7 @@ import functools
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack
 
 from dbos_async import management, messaging, streams
 from dbos_async import step as step_module
@@ -20,10 +20,10 @@ from dbos_async import transaction as transaction_module
 from dbos_async import workflow as workflow_module
 from dbos_async.context import current_connection, current_step_id, current_workflow
 from dbos_async.errors import NotInWorkflowError
-from dbos_async.models import WorkflowStatus
+from dbos_async.handle import WorkflowHandle
+from dbos_async.models import StepInfo, WorkflowStatus
 from dbos_async.runtime import Runtime, active_runtime, resolve_config
 from dbos_async.systemdb.pool import Connection
-from dbos_async.workflow import WorkflowHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -273,3 +273,51 @@ class DBOS(metaclass=_DBOSMeta):
     def read_stream(runtime: Runtime | None, workflow_id: str, key: str) -> AsyncIterator[Any]:
         """Iterate a workflow's stream; ends when it is closed or the workflow finishes."""
         return streams.read_stream(runtime or active_runtime(), workflow_id, key)
+
+    @_runtime_method
+    async def restart_workflow(runtime: Runtime | None, workflow_id: str) -> WorkflowHandle[Any]:
+        """Run a workflow again from scratch with the same inputs, under a new ID, here."""
+        rt = runtime or active_runtime()
+        return WorkflowHandle(rt, await management.restart_workflow(rt.pool, workflow_id, rt))
+
+    @_runtime_method
+    async def fork_workflow(
+        runtime: Runtime | None,
+        workflow_id: str,
+        start_step: int,
+        application_version: str | None = None,
+    ) -> WorkflowHandle[Any]:
+        """Copy a workflow under a new ID, reusing its steps before ``start_step``."""
+        rt = runtime or active_runtime()
+        new_id = await management.fork_workflow(
+            rt.pool, workflow_id, start_step, application_version, rt
+        )
+        return WorkflowHandle(rt, new_id)
+
+    @_runtime_method
+    async def delete_workflow(
+        runtime: Runtime | None, workflow_id: str, delete_children: bool = False
+    ) -> None:
+        """Delete a workflow (with its children, optionally) and everything it recorded."""
+        pool = (runtime or active_runtime()).pool
+        await management.delete_workflow(pool, workflow_id, delete_children)
+
+    @_runtime_method
+    async def list_workflows(
+        runtime: Runtime | None, **filters: Unpack[management.ListFilters]
+    ) -> list[WorkflowStatus]:
+        """Recorded workflows matching every filter given (see ``management.list_workflows``)."""
+        return await management.list_workflows((runtime or active_runtime()).pool, **filters)
+
+    @_runtime_method
+    async def list_queued_workflows(
+        runtime: Runtime | None, **filters: Unpack[management.QueuedFilters]
+    ) -> list[WorkflowStatus]:
+        """Workflows on a queue, ENQUEUED or PENDING unless ``status`` says otherwise."""
+        pool = (runtime or active_runtime()).pool
+        return await management.list_queued_workflows(pool, **filters)
+
+    @_runtime_method
+    async def list_workflow_steps(runtime: Runtime | None, workflow_id: str) -> list[StepInfo]:
+        """The recorded steps of a workflow, in step order."""
+        return await management.list_workflow_steps((runtime or active_runtime()).pool, workflow_id)

@@ -76,6 +76,8 @@ async def create_pool(
         raise DatabaseUnavailableError(f"Cannot connect to the database: {exc}") from exc
     except asyncpg.InvalidCatalogNameError as exc:
         raise DatabaseUnavailableError(f"The database does not exist: {exc}") from exc
+    except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
+        raise DatabaseUnavailableError(f"Cannot log in to the database: {exc}") from exc
     assert pool is not None
     return pool
 

@@ -1,0 +1,387 @@
+"""The ``dbos-async`` command line (also ``python -m dbos_async``).
+
+A thin layer over ``DBOSClient`` and the migration runner: each command opens
+a client, makes one or two management calls and prints the result, as an
+aligned table (or ``key: value`` lines) for people, or with ``--json`` for
+scripts. Every failure is one line on stderr and exit status 1, never a
+traceback. ``click`` parses the arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import click
+
+from dbos_async import cli_output
+from dbos_async.client import DBOSClient
+from dbos_async.context import SetWorkflowID
+from dbos_async.errors import DBOSError, WorkflowNotFoundError
+from dbos_async.management import INTERNAL_QUEUE
+from dbos_async.models import WorkflowStatus, WorkflowStatusString
+from dbos_async.systemdb.migrate import migrate as run_migrations
+from dbos_async.systemdb.migrate import migrations
+from dbos_async.systemdb.pool import acquire, create_pool
+from dbos_async.validation import check_schema_name
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STATUSES = [s.value for s in WorkflowStatusString]
+
+
+# -- options shared by the commands --------------------------------------------------------
+
+
+def _database_options(fn: F) -> F:
+    fn = click.option(
+        "--schema",
+        default="dbos_async",
+        show_default=True,
+        help="Schema of the system tables (as given to DBOS).",
+    )(fn)
+    return click.option(
+        "--database-url",
+        envvar="DBOS_DATABASE_URL",
+        show_envvar=True,
+        metavar="URL",
+        help="Postgres URL of the system database.",
+    )(fn)
+
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """Epoch milliseconds, or an ISO 8601 date/time (UTC unless it says otherwise)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither epoch milliseconds nor an ISO 8601 time", ctx, param
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _with_client(
+    database_url: str | None, schema: str, action: Callable[[DBOSClient], Awaitable[T]]
+) -> T:
+    """Open a client on the database, run ``action`` with it, close it."""
+    url = _require_url(database_url)
+
+    async def run() -> T:
+        async with DBOSClient(url, schema=schema) as client:
+            return await action(client)
+
+    return asyncio.run(run())
+
+
+def _require_url(database_url: str | None) -> str:
+    if not database_url:
+        raise click.UsageError("no database URL: pass --database-url or set DBOS_DATABASE_URL")
+    return database_url
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="dbos-async", prog_name="dbos-async")
+def cli() -> None:
+    """Inspect and manage dbos_async workflows in their Postgres database.
+
+    Every command takes --database-url (or $DBOS_DATABASE_URL) and --schema.
+    """
+
+
+@cli.command()
+@_database_options
+def migrate(database_url: str | None, schema: str) -> None:
+    """Create or upgrade the system tables (safe to run at any time)."""
+    url = _require_url(database_url)
+    check_schema_name(schema)
+
+    async def run() -> list[int]:
+        pool = await create_pool(url, schema=schema, max_size=1)
+        try:
+            async with acquire(pool) as conn:
+                return await run_migrations(conn, schema)
+        finally:
+            await pool.close()
+
+    applied = asyncio.run(run())
+    names = {m.version: m.name for m in migrations()}
+    if applied:
+        click.echo(f"applied {len(applied)} migrations to schema {schema}:")
+        for version in applied:
+            click.echo(f"  {names[version]}")
+    else:
+        click.echo(f"schema {schema} is up to date ({len(names)} migrations)")
+
+
+@cli.group()
+def workflow() -> None:
+    """List, inspect, cancel, resume, restart and fork workflows."""
+
+
+@workflow.command("list")
+@_database_options
+@_json_option
+@click.option(
+    "--status",
+    "-s",
+    multiple=True,
+    type=click.Choice(_STATUSES, case_sensitive=False),
+    help="Only this status (repeatable).",
+)
+@click.option("--name", multiple=True, help="Only this workflow name (repeatable).")
+@click.option("--queue", multiple=True, help="Only this queue (repeatable).")
+@click.option("--app-version", multiple=True, help="Only this app version (repeatable).")
+@click.option("--executor-id", multiple=True, help="Only this executor (repeatable).")
+@click.option(
+    "--since", callback=_parse_time, metavar="TIME", help="Created at or after (epoch ms or ISO)."
+)
+@click.option(
+    "--until", callback=_parse_time, metavar="TIME", help="Created at or before (epoch ms or ISO)."
+)
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--oldest-first", is_flag=True, help="Oldest first (default: newest first).")
+def list_workflows(
+    database_url: str | None,
+    schema: str,
+    as_json: bool,
+    status: tuple[str, ...],
+    name: tuple[str, ...],
+    queue: tuple[str, ...],
+    app_version: tuple[str, ...],
+    executor_id: tuple[str, ...],
+    since: int | None,
+    until: int | None,
+    limit: int,
+    offset: int,
+    oldest_first: bool,
+) -> None:
+    """List workflows, newest first; --json adds inputs and outputs."""
+    statuses = _with_client(
+        database_url,
+        schema,
+        lambda client: client.list_workflows(
+            status=[s.upper() for s in status] or None,
+            name=list(name) or None,
+            queue_name=list(queue) or None,
+            app_version=list(app_version) or None,
+            executor_id=list(executor_id) or None,
+            start_time=since,
+            end_time=until,
+            limit=limit,
+            offset=offset,
+            sort_desc=not oldest_first,
+            load_input=as_json,
+            load_output=as_json,
+        ),
+    )
+    cli_output.print_statuses(statuses, as_json)
+
+
+async def _status_of(client: DBOSClient, workflow_id: str) -> WorkflowStatus:
+    status = await client.get_workflow_status(workflow_id)
+    if status is None:
+        raise WorkflowNotFoundError(workflow_id)
+    return status
+
+
+@workflow.command("get")
+@_database_options
+@_json_option
+@click.argument("workflow_id")
+def get_workflow(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
+    """Show everything recorded about one workflow."""
+    status = _with_client(database_url, schema, lambda c: _status_of(c, workflow_id))
+    cli_output.print_status(status, as_json)
+
+
+@workflow.command("steps")
+@_database_options
+@_json_option
+@click.argument("workflow_id")
+def list_steps(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
+    """List the recorded steps of a workflow."""
+    steps = _with_client(database_url, schema, lambda c: c.list_workflow_steps(workflow_id))
+    cli_output.print_steps(steps, as_json)
+
+
+@workflow.command("cancel")
+@_database_options
+@_json_option
+@click.argument("workflow_id")
+def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
+    """Cancel a PENDING or ENQUEUED workflow (a finished one is left as it is)."""
+
+    async def run(client: DBOSClient) -> WorkflowStatus:
+        await client.cancel_workflow(workflow_id)
+        return await _status_of(client, workflow_id)
+
+    status = _with_client(database_url, schema, run)
+    if as_json:
+        cli_output.print_json(status)
+    elif status.status is WorkflowStatusString.CANCELLED:
+        click.echo(f"cancelled {workflow_id}")
+    else:
+        click.echo(f"{workflow_id} is {status.status.value}: left as it is")
+
+
+@workflow.command("resume")
+@_database_options
+@_json_option
+@click.argument("workflow_id")
+def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
+    """Continue a CANCELLED or failed workflow from its last completed step."""
+
+    async def run(client: DBOSClient) -> WorkflowStatus:
+        handle = await client.resume_workflow(workflow_id)
+        return await handle.get_status()
+
+    status = _with_client(database_url, schema, run)
+    if as_json:
+        cli_output.print_json(status)
+    elif status.status is WorkflowStatusString.ENQUEUED and status.queue_name == INTERNAL_QUEUE:
+        click.echo(f"resumed {workflow_id} (ENQUEUED on {INTERNAL_QUEUE} for any runtime)")
+    else:
+        click.echo(f"{workflow_id} is {status.status.value}: nothing to resume")
+
+
+@workflow.command("restart")
+@_database_options
+@_json_option
+@click.argument("workflow_id")
+def restart(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
+    """Run a workflow again from scratch, with the same inputs, under a new ID."""
+
+    async def run(client: DBOSClient) -> WorkflowStatus:
+        return await (await client.restart_workflow(workflow_id)).get_status()
+
+    cli_output.started("restarted", workflow_id, _with_client(database_url, schema, run), as_json)
+
+
+@workflow.command("fork")
+@_database_options
+@_json_option
+@click.argument("workflow_id")
+@click.option(
+    "--step",
+    "start_step",
+    type=int,
+    required=True,
+    help="Reuse the recorded steps before this step ID; run it and the rest again.",
+)
+@click.option("--app-version", help="App version to run the fork (default: the original's).")
+@click.option("--new-id", help="ID for the fork (default: a new UUID); makes forking idempotent.")
+def fork(
+    database_url: str | None,
+    schema: str,
+    as_json: bool,
+    workflow_id: str,
+    start_step: int,
+    app_version: str | None,
+    new_id: str | None,
+) -> None:
+    """Copy a workflow under a new ID, reusing the outcomes of its first steps."""
+
+    async def run(client: DBOSClient) -> WorkflowStatus:
+        if new_id is None:
+            handle = await client.fork_workflow(workflow_id, start_step, app_version)
+        else:
+            with SetWorkflowID(new_id):
+                handle = await client.fork_workflow(workflow_id, start_step, app_version)
+        return await handle.get_status()
+
+    cli_output.started("forked", workflow_id, _with_client(database_url, schema, run), as_json)
+
+
+@cli.group()
+def queue() -> None:
+    """Inspect queues."""
+
+
+@queue.command("list")
+@_database_options
+@_json_option
+@click.option("--queue", multiple=True, help="Only this queue (repeatable).")
+@click.option(
+    "--status",
+    "-s",
+    multiple=True,
+    type=click.Choice(_STATUSES, case_sensitive=False),
+    help="Only this status (repeatable; default ENQUEUED and PENDING).",
+)
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
+def list_queued(
+    database_url: str | None,
+    schema: str,
+    as_json: bool,
+    queue: tuple[str, ...],
+    status: tuple[str, ...],
+    limit: int,
+) -> None:
+    """List the workflows waiting on or running from queues, oldest first."""
+    statuses = _with_client(
+        database_url,
+        schema,
+        lambda client: client.list_queued_workflows(
+            queue_name=list(queue) or None,
+            status=[s.upper() for s in status] or None,
+            limit=limit,
+            load_input=as_json,
+            load_output=as_json,
+        ),
+    )
+    cli_output.print_statuses(statuses, as_json)
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def _fail(message: str) -> None:
+    click.echo(f"dbos-async: error: {' '.join(message.split())}", err=True)
+    sys.exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line; every failure is one line on stderr and exit status 1."""
+    try:
+        code = cli.main(args=argv, prog_name="dbos-async", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        code = 0
+    except click.UsageError as exc:
+        where = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+        _fail(exc.format_message() + where)
+    except click.ClickException as exc:
+        _fail(exc.format_message())
+    except click.Abort:
+        _fail("aborted")
+    except (DBOSError, ValueError) as exc:
+        _fail(str(exc))
+    except asyncpg.PostgresError as exc:
+        _fail(f"the database refused: {exc}")
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    except Exception as exc:  # the promise: one line, never a traceback
+        _fail(f"unexpected {type(exc).__name__}: {exc}")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+__all__ = ["cli", "main"]

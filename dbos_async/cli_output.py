@@ -1,0 +1,141 @@
+"""How ``dbos-async`` prints records.
+
+Aligned tables and ``key: value`` lines for people, JSON for scripts. Times are UTC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import orjson
+
+from dbos_async.management import INTERNAL_QUEUE
+from dbos_async.models import StepInfo, WorkflowStatus
+
+
+def time_text(ms: int | None) -> str:
+    """Epoch milliseconds as ``YYYY-MM-DD HH:MM:SS.mmm`` (UTC); "" for None."""
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def error_text(error: BaseException | None) -> str:
+    """``Type: message`` of a recorded error; "" for None."""
+    return "" if error is None else f"{type(error).__name__}: {error}"
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy of a record (exceptions become type and message)."""
+    if isinstance(value, BaseException):
+        return {"type": type(value).__name__, "message": str(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    """Print a record (or a list of them) as indented JSON."""
+    text = orjson.dumps(plain(value), default=str, option=orjson.OPT_INDENT_2).decode()
+    click.echo(text)
+
+
+def compact(value: Any, width: int = 60) -> str:
+    """A value as one line of JSON, cut to ``width`` characters."""
+    text = orjson.dumps(value, default=str).decode()
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print rows under headers, each column as wide as its widest cell."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+def print_statuses(statuses: list[WorkflowStatus], as_json: bool) -> None:
+    """Print workflows as a table, or as JSON."""
+    if as_json:
+        print_json(statuses)
+        return
+    if not statuses:
+        click.echo("no workflows")
+        return
+    headers = ["WORKFLOW ID", "STATUS", "NAME", "QUEUE", "EXECUTOR", "CREATED (UTC)"]
+    rows = [
+        [
+            s.workflow_id,
+            s.status.value,
+            s.name,
+            s.queue_name or "",
+            s.executor_id or "",
+            time_text(s.created_at),
+        ]
+        for s in statuses
+    ]
+    print_table(headers, rows)
+
+
+def print_status(status: WorkflowStatus, as_json: bool) -> None:
+    """Print every field of one workflow as ``key: value`` lines, or as JSON."""
+    if as_json:
+        print_json(status)
+        return
+    for field in dataclasses.fields(status):
+        value = getattr(status, field.name)
+        if field.name in ("created_at", "updated_at", "deadline_epoch_ms") and value is not None:
+            text = f"{time_text(value)} UTC ({value})"
+        elif field.name in ("input", "output"):
+            text = "" if value is None else orjson.dumps(value, default=str).decode()
+        elif field.name == "error":
+            text = error_text(value)
+        elif field.name == "status":
+            text = value.value
+        else:
+            text = "" if value is None else str(value)
+        click.echo(f"{field.name + ':':<20}{text}".rstrip())
+
+
+def print_steps(steps: list[StepInfo], as_json: bool) -> None:
+    """Print a workflow's steps as a table, or as JSON."""
+    if as_json:
+        print_json(steps)
+        return
+    if not steps:
+        click.echo("no steps recorded")
+        return
+    headers = ["STEP", "NAME", "OUTCOME", "CHILD WORKFLOW", "STARTED (UTC)", "MS"]
+    rows = []
+    for s in steps:
+        outcome = f"error: {error_text(s.error)}" if s.error is not None else compact(s.output)
+        took = (s.completed_at or 0) - (s.started_at or 0) if s.started_at is not None else None
+        rows.append(
+            [
+                str(s.step_id),
+                s.name,
+                outcome,
+                s.child_workflow_id or "",
+                time_text(s.started_at),
+                "" if took is None else str(took),
+            ]
+        )
+    print_table(headers, rows)
+
+
+def started(verb: str, original_id: str, status: WorkflowStatus, as_json: bool) -> None:
+    """Report a workflow started from another (restart, fork): where it will run."""
+    if as_json:
+        print_json(status)
+        return
+    where = (
+        f"ENQUEUED on {INTERNAL_QUEUE} for any runtime"
+        if status.queue_name == INTERNAL_QUEUE
+        else status.status.value
+    )
+    click.echo(f"{verb} {original_id} as {status.workflow_id} ({where})")

@@ -1,0 +1,128 @@
+-- name: list_workflows
+-- Workflows matching every filter given (a NULL filter matches all), oldest
+-- first: $1 IDs, $2 statuses, $3 names, $4 queue names, $5..$6 created_at
+-- range (epoch ms, inclusive), $7 app versions, $8 executor IDs, $9 only
+-- workflows on a queue. Limit $12 (NULL: all), offset $13.
+-- Payloads are read only when asked for ($10 inputs, $11 output and error):
+-- otherwise the CASE never touches the column, so a TOASTed payload is neither
+-- fetched nor sent. The filters fold away in a custom plan, leaving only the
+-- given ones for the planner (indexes: migration 0004). Keep the WHERE clause
+-- identical to list_workflows_desc.
+SELECT workflow_id, status, name,
+       CASE WHEN $10::boolean THEN inputs END AS inputs,
+       CASE WHEN $11::boolean THEN output END AS output,
+       CASE WHEN $11::boolean THEN error END AS error,
+       created_at, updated_at, queue_name, executor_id, app_version, recovery_attempts,
+       parent_workflow_id, forked_from, deduplication_id, priority, timeout_ms,
+       deadline_epoch_ms
+FROM workflow_status
+WHERE ($1::text[] IS NULL OR workflow_id = ANY($1::text[]))
+  AND ($2::text[] IS NULL OR status = ANY($2::text[]))
+  AND ($3::text[] IS NULL OR name = ANY($3::text[]))
+  AND ($4::text[] IS NULL OR queue_name = ANY($4::text[]))
+  AND ($5::int8 IS NULL OR created_at >= $5::int8)
+  AND ($6::int8 IS NULL OR created_at <= $6::int8)
+  AND ($7::text[] IS NULL OR app_version = ANY($7::text[]))
+  AND ($8::text[] IS NULL OR executor_id = ANY($8::text[]))
+  AND (NOT $9::boolean OR queue_name IS NOT NULL)
+ORDER BY created_at, workflow_id
+LIMIT $12::int8 OFFSET $13::int8;
+
+-- name: list_workflows_desc
+-- list_workflows, newest first. (A parameter cannot choose the direction
+-- without hiding the created_at order from the planner, hence two blocks.)
+SELECT workflow_id, status, name,
+       CASE WHEN $10::boolean THEN inputs END AS inputs,
+       CASE WHEN $11::boolean THEN output END AS output,
+       CASE WHEN $11::boolean THEN error END AS error,
+       created_at, updated_at, queue_name, executor_id, app_version, recovery_attempts,
+       parent_workflow_id, forked_from, deduplication_id, priority, timeout_ms,
+       deadline_epoch_ms
+FROM workflow_status
+WHERE ($1::text[] IS NULL OR workflow_id = ANY($1::text[]))
+  AND ($2::text[] IS NULL OR status = ANY($2::text[]))
+  AND ($3::text[] IS NULL OR name = ANY($3::text[]))
+  AND ($4::text[] IS NULL OR queue_name = ANY($4::text[]))
+  AND ($5::int8 IS NULL OR created_at >= $5::int8)
+  AND ($6::int8 IS NULL OR created_at <= $6::int8)
+  AND ($7::text[] IS NULL OR app_version = ANY($7::text[]))
+  AND ($8::text[] IS NULL OR executor_id = ANY($8::text[]))
+  AND (NOT $9::boolean OR queue_name IS NOT NULL)
+ORDER BY created_at DESC, workflow_id DESC
+LIMIT $12::int8 OFFSET $13::int8;
+
+-- name: list_workflow_steps
+-- The recorded steps of workflow $1 in step order: one row with a NULL
+-- step_id when it has none, no row at all when the workflow does not exist.
+SELECT o.step_id, o.function_name, o.output, o.error, o.child_workflow_id,
+       o.started_at, o.completed_at
+FROM workflow_status AS w
+LEFT JOIN operation_outputs AS o ON o.workflow_id = w.workflow_id
+WHERE w.workflow_id = $1
+ORDER BY o.step_id;
+
+-- name: fork_workflow
+-- Record workflow $2 as a copy of workflow $1 (same name and inputs,
+-- forked_from $1) with $1's recorded steps whose step_id < $3; the later
+-- steps run again. The copy is claimed by executor $4 (PENDING) or, when $4 is
+-- NULL, ENQUEUED on queue $6 and announced on q:<queue>. App version $5, else
+-- the original's. $7 is now (epoch ms). Returns no row when $1 does not exist;
+-- else the original's name and inputs, new_id (NULL when ID $2 was already
+-- taken: nothing is written then) and taken_name, the name recorded under $2.
+WITH original AS (
+    SELECT workflow_id, name, inputs, app_name, app_version
+    FROM workflow_status WHERE workflow_id = $1),
+forked AS (
+    INSERT INTO workflow_status (
+        workflow_id, status, name, inputs, app_name, app_version, executor_id,
+        created_at, updated_at, queue_name, forked_from)
+    SELECT $2, CASE WHEN $4::text IS NULL THEN 'ENQUEUED' ELSE 'PENDING' END,
+           name, inputs, app_name, COALESCE($5::text, app_version), $4::text, $7, $7,
+           CASE WHEN $4::text IS NULL THEN $6::text END, workflow_id
+    FROM original
+    ON CONFLICT (workflow_id) DO NOTHING
+    RETURNING workflow_id),
+copied AS (
+    INSERT INTO operation_outputs (
+        workflow_id, step_id, function_name, output, error, child_workflow_id,
+        started_at, completed_at)
+    SELECT f.workflow_id, o.step_id, o.function_name, o.output, o.error,
+           o.child_workflow_id, o.started_at, o.completed_at
+    FROM operation_outputs AS o, forked AS f
+    WHERE o.workflow_id = $1 AND o.step_id < $3::int4
+    RETURNING step_id)
+SELECT original.name, original.inputs, f.workflow_id AS new_id,
+       (SELECT name FROM workflow_status WHERE workflow_id = $2) AS taken_name,
+       (SELECT count(*) FROM copied) AS copied_steps,
+       (SELECT count(pg_notify(current_schema(), 'q:' || $6::text))
+        FROM forked WHERE $4::text IS NULL) AS notified
+FROM original LEFT JOIN forked AS f ON true;
+
+-- name: delete_workflow
+-- Delete workflow $1 and, when $2, its descendants (by parent_workflow_id),
+-- with their steps, messages, events and streams. A deleted workflow that was
+-- still PENDING or ENQUEUED is announced on c:<id>, so a runtime running it
+-- stops as if cancelled; every one on w:<id>, so waiters re-read (and find it
+-- gone). Returns the deleted IDs; no row when $1 does not exist.
+WITH RECURSIVE doomed AS (
+    SELECT workflow_id FROM workflow_status WHERE workflow_id = $1
+    UNION
+    SELECT w.workflow_id
+    FROM workflow_status AS w JOIN doomed AS d ON w.parent_workflow_id = d.workflow_id
+    WHERE $2::boolean),
+steps AS (
+    DELETE FROM operation_outputs WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
+received AS (
+    DELETE FROM messages WHERE destination_id IN (SELECT workflow_id FROM doomed)),
+events AS (
+    DELETE FROM workflow_events WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
+written AS (
+    DELETE FROM streams WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
+gone AS (
+    DELETE FROM workflow_status WHERE workflow_id IN (SELECT workflow_id FROM doomed)
+    RETURNING workflow_id, status)
+SELECT g.workflow_id,
+       (SELECT count(pg_notify(current_schema(), kinds.k || ':' || g.workflow_id))
+        FROM (VALUES ('c'), ('w')) AS kinds(k)
+        WHERE kinds.k = 'w' OR g.status IN ('PENDING', 'ENQUEUED')) AS notified
+FROM gone AS g;

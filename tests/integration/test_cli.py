@@ -1,0 +1,329 @@
+"""The ``dbos-async`` command line, run as a real subprocess against the test database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from dbos_async import DBOS, SetWorkflowID
+from dbos_async.management import INTERNAL_QUEUE
+from dbos_async.systemdb.migrate import migrations
+
+HOSTILE = ('it\'s "q"; DROP TABLE x; -- 100% $1 \\N Ünï ☃ 🚀 ' + "z" * 1024)[:1024]
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+async def dbos_cli(*args: str, url: str | None = None, env_url: str | None = None) -> Run:
+    env = {k: v for k, v in os.environ.items() if k != "DBOS_DATABASE_URL"}
+    if env_url is not None:
+        env["DBOS_DATABASE_URL"] = env_url
+    argv = [*args, "--database-url", url] if url is not None else list(args)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dbos_async",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+def assert_one_line_error(run: Run, *needles: str) -> None:
+    assert run.code == 1, run
+    assert run.out == "", run
+    lines = run.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dbos-async: error: "), run.err
+    assert "Traceback" not in run.err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+calls: list[str] = []
+
+
+@DBOS.step()
+async def note(what: str) -> str:
+    calls.append(what)
+    return f"{what}#{len(calls)}"
+
+
+@DBOS.workflow()
+async def two_steps(tag: str) -> list[str]:
+    return [await note(f"{tag}-a"), await note(f"{tag}-b")]
+
+
+@DBOS.workflow()
+async def fails() -> None:
+    raise RuntimeError("broken on purpose")
+
+
+@pytest.fixture
+async def seeded(dbos: DBOS, conn: asyncpg.Connection) -> AsyncIterator[str]:
+    """Two finished workflows, a failed one, one ENQUEUED on a queue; yields the URL."""
+    calls.clear()
+    with SetWorkflowID("first"):
+        await two_steps("one")
+    with SetWorkflowID(HOSTILE):
+        await two_steps("two")
+    with SetWorkflowID("broken"), pytest.raises(RuntimeError):
+        await fails()
+    await conn.execute(
+        "INSERT INTO workflow_status (workflow_id, status, name, queue_name, created_at,"
+        " updated_at) VALUES ('queued', 'ENQUEUED', 'app.charge', 'payments', 1, 1)"
+    )
+    yield dbos.database_url
+
+
+# -- migrate ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def empty_url(pg_server_url: str) -> AsyncIterator[str]:
+    name = f"cli_empty_{os.getpid()}"
+    admin = await asyncpg.connect(pg_server_url)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    yield pg_server_url.rsplit("/", 1)[0] + f"/{name}"
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def test_migrate_then_up_to_date(empty_url: str) -> None:
+    before = await dbos_cli("workflow", "list", url=empty_url)
+    assert_one_line_error(before, "dbos-async migrate")
+    first = await dbos_cli("migrate", env_url=empty_url)
+    assert first.code == 0, first
+    assert [line.strip() for line in first.out.splitlines()[1:]] == [m.name for m in migrations()]
+    again = await dbos_cli("migrate", "--schema", "other_schema", url=empty_url)
+    assert again.code == 0 and "applied" in again.out
+    third = await dbos_cli("migrate", url=empty_url)
+    assert third.code == 0 and "up to date" in third.out, third
+    empty = await dbos_cli("workflow", "list", url=empty_url)
+    assert empty.code == 0 and empty.out.strip() == "no workflows"
+
+
+# -- workflow list / get / steps ----------------------------------------------------------
+
+
+async def test_workflow_list_prints_an_aligned_table(seeded: str) -> None:
+    run = await dbos_cli("workflow", "list", url=seeded)
+    assert run.code == 0, run
+    lines = run.out.splitlines()
+    assert lines[0].split() == [
+        "WORKFLOW",
+        "ID",
+        "STATUS",
+        "NAME",
+        "QUEUE",
+        "EXECUTOR",
+        "CREATED",
+        "(UTC)",
+    ]
+    status_col = lines[0].index("STATUS")
+    assert [line[status_col:].split()[0] for line in lines[1:]] == [
+        "ERROR",
+        "SUCCESS",
+        "SUCCESS",
+        "ENQUEUED",
+    ]  # newest first; the ENQUEUED row was created at epoch 1 ms
+    assert lines[2].startswith(HOSTILE + "  ")
+    oldest = await dbos_cli("workflow", "list", "--oldest-first", "--limit", "1", url=seeded)
+    assert len(oldest.out.splitlines()) == 2 and oldest.out.splitlines()[1].startswith("queued ")
+
+
+async def test_workflow_list_json_and_filters(seeded: str) -> None:
+    run = await dbos_cli("workflow", "list", "--json", "-s", "success", url=seeded)
+    assert run.code == 0, run
+    listed = run.json()
+    assert isinstance(listed, list)
+    assert [w["workflow_id"] for w in listed] == [HOSTILE, "first"]
+    assert listed[1]["output"] == ["one-a#1", "one-b#2"]
+    assert listed[1]["input"] == {"args": ["one"], "kwargs": {}}
+    errors = (await dbos_cli("workflow", "list", "--json", "--status", "ERROR", url=seeded)).json()
+    assert isinstance(errors, list) and errors[0]["error"]["message"] == "broken on purpose"
+    by_queue = await dbos_cli("workflow", "list", "--json", "--queue", "payments", url=seeded)
+    assert [w["workflow_id"] for w in by_queue.json()] == ["queued"]  # type: ignore[attr-defined]
+    window = await dbos_cli(
+        "workflow",
+        "list",
+        "--json",
+        "--since",
+        "0",
+        "--until",
+        "1970-01-01T00:00:00.001",
+        url=seeded,
+    )
+    assert [w["workflow_id"] for w in window.json()] == ["queued"]  # type: ignore[attr-defined]
+    none = await dbos_cli("workflow", "list", "--name", "no.such.workflow", url=seeded)
+    assert none.code == 0 and none.out.strip() == "no workflows"
+
+
+async def test_workflow_get(seeded: str) -> None:
+    run = await dbos_cli("workflow", "get", HOSTILE, url=seeded)
+    assert run.code == 0, run
+    fields = dict(line.split(":", 1) for line in run.out.splitlines())
+    assert fields["workflow_id"].strip() == HOSTILE
+    assert fields["status"].strip() == "SUCCESS"
+    assert json.loads(fields["output"]) == ["two-a#3", "two-b#4"]
+    as_json = (await dbos_cli("workflow", "get", "broken", "--json", url=seeded)).json()
+    assert isinstance(as_json, dict)
+    assert as_json["status"] == "ERROR" and as_json["error"]["type"] == "RuntimeError"
+
+
+async def test_workflow_steps(seeded: str) -> None:
+    run = await dbos_cli("workflow", "steps", "first", url=seeded)
+    assert run.code == 0, run
+    lines = run.out.splitlines()
+    assert lines[0].split()[:3] == ["STEP", "NAME", "OUTCOME"]
+    assert lines[1].split()[0] == "0" and '"one-a#1"' in lines[1]
+    steps = (await dbos_cli("workflow", "steps", "first", "--json", url=seeded)).json()
+    assert [s["output"] for s in steps] == ["one-a#1", "one-b#2"]  # type: ignore[attr-defined, index]
+    none = await dbos_cli("workflow", "steps", "queued", url=seeded)
+    assert none.code == 0 and none.out.strip() == "no steps recorded"
+
+
+# -- workflow cancel / resume / restart / fork ---------------------------------------------
+
+
+async def test_workflow_cancel_and_resume(seeded: str, conn: asyncpg.Connection) -> None:
+    run = await dbos_cli("workflow", "cancel", "queued", url=seeded)
+    assert run.code == 0 and run.out.strip() == "cancelled queued", run
+    done = await dbos_cli("workflow", "cancel", "first", url=seeded)
+    assert done.code == 0 and done.out.strip() == "first is SUCCESS: left as it is"
+    resumed = await dbos_cli("workflow", "resume", "queued", url=seeded)
+    assert resumed.code == 0 and resumed.out.startswith("resumed queued"), resumed
+    row = await conn.fetchrow(
+        "SELECT status, queue_name FROM workflow_status WHERE workflow_id = 'queued'"
+    )
+    assert tuple(row) == ("ENQUEUED", INTERNAL_QUEUE)  # type: ignore[arg-type]
+    nothing = await dbos_cli("workflow", "resume", "first", url=seeded)
+    assert nothing.code == 0 and "nothing to resume" in nothing.out
+    as_json = (await dbos_cli("workflow", "cancel", "broken", "--json", url=seeded)).json()
+    assert isinstance(as_json, dict) and as_json["status"] == "ERROR"
+
+
+async def test_workflow_restart_and_fork(seeded: str, conn: asyncpg.Connection) -> None:
+    run = await dbos_cli("workflow", "restart", "first", "--json", url=seeded)
+    assert run.code == 0, run
+    restarted = run.json()
+    assert isinstance(restarted, dict)
+    assert restarted["status"] == "ENQUEUED" and restarted["forked_from"] == "first"
+    assert restarted["queue_name"] == INTERNAL_QUEUE
+    forked = await dbos_cli(
+        "workflow", "fork", HOSTILE, "--step", "1", "--new-id", "f-1", url=seeded
+    )
+    assert forked.code == 0 and forked.out.startswith(f"forked {HOSTILE} as f-1 (ENQUEUED"), forked
+    again = await dbos_cli(
+        "workflow", "fork", HOSTILE, "--step", "1", "--new-id", "f-1", url=seeded
+    )
+    assert again.code == 0 and again.out == forked.out
+    copied = await conn.fetch("SELECT output FROM operation_outputs WHERE workflow_id = 'f-1'")
+    assert [r[0] for r in copied] == ['"two-a#3"']
+    versioned = await dbos_cli(
+        "workflow", "fork", "first", "--step", "0", "--app-version", "v2", "--json", url=seeded
+    )
+    assert versioned.json()["app_version"] == "v2"  # type: ignore[index, call-overload]
+    assert calls == ["one-a", "one-b", "two-a", "two-b"]  # the CLI ran nothing
+
+
+# -- queue list ---------------------------------------------------------------------------
+
+
+async def test_queue_list(seeded: str) -> None:
+    run = await dbos_cli("queue", "list", url=seeded)
+    assert run.code == 0, run
+    lines = run.out.splitlines()
+    assert len(lines) == 2 and lines[1].split()[:2] == ["queued", "ENQUEUED"]
+    assert "payments" in lines[1]
+    as_json = (await dbos_cli("queue", "list", "--json", "--queue", "other", url=seeded)).json()
+    assert as_json == []
+    done = (await dbos_cli("queue", "list", "--json", "-s", "SUCCESS", url=seeded)).json()
+    assert done == []
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["workflow", "get", "nope"],
+        ["workflow", "steps", "nope"],
+        ["workflow", "cancel", "nope"],
+        ["workflow", "resume", "nope"],
+        ["workflow", "restart", "nope"],
+        ["workflow", "fork", "nope", "--step", "0"],
+    ],
+)
+async def test_unknown_workflow_ids_fail_cleanly(db_url: str, args: list[str]) -> None:
+    assert_one_line_error(await dbos_cli(*args, url=db_url), "nope")
+
+
+async def test_bad_input_is_one_line_and_exit_1(db_url: str) -> None:
+    assert_one_line_error(await dbos_cli("workflow", "list"), "DBOS_DATABASE_URL")
+    assert_one_line_error(
+        await dbos_cli("workflow", "list", url="postgresql://postgres@127.0.0.1:1/x"),
+        "Cannot connect",
+    )
+    assert_one_line_error(await dbos_cli("workflow", "list", url="not a url"), "DSN")
+    missing_db = db_url.rsplit("/", 1)[0] + "/no_such_database_here"
+    assert_one_line_error(await dbos_cli("workflow", "list", url=missing_db), "does not exist")
+    assert_one_line_error(await dbos_cli("workflow", "list", "--bogus", url=db_url), "--bogus")
+    assert_one_line_error(await dbos_cli("workflow", "list", "-s", "DONE", url=db_url), "--status")
+    assert_one_line_error(
+        await dbos_cli("workflow", "list", "--limit", "-1", url=db_url), "--limit"
+    )
+    assert_one_line_error(await dbos_cli("workflow", "frobnicate", url=db_url), "frobnicate")
+    assert_one_line_error(await dbos_cli("workflow", "get", url=db_url), "WORKFLOW_ID")
+    assert_one_line_error(
+        await dbos_cli("workflow", "fork", "x", "--step", "-1", url=db_url), "start_step"
+    )
+    assert_one_line_error(await dbos_cli("workflow", "fork", "x", url=db_url), "--step")
+    assert_one_line_error(
+        await dbos_cli("workflow", "list", "--schema", "Bad; schema", url=db_url), "schema"
+    )
+    assert_one_line_error(await dbos_cli("workflow", "get", "", url=db_url), "empty")
+    assert_one_line_error(await dbos_cli("workflow", "get", "x" * 1025, url=db_url), "1024")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["migrate"],
+        ["workflow"],
+        ["workflow", "list"],
+        ["workflow", "get"],
+        ["workflow", "steps"],
+        ["workflow", "cancel"],
+        ["workflow", "resume"],
+        ["workflow", "restart"],
+        ["workflow", "fork"],
+        ["queue"],
+        ["queue", "list"],
+    ],
+)
+async def test_help_everywhere(args: list[str]) -> None:
+    run = await dbos_cli(*args, "--help")
+    assert run.code == 0 and run.err == "", run
+    assert run.out.startswith(f"Usage: dbos-async {' '.join(args)}".rstrip()), run.out
