@@ -20,7 +20,7 @@ from typing import Any, Self, Unpack
 
 import anyio
 
-from dbos_async import management
+from dbos_async import management, messaging, streams
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.handle import WorkflowHandle, get_workflow_status, retrieve_workflow
@@ -216,7 +216,7 @@ class DBOSClient:
         """Delete a workflow (with its children, optionally) and everything it recorded."""
         await management.delete_workflow(self.pool, workflow_id, delete_children)
 
-    # -- wired to the queue and messaging modules when their branches merge -------------
+    # -- queues, messages, events, streams ------------------------------------------------
 
     async def enqueue(
         self,
@@ -231,12 +231,24 @@ class DBOSClient:
         raise NotImplementedError("wired at merge")
 
     async def send(self, destination_id: str, message: Any, topic: str | None = None) -> None:
-        """Send ``message`` to workflow ``destination_id``."""
-        raise NotImplementedError("wired at merge")
+        """Send a message to a workflow; ``SetWorkflowID`` around it is an idempotency key."""
+        self._check_open()
+        await messaging.send(self, destination_id, message, topic)
 
     async def get_event(self, workflow_id: str, key: str, timeout_seconds: float = 60) -> Any:
-        """The value of event ``key`` of a workflow, waiting up to ``timeout_seconds``."""
-        raise NotImplementedError("wired at merge")
+        """A workflow's event value, waiting up to the timeout; None if it is not set."""
+        self._check_open()
+        return await messaging.get_event(self, workflow_id, key, timeout_seconds)
+
+    async def get_all_events(self, workflow_id: str) -> dict[str, Any]:
+        """Every event of a workflow with its latest value."""
+        self._check_open()
+        return await messaging.get_all_events(self, workflow_id)
+
+    def read_stream(self, workflow_id: str, key: str) -> AsyncIterator[Any]:
+        """Iterate a workflow's stream; ends when it is closed or the workflow finishes."""
+        self._check_open()
+        return streams.read_stream(self, workflow_id, key)
 
 
 async def _close_pool(pool: Pool) -> None:

@@ -28,7 +28,7 @@ from dbos_async.validation import check_workflow_id
 if TYPE_CHECKING:
     from dbos_async.context import Running
     from dbos_async.notifications import Listener
-    from dbos_async.systemdb.pool import PooledConnection
+    from dbos_async.systemdb.pool import Pool, PooledConnection
 
 R = TypeVar("R")
 
@@ -49,6 +49,11 @@ class HandleSource(Protocol):
     @property
     def listener(self) -> Listener:
         """The notification listener whose ``watch("w", id)`` wakes waiters."""
+        ...
+
+    @property
+    def pool(self) -> Pool:
+        """The system-database pool (for statements retried after a lost connection)."""
         ...
 
     def connection(self) -> AbstractAsyncContextManager[PooledConnection]:

@@ -31,7 +31,7 @@ from dbos_async.validation import check_identifier, check_workflow_id
 from dbos_async.workflow import check_replay, now_ms
 
 if TYPE_CHECKING:
-    from dbos_async.runtime import Runtime
+    from dbos_async.handle import HandleSource
 
 RECV_STEP = "DBOS.recv"
 GET_EVENT_STEP = "DBOS.get_event"
@@ -61,7 +61,7 @@ def _check_timeout(timeout_seconds: float) -> float:
 
 
 def send(
-    runtime: Runtime | None, destination_id: str, message: Any, topic: str | None = None
+    source: HandleSource | None, destination_id: str, message: Any, topic: str | None = None
 ) -> Coroutine[Any, Any, None]:
     """Send ``message`` to a workflow; exactly once from a workflow, even across replays.
 
@@ -77,7 +77,7 @@ def send(
     if ctx is not None:
         return _send_from_workflow(ctx, ctx.take_step_id(), destination_id, topic_key, payload)
     key = context.take_next_workflow_id()
-    return _send(runtime or active_runtime(), destination_id, topic_key, payload, key)
+    return _send(source or active_runtime(), destination_id, topic_key, payload, key)
 
 
 async def _send_from_workflow(
@@ -108,14 +108,14 @@ async def _send_from_workflow(
         ctx.runtime.listener.fire("m", destination_id)
 
 
-def _runs_here(runtime: Runtime, workflow_id: str) -> bool:
-    """Whether a workflow runs in this runtime, which then wakes it without a NOTIFY."""
-    running = runtime.local.get(workflow_id)
+def _runs_here(source: HandleSource, workflow_id: str) -> bool:
+    """Whether a workflow runs in this process, which then wakes it without a NOTIFY."""
+    running = source.local.get(workflow_id)
     return running is not None and running.ctx is not None
 
 
 async def _send(
-    runtime: Runtime, destination_id: str, topic: str, payload: str, key: str | None
+    runtime: HandleSource, destination_id: str, topic: str, payload: str, key: str | None
 ) -> None:
     here = _runs_here(runtime, destination_id)
 
@@ -282,7 +282,7 @@ async def _set_event(ctx: WorkflowContext, step_id: int, key: str, value: str) -
 
 
 def get_event(
-    runtime: Runtime | None, workflow_id: str, key: str, timeout_seconds: float = 60
+    source: HandleSource | None, workflow_id: str, key: str, timeout_seconds: float = 60
 ) -> Coroutine[Any, Any, Any]:
     """The value of another workflow's event, waiting up to the timeout; None if unset.
 
@@ -298,10 +298,10 @@ def get_event(
         return _get_event_in_workflow(
             ctx, ctx.take_step_id(), ctx.take_step_id(), workflow_id, key, timeout
         )
-    return _get_event(runtime or active_runtime(), workflow_id, key, timeout)
+    return _get_event(source or active_runtime(), workflow_id, key, timeout)
 
 
-async def _get_event(runtime: Runtime, workflow_id: str, key: str, wait_seconds: float) -> Any:
+async def _get_event(runtime: HandleSource, workflow_id: str, key: str, wait_seconds: float) -> Any:
     deadline = time.monotonic() + wait_seconds
     with runtime.listener.watch("e", workflow_id) as changed:
         while True:
@@ -350,7 +350,7 @@ async def _get_event_in_workflow(
 
 
 def get_all_events(
-    runtime: Runtime | None, workflow_id: str
+    source: HandleSource | None, workflow_id: str
 ) -> Coroutine[Any, Any, dict[str, Any]]:
     """Every event of a workflow with its latest value; recorded inside a workflow."""
     from dbos_async.runtime import active_runtime
@@ -359,10 +359,10 @@ def get_all_events(
     ctx = in_workflow()
     if ctx is not None:
         return _get_all_events_in_workflow(ctx, ctx.take_step_id(), workflow_id)
-    return _get_all_events(runtime or active_runtime(), workflow_id)
+    return _get_all_events(source or active_runtime(), workflow_id)
 
 
-async def _get_all_events(runtime: Runtime, workflow_id: str) -> dict[str, Any]:
+async def _get_all_events(runtime: HandleSource, workflow_id: str) -> dict[str, Any]:
     async with runtime.connection() as conn:
         rows = await msg_table.select_events(conn, workflow_id)
     return {key: serialization.decode(value) for key, value in rows}

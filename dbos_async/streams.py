@@ -28,6 +28,7 @@ from dbos_async.validation import check_identifier, check_workflow_id
 from dbos_async.workflow import check_replay, now_ms
 
 if TYPE_CHECKING:
+    from dbos_async.handle import HandleSource
     from dbos_async.runtime import Runtime
 
 ANNOUNCE_WINDOW = 0.02
@@ -127,7 +128,7 @@ async def _write(
         announcer.announce_later(runtime, ctx.workflow_id)
 
 
-async def read_stream(runtime: Runtime, workflow_id: str, key: str) -> AsyncIterator[Any]:
+async def read_stream(runtime: HandleSource, workflow_id: str, key: str) -> AsyncIterator[Any]:
     """The values of a workflow's stream, as they are written.
 
     Ends when the stream is closed or the workflow has finished.

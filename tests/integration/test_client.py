@@ -212,13 +212,28 @@ async def test_bad_input(client: DBOSClient) -> None:
         await client.list_workflows(status="FINISHED")
 
 
-async def test_enqueue_send_and_get_event_are_wired_at_merge(client: DBOSClient) -> None:
-    with pytest.raises(NotImplementedError, match="wired at merge"):
-        await client.enqueue(1, queue_name="q", workflow_name="w")
-    with pytest.raises(NotImplementedError):
-        await client.send("w", "hi")
-    with pytest.raises(NotImplementedError):
-        await client.get_event("w", "k")
+@DBOS.workflow()
+async def echo_twice() -> list[object]:
+    got = [await DBOS.recv("in", timeout_seconds=5), await DBOS.recv("in", timeout_seconds=0.2)]
+    await DBOS.set_event("got", got)
+    await DBOS.write_stream("out", got[0])
+    return got
+
+
+async def test_messages_events_and_streams_through_the_client(
+    dbos: DBOS, client: DBOSClient
+) -> None:
+    with SetWorkflowID("echo"):
+        handle = await dbos.start_workflow(echo_twice)
+    for _ in range(2):  # SetWorkflowID makes the client's send idempotent
+        with SetWorkflowID("send-key"):
+            await client.send("echo", HOSTILE, topic="in")
+    assert await client.get_event("echo", "got", timeout_seconds=5) == [HOSTILE, None]
+    assert await handle.get_result(timeout=5) == [HOSTILE, None]
+    assert await client.get_all_events("echo") == {"got": [HOSTILE, None]}
+    assert [v async for v in client.read_stream("echo", "out")] == [HOSTILE]
+    with pytest.raises(WorkflowNotFoundError):
+        await client.send("nobody", "hi")
 
 
 async def test_lifecycle(db_url: str) -> None:
