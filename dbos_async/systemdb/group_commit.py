@@ -93,8 +93,9 @@ class GroupCommit(Generic[Row, Result]):
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((row, future))
         self._drain_soon()
-        # The drain task writes the row whatever happens to this caller.
-        return await asyncio.shield(future)
+        # The drain task writes the row whatever happens to this caller: a
+        # cancelled caller only cancels its future, which the drain then skips.
+        return await future
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Own the drain tasks until ``close()``; then write what is queued and let go."""
