@@ -143,3 +143,14 @@ async def test_lost_database_gives_database_unavailable(db_url: str, pg_server_u
             await admin.close()
         # Connections come back once the database accepts them again.
         assert await dbos.get_workflow_status("anything") is None
+
+
+async def test_a_runtime_heartbeats_its_executor(db_url: str, conn: asyncpg.Connection) -> None:
+    async with DBOS(database_url=db_url, app_version="hb", executor_id="exec-1"):
+        row = await conn.fetchrow("SELECT app_version, heartbeat_at FROM executors")
+    assert row is not None and row["app_version"] == "hb" and row["heartbeat_at"] > 0
+
+
+def test_lease_seconds_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="lease_seconds"):
+        DBOS(database_url="postgresql://unused", lease_seconds=0)
