@@ -120,10 +120,14 @@ async def pinger(partner: str, rounds: int) -> list[float]:
     return [t_first, time.perf_counter()]
 
 
+_event_turn: asyncio.Queue[int] = asyncio.Queue()
+
+
 @DBOS.workflow()
-async def event_setter() -> None:
-    await asyncio.sleep(0.05)
-    await DBOS.set_event_async("stamp", time.perf_counter())
+async def event_setter(n: int) -> None:
+    for i in range(n):  # a hot loop, as on the dbos_async side
+        await _event_turn.get()
+        await DBOS.set_event_async(f"stamp-{i}", time.perf_counter())
 
 
 async def _latencies(n: int, steps: int) -> list[float]:
@@ -221,11 +225,14 @@ async def w5(args: ChildArgs) -> Result:
             ping = await DBOS.start_workflow_async(pinger, "bench-ponger", rounds)
         t_first, t_last = await ping.get_result()
         await pong.get_result()
-        for i in range(size("W5", "events", args.quick)):
-            with SetWorkflowID(f"bench-event-{i}"):
-                await DBOS.start_workflow_async(event_setter)
-            stamp = await DBOS.get_event_async(f"bench-event-{i}", "stamp", timeout_seconds=60)
+        n = size("W5", "events", args.quick)
+        with SetWorkflowID("bench-events"):
+            setter = await DBOS.start_workflow_async(event_setter, n)
+        for i in range(n):
+            _event_turn.put_nowait(i)
+            stamp = await DBOS.get_event_async("bench-events", f"stamp-{i}", timeout_seconds=60)
             events.append(us(time.perf_counter() - stamp))
+        await setter.get_result()
     return {
         "metrics": {
             "sendrecv_oneway_us": us((t_last - t_first) / (2 * rounds)),
