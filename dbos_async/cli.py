@@ -80,6 +80,7 @@ def _with_client(
 ) -> T:
     """Open a client on the database, run ``action`` with it, close it."""
     url = _require_url(database_url)
+    schema = _from_root("schema", schema)
 
     async def run() -> T:
         async with DBOSClient(url, schema=schema) as client:
@@ -89,9 +90,24 @@ def _with_client(
 
 
 def _require_url(database_url: str | None) -> str:
+    database_url = _from_root("database_url", database_url)
     if not database_url:
         raise click.UsageError("no database URL: pass --database-url or set DBOS_DATABASE_URL")
     return database_url
+
+
+def _from_root(name: str, value: T) -> T:
+    """The command's own option if typed on its command line, else one given before it.
+
+    ``dbos-async --database-url URL workflow list`` and ``dbos-async workflow
+    list --database-url URL`` both work; the command's environment default
+    does not override a URL typed before the command.
+    """
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+        return value
+    given = (ctx.find_root().obj or {}).get(name)
+    return value if given is None else given
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -99,11 +115,16 @@ def _require_url(database_url: str | None) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="dbos-async", prog_name="dbos-async")
-def cli() -> None:
+@click.option("--database-url", metavar="URL", help="Postgres URL (also accepted after a command).")
+@click.option("--schema", help="Schema of the system tables (also accepted after a command).")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, schema: str | None) -> None:
     """Inspect and manage dbos_async workflows in their Postgres database.
 
-    Every command takes --database-url (or $DBOS_DATABASE_URL) and --schema.
+    Every command takes --database-url (or $DBOS_DATABASE_URL) and --schema,
+    before or after the command's name.
     """
+    ctx.obj = {"database_url": database_url, "schema": schema}
 
 
 @cli.command()
@@ -111,6 +132,7 @@ def cli() -> None:
 def migrate(database_url: str | None, schema: str) -> None:
     """Create or upgrade the system tables (safe to run at any time)."""
     url = _require_url(database_url)
+    schema = _from_root("schema", schema)
     check_schema_name(schema)
 
     async def run() -> list[int]:

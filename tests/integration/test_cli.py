@@ -190,6 +190,22 @@ async def test_workflow_get(seeded: str) -> None:
     assert as_json["status"] == "ERROR" and as_json["error"]["type"] == "RuntimeError"
 
 
+async def test_the_url_may_come_before_the_command_and_wins_over_the_environment(
+    seeded: str,
+) -> None:
+    run = await dbos_cli(
+        "--database-url",
+        seeded,
+        "workflow",
+        "get",
+        "broken",
+        "--json",
+        env_url="postgresql://x@nowhere:1/x",
+    )
+    assert run.code == 0, run
+    assert run.json()["status"] == "ERROR"
+
+
 async def test_workflow_steps(seeded: str) -> None:
     run = await dbos_cli("workflow", "steps", "first", url=seeded)
     assert run.code == 0, run
