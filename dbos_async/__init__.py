@@ -1,6 +1,6 @@
 """dbos_async: asyncio-native durable workflows over PostgreSQL."""
 
-from dbos_async.context import SetWorkflowID, SetWorkflowTimeout
+from dbos_async.context import SetEnqueueOptions, SetWorkflowID, SetWorkflowTimeout
 from dbos_async.dbos import DBOS
 from dbos_async.errors import (
     DatabaseUnavailableError,
@@ -17,6 +17,7 @@ from dbos_async.errors import (
     WorkflowNotFoundError,
 )
 from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
+from dbos_async.queue import Queue
 from dbos_async.workflow import WorkflowHandle
 
 __all__ = [
@@ -27,8 +28,10 @@ __all__ = [
     "MaxStepRetriesExceeded",
     "NonDeterministicWorkflowError",
     "NotInWorkflowError",
+    "Queue",
     "QueueDeduplicatedError",
     "SerializationError",
+    "SetEnqueueOptions",
     "SetWorkflowID",
     "SetWorkflowTimeout",
     "StepInfo",

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
-from dbos_async import management
+from dbos_async import management, scheduler
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
 from dbos_async import workflow as workflow_module
@@ -116,6 +116,7 @@ class DBOS(metaclass=_DBOSMeta):
     workflow = staticmethod(workflow_module.workflow)
     step = staticmethod(step_module.step)
     transaction = staticmethod(transaction_module.transaction)
+    scheduled = staticmethod(scheduler.scheduled)
 
     def __init__(
         self,

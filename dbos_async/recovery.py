@@ -52,8 +52,10 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
     """Replay workflows this runtime just claimed (PENDING, executor = this one).
 
     ``rows`` need ``workflow_id``, ``name``, ``inputs`` and optionally
-    ``deadline_epoch_ms``. One round trip reads all their recorded steps.
-    Returns how many were started (unregistered names are logged and skipped).
+    ``deadline_epoch_ms`` and ``has_steps``. One round trip reads the recorded
+    steps of them all, skipped when every row says ``has_steps=False`` (a
+    dequeued workflow that never ran). Returns how many were started
+    (unregistered names are logged and skipped).
     """
     runnable = []
     for row in rows:
@@ -69,9 +71,11 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
             runnable.append((row, entry))
     if not runnable:
         return 0
-    recorded = await steps_table.select_steps_of(conn, [row["workflow_id"] for row, _ in runnable])
+    ran = [row["workflow_id"] for row, _ in runnable if row.get("has_steps", True)]
+    recorded = await steps_table.select_steps_of(conn, ran) if ran else {}
     for row, entry in runnable:
         args, kwargs = serialization.decode_inputs(row["inputs"], entry.fn)
         wid = row["workflow_id"]
-        spawn(runtime, entry, wid, args, kwargs, recorded[wid], row.get("deadline_epoch_ms"))
+        steps = recorded.get(wid) or {}
+        spawn(runtime, entry, wid, args, kwargs, steps, row.get("deadline_epoch_ms"))
     return len(runnable)

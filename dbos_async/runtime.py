@@ -2,8 +2,9 @@
 
 All background work runs in one dedicated task that owns an anyio task group,
 so ``launch()`` and ``shutdown()`` may be called from different tasks (as
-ASGI servers and test fixtures do). Shutdown order: cancel the workflow tasks
-(their rows stay PENDING), let the writers drain, then close every connection.
+ASGI servers and test fixtures do). Shutdown order: cancel the workflow tasks,
+queue workers and schedules (rows stay PENDING or ENQUEUED), let the writers
+drain, then close every connection.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from dbos_async import registry, workflow
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.notifications import Listener
+from dbos_async.queue_worker import QueueWorker
 from dbos_async.recovery import recover_pending
+from dbos_async.scheduler import Scheduler
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
@@ -269,6 +272,9 @@ class Runtime:
                         self._group = group
                         self.state = State.RUNNING
                         await recover_pending(self)
+                        # Live (watching q:<queue>, sleeping until ticks) before launch returns.
+                        await group.start(QueueWorker(self).run)
+                        await group.start(Scheduler(self).run)
                         logger.info(
                             "DBOS runtime launched (executor %s, app version %s)",
                             self.executor_id,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
-from dbos_async.errors import DatabaseUnavailableError
+from dbos_async.errors import DatabaseUnavailableError, QueueDeduplicatedError
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,25 @@ async def translated() -> AsyncIterator[None]:
         yield
     except CONNECTION_ERRORS as exc:
         raise DatabaseUnavailableError(f"Lost the database connection: {exc}") from exc
+
+
+DEDUP_INDEX = "workflow_status_dedup_idx"
+"""The partial unique index that holds one live deduplication ID per queue."""
+
+
+@contextlib.contextmanager
+def deduplication_checked(queue_name: str, deduplication_id: str | None) -> Iterator[None]:
+    """Turn a violation of the deduplication index into QueueDeduplicatedError.
+
+    Recognised by the violated index's name (``constraint_name``), never by the
+    message text; any other unique violation passes through unchanged.
+    """
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == DEDUP_INDEX and deduplication_id is not None:
+            raise QueueDeduplicatedError(queue_name, deduplication_id) from exc
+        raise
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from dbos_async import DBOS, SetWorkflowID
+from dbos_async.systemdb.queries import q
 
 
 @DBOS.step()
@@ -73,6 +74,6 @@ async def test_recovery_reads_recorded_steps_once(db_url: str, statements: list[
     statements.clear()
     async with DBOS(database_url=db_url, app_version="test") as dbos:
         await (await dbos.retrieve_workflow("replayed")).get_result()
-    step_reads = [s for s in statements if "FROM operation_outputs" in s]
+    step_reads = [s for s in statements if s == q("select_steps_of")]
     step_writes = [s for s in statements if "INSERT INTO operation_outputs" in s]
     assert len(step_reads) == 1 and not step_writes, statements
