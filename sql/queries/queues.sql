@@ -81,7 +81,7 @@ claimed AS (
     RETURNING w.workflow_id, w.name, w.inputs, w.deadline_epoch_ms,
               EXISTS (SELECT 1 FROM operation_outputs AS o
                       WHERE o.workflow_id = w.workflow_id) AS has_steps),
-wake AS (
+wake AS MATERIALIZED (
     SELECT least(
                CASE WHEN $8::int IS NOT NULL
                          AND recent.started + (SELECT count(*) FROM claimed) >= $8::int
