@@ -22,7 +22,6 @@ from dbos_async.context import EnqueueOptions, WorkflowContext, current_step_id,
 from dbos_async.errors import DBOSError, QueueDeduplicatedError, WorkflowConflictError
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.systemdb import queues as queues_table
-from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.pool import Pool, acquire
 from dbos_async.systemdb.steps import StepRecord
 from dbos_async.validation import check_identifier, check_workflow_id
@@ -171,8 +170,7 @@ class Queue:
         if entry.kind != "workflow":  # a single step runs inside RUN_STEP
             args, kwargs = (entry.name, serialization.encode_inputs(args, kwargs, name)), {}
             name = RUN_STEP
-        workflow_id = await enqueue_by_name(
-            runtime.pool,
+        row = queued_row(
             queue_name=self.name,
             workflow_name=name,
             args=args,
@@ -187,6 +185,8 @@ class Queue:
             parent_workflow_id=parent.workflow_id if parent is not None else None,
             app_name=runtime.app_name,
         )
+        # Group-committed with concurrent enqueues: one statement for many.
+        workflow_id = enqueued_id(row, await runtime.enqueue_writer.submit(row))
         return WorkflowHandle(runtime, workflow_id)
 
     async def _enqueue_child(
@@ -256,6 +256,8 @@ async def enqueue_by_name(
     the processes that declare the queue. An ID that exists already is
     returned as it is and nothing is enqueued. One round trip (two in the rare
     case where an enqueue under the same ID commits during this one).
+    ``Queue.enqueue`` builds the same row but group-commits it with the
+    runtime's concurrent enqueues.
 
     Args:
         pool: A system-database pool (search path on the system schema).
@@ -280,6 +282,43 @@ async def enqueue_by_name(
         SerializationError: the arguments cannot be encoded (nothing was written).
         ValueError: a name or an option is invalid.
     """
+    row = queued_row(
+        queue_name=queue_name,
+        workflow_name=workflow_name,
+        args=args,
+        kwargs=kwargs,
+        workflow_id=workflow_id,
+        deduplication_id=deduplication_id,
+        priority=priority,
+        app_version=app_version,
+        queue_partition_key=queue_partition_key,
+        delay_seconds=delay_seconds,
+        timeout_seconds=timeout_seconds,
+        parent_workflow_id=parent_workflow_id,
+        app_name=app_name,
+    )
+    async with acquire(pool) as conn:
+        (result,) = await queues_table.enqueue_workflows(conn, [row])
+    return enqueued_id(row, result)
+
+
+def queued_row(
+    *,
+    queue_name: str,
+    workflow_name: str,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any] | None,
+    workflow_id: str | None,
+    deduplication_id: str | None,
+    priority: int | None,
+    app_version: str | None,
+    queue_partition_key: str | None,
+    delay_seconds: float | None,
+    timeout_seconds: float | None,
+    parent_workflow_id: str | None,
+    app_name: str | None,
+) -> queues_table.NewQueued:
+    """Check the options and encode the inputs of an enqueue: everything before a write."""
     check_identifier(queue_name, "queue name")
     check_identifier(workflow_name, "workflow name")
     EnqueueOptions(deduplication_id, priority, app_version, queue_partition_key, delay_seconds)
@@ -287,7 +326,7 @@ async def enqueue_by_name(
         raise ValueError(f"timeout_seconds must be positive, got {timeout_seconds!r}")
     inputs = serialization.encode_inputs(tuple(args), dict(kwargs or {}), workflow_name)
     workflow_id = check_workflow_id(workflow_id) if workflow_id else str(uuid.uuid4())
-    row = queues_table.NewQueued(
+    return queues_table.NewQueued(
         workflow_id=workflow_id,
         name=workflow_name,
         inputs=inputs,
@@ -302,14 +341,15 @@ async def enqueue_by_name(
         timeout_ms=math.ceil(timeout_seconds * 1000) if timeout_seconds else None,
         parent_workflow_id=parent_workflow_id,
     )
-    async with acquire(pool) as conn:
-        inserted, existing = await queues_table.enqueue_workflow(conn, row)
-        if not inserted and existing is None:
-            found = await wf_table.select_workflow_outcome(conn, workflow_id)
-            existing = found["name"] if found is not None else workflow_name
-    if not inserted and existing != workflow_name:
-        raise WorkflowConflictError(workflow_id, existing or "", workflow_name)
-    return workflow_id
+
+
+def enqueued_id(row: queues_table.NewQueued, result: queues_table.Enqueued) -> str:
+    """The workflow ID an enqueue resolved to, or its error raised."""
+    if isinstance(result, QueueDeduplicatedError):
+        raise result
+    if result is not None and result != row.name:
+        raise WorkflowConflictError(row.workflow_id, result, row.name)
+    return row.workflow_id
 
 
 def registered_queues() -> list[Queue]:

@@ -144,6 +144,8 @@ class QueueWorker:
                         )
                     if claim.rows:
                         await run_claimed(runtime, conn, claim.rows)
+                        for row in claim.rows:  # waiters here switch to the local task
+                            runtime.listener.fire("w", row["workflow_id"])
                 full = full or len(claim.rows) >= limits.want
                 if claim.retry_in_ms is not None:
                     retry_ms = min(retry_ms or claim.retry_in_ms, claim.retry_in_ms)

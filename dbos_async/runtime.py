@@ -31,6 +31,7 @@ from dbos_async.notifications import Listener
 from dbos_async.queue_worker import QueueWorker
 from dbos_async.recovery import recover_pending
 from dbos_async.scheduler import Scheduler
+from dbos_async.systemdb import queues as queues_table
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
@@ -259,7 +260,19 @@ class Runtime:
                 # it again), so its commit need not wait for the WAL flush.
                 session_setup=q("set_async_commit"),
             )
-            self._writers = [self.workflow_writer, self.step_writer, self.completion_writer]
+            self.enqueue_writer = GroupCommit(
+                "enqueue_workflows",
+                self._pool,
+                queues_table.enqueue_workflows,
+                writers=writers,
+                max_batch=500,
+            )
+            self._writers = [
+                self.workflow_writer,
+                self.step_writer,
+                self.completion_writer,
+                self.enqueue_writer,
+            ]
             self._listener = Listener(self.database_url, channel=self.config.schema)
             self._listener.on("c", functools.partial(workflow.cancel_local, self))
             async with anyio.create_task_group() as services:

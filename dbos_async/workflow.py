@@ -365,9 +365,10 @@ async def await_result(runtime: Runtime, workflow_id: str) -> Any:
             status = WorkflowStatusString(row["status"])
             if status.is_terminal:
                 return _decode_outcome(workflow_id, status, row)
-            if workflow_id in runtime.local:  # it started here meanwhile (recovery, resume)
-                return await await_result(runtime, workflow_id)
             await changed.wait()
+            # It started here meanwhile (recovery, resume, a dequeue, which fires w:<id>).
+            if workflow_id in runtime.local:
+                return await await_result(runtime, workflow_id)
 
 
 def _decode_outcome(workflow_id: str, status: WorkflowStatusString, row: dict[str, Any]) -> Any:

@@ -1,6 +1,8 @@
 """Queued workflows in ``workflow_status``: enqueue, and the claim that dequeues them.
 
-Each function is one round trip. A claim is two of them in one transaction
+Each function is one round trip, except that a multi-row enqueue makes a
+second one when some IDs were taken (to name their functions), or when a
+deduplication ID was live (the rows then go one by one). A claim is two of them in one transaction
 that the caller opens (``lock_queue``, then ``claim_queued_workflows``): four
 round trips with BEGIN and COMMIT; see ``dbos_async.queue_worker``.
 """
@@ -11,13 +13,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dbos_async.systemdb.pool import Connection, deduplication_checked, record_dict
+from dbos_async.errors import QueueDeduplicatedError
+from dbos_async.systemdb.pool import (
+    Connection,
+    deduplication_checked,
+    is_deduplication_violation,
+    record_dict,
+)
 from dbos_async.systemdb.queries import q
 
 
 @dataclass(frozen=True, slots=True)
 class NewQueued:
-    """A row for ``enqueue_workflow``."""
+    """A row for ``enqueue_workflows``."""
 
     workflow_id: str
     name: str
@@ -54,35 +62,75 @@ class Claim:
     retry_in_ms: int | None
 
 
-async def enqueue_workflow(conn: Connection, row: NewQueued) -> tuple[bool, str | None]:
-    """Record an ENQUEUED workflow and announce it on ``q:<queue>``. One round trip.
+Enqueued = str | None | QueueDeduplicatedError
+"""Per enqueued row: None (enqueued now), the function name that holds its ID
+(nothing enqueued), or the error to raise."""
 
-    Returns ``(inserted, existing_name)``: when the ID was taken, ``inserted``
-    is False and ``existing_name`` names its function (None if that row
-    committed during this statement; read it again).
 
-    Raises:
-        QueueDeduplicatedError: the queue holds a live workflow with this deduplication ID.
+async def enqueue_workflows(conn: Connection, rows: Sequence[NewQueued]) -> list[Enqueued]:
+    """Record ENQUEUED workflows and announce their queues on ``q:<queue>``.
+
+    One round trip for a single row or a batch without taken IDs; see the
+    module docstring for the rest.
     """
-    with deduplication_checked(row.queue_name, row.deduplication_id):
-        record = await conn.fetchrow(
-            q("enqueue_workflow"),
-            row.workflow_id,
-            row.name,
-            row.inputs,
-            row.app_name,
-            row.app_version,
-            row.now_ms,
-            row.queue_name,
-            row.partition_key,
-            row.deduplication_id,
-            row.priority,
-            row.delay_ms,
-            row.timeout_ms,
-            row.parent_workflow_id,
-        )
+    if len(rows) == 1:
+        return [await _enqueue_one(conn, rows[0])]
+    try:
+        inserted = {r[0] for r in await conn.fetch(q("enqueue_workflows"), *_enqueue_columns(rows))}
+    except Exception as exc:
+        if not is_deduplication_violation(exc):
+            raise
+        # The statement does not say which row collided: take them one by one.
+        return [await _enqueue_one(conn, row) for row in rows]
+    taken = [r.workflow_id for r in rows if r.workflow_id not in inserted]
+    names: dict[str, str] = {}
+    if taken:
+        names = {
+            r["workflow_id"]: r["name"] for r in await conn.fetch(q("select_workflow_names"), taken)
+        }
+    seen: set[str] = set()
+    results: list[Enqueued] = []
+    for r in rows:  # within a batch only the first row with an ID can have inserted it
+        first = r.workflow_id in inserted and r.workflow_id not in seen
+        seen.add(r.workflow_id)
+        results.append(None if first else names.get(r.workflow_id, r.name))
+    return results
+
+
+async def _enqueue_one(conn: Connection, row: NewQueued) -> Enqueued:
+    try:
+        with deduplication_checked(row.queue_name, row.deduplication_id):
+            record = await conn.fetchrow(
+                q("enqueue_workflow"), *(c[0] for c in _enqueue_columns([row]))
+            )
+    except QueueDeduplicatedError as exc:
+        return exc
     assert record is not None
-    return bool(record["inserted"]), record["existing_name"]
+    if record["inserted"]:
+        return None
+    existing: str | None = record["existing_name"]
+    if existing is None:  # the row committed during the statement: read it now
+        found = await conn.fetch(q("select_workflow_names"), [row.workflow_id])
+        existing = found[0]["name"] if found else None
+    return existing or row.name
+
+
+def _enqueue_columns(rows: Sequence[NewQueued]) -> tuple[list[Any], ...]:
+    return (
+        [r.workflow_id for r in rows],
+        [r.name for r in rows],
+        [r.inputs for r in rows],
+        [r.app_name for r in rows],
+        [r.app_version for r in rows],
+        [r.now_ms for r in rows],
+        [r.queue_name for r in rows],
+        [r.partition_key for r in rows],
+        [r.deduplication_id for r in rows],
+        [r.priority for r in rows],
+        [r.delay_ms for r in rows],
+        [r.timeout_ms for r in rows],
+        [r.parent_workflow_id for r in rows],
+    )
 
 
 async def lock_queue(conn: Connection, queue_name: str, partition_key: str | None) -> None:

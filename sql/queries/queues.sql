@@ -19,6 +19,33 @@ WITH inserted AS (
 SELECT (SELECT count(pg_notify(current_schema(), 'q:' || queue_name)) FROM inserted) AS inserted,
        (SELECT name FROM workflow_status WHERE workflow_id = $1) AS existing_name;
 
+-- name: enqueue_workflows
+-- enqueue_workflow for many rows in one statement (group commit), in the
+-- order given. Rows whose workflow_id exists are skipped; RETURNING names the
+-- inserted ones. One live duplicate of a deduplication ID fails the whole
+-- statement (the caller then enqueues the rows one by one).
+WITH inserted AS (
+    INSERT INTO workflow_status (
+        workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
+        queue_name, queue_partition_key, deduplication_id, priority, not_before,
+        timeout_ms, parent_workflow_id, enqueue_seq)
+    SELECT u.workflow_id, 'ENQUEUED', u.name, u.inputs, u.app_name, u.app_version,
+           u.now_ms, u.now_ms, u.queue_name, u.partition_key, u.deduplication_id, u.priority,
+           CASE WHEN u.delay_ms IS NOT NULL
+                THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + u.delay_ms END,
+           u.timeout_ms, u.parent_workflow_id, nextval('workflow_enqueue_seq')
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                $7::text[], $8::text[], $9::text[], $10::int4[], $11::int8[], $12::int8[],
+                $13::text[])
+         WITH ORDINALITY
+         AS u(workflow_id, name, inputs, app_name, app_version, now_ms, queue_name,
+              partition_key, deduplication_id, priority, delay_ms, timeout_ms,
+              parent_workflow_id, ord)
+    ORDER BY u.ord
+    ON CONFLICT (workflow_id) DO NOTHING
+    RETURNING workflow_id, queue_name)
+SELECT i.workflow_id, pg_notify(current_schema(), 'q:' || i.queue_name) FROM inserted AS i;
+
 -- name: lock_queue
 -- Serialize the claimers of queue $1 (partition $2, NULL: the whole queue)
 -- until the end of the transaction. Run it as its own statement, BEFORE
