@@ -264,7 +264,7 @@ class Runtime:
                 "enqueue_workflows",
                 self._pool,
                 queues_table.enqueue_workflows,
-                writers=writers,
+                writers=1,  # enqueues are bursty; keep the pool for claims and reads
                 max_batch=500,
             )
             self._writers = [
