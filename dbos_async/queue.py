@@ -62,7 +62,6 @@ class Queue:
         concurrency: int | None = None,
         worker_concurrency: int | None = None,
         limiter: Mapping[str, float] | None = None,
-        *,
         priority_enabled: bool = False,
         partition_queue: bool = False,
     ) -> None:
