@@ -1,7 +1,7 @@
 """dbos_async: asyncio-native durable workflows over PostgreSQL."""
 
 from dbos_async.client import DBOSClient
-from dbos_async.context import SetWorkflowID, SetWorkflowTimeout
+from dbos_async.context import SetEnqueueOptions, SetWorkflowID, SetWorkflowTimeout
 from dbos_async.dbos import DBOS
 from dbos_async.errors import (
     DatabaseUnavailableError,
@@ -19,6 +19,7 @@ from dbos_async.errors import (
 )
 from dbos_async.handle import WorkflowHandle
 from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
+from dbos_async.queue import Queue
 
 __all__ = [
     "DBOS",
@@ -29,8 +30,10 @@ __all__ = [
     "MaxStepRetriesExceeded",
     "NonDeterministicWorkflowError",
     "NotInWorkflowError",
+    "Queue",
     "QueueDeduplicatedError",
     "SerializationError",
+    "SetEnqueueOptions",
     "SetWorkflowID",
     "SetWorkflowTimeout",
     "StepInfo",

@@ -7,6 +7,7 @@ with it the step counter that keeps step IDs in call order.
 
 from __future__ import annotations
 
+import math
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -72,6 +73,49 @@ current_connection: ContextVar[Connection | None] = ContextVar(
 _next_workflow_id: ContextVar[str | None] = ContextVar("dbos_async_next_id", default=None)
 _workflow_timeout: ContextVar[float | None] = ContextVar("dbos_async_timeout", default=None)
 
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """Options of one enqueue (see ``SetEnqueueOptions``); checked when built.
+
+    Raises:
+        ValueError: an option is out of range.
+    """
+
+    deduplication_id: str | None = None
+    priority: int | None = None
+    app_version: str | None = None
+    queue_partition_key: str | None = None
+    delay_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        from dbos_async.validation import check_identifier
+
+        for name in ("deduplication_id", "app_version", "queue_partition_key"):
+            value = getattr(self, name)
+            if value is not None:
+                check_identifier(value, name)
+        priority = self.priority
+        if priority is not None and (
+            not isinstance(priority, int)
+            or isinstance(priority, bool)
+            or not _INT32[0] <= priority <= _INT32[1]
+        ):
+            raise ValueError(f"priority must be a 32-bit int, got {priority!r}")
+        delay = self.delay_seconds
+        if delay is not None and not (
+            isinstance(delay, int | float) and math.isfinite(delay) and delay >= 0
+        ):
+            raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay!r}")
+
+
+_NO_OPTIONS = EnqueueOptions()
+_enqueue_options: ContextVar[EnqueueOptions | None] = ContextVar(
+    "dbos_async_enqueue_options", default=None
+)
+
 
 def take_next_workflow_id() -> str | None:
     """Return the ID set by ``SetWorkflowID`` for the next start, consuming it."""
@@ -79,6 +123,11 @@ def take_next_workflow_id() -> str | None:
     if workflow_id is not None:
         _next_workflow_id.set(None)
     return workflow_id
+
+
+def enqueue_options() -> EnqueueOptions:
+    """The options set by the innermost ``SetEnqueueOptions`` (all None outside one)."""
+    return _enqueue_options.get() or _NO_OPTIONS
 
 
 def workflow_timeout() -> float | None:
@@ -133,3 +182,43 @@ class SetWorkflowTimeout(_Setter):
         if timeout_seconds is not None and not timeout_seconds > 0:
             raise ValueError(f"workflow timeout must be positive, got {timeout_seconds!r}")
         super().__init__(timeout_seconds)
+
+
+class SetEnqueueOptions(_Setter):
+    """Options for every ``Queue.enqueue`` in this block (an inner block replaces them).
+
+    Args:
+        deduplication_id: While a workflow enqueued with this ID is ENQUEUED or
+            PENDING on the queue, enqueuing another with it raises
+            ``QueueDeduplicatedError``.
+        priority: Lower runs first (queues with ``priority_enabled``); default 0.
+        app_version: Only runtimes of this app version dequeue it; default the
+            enqueuing runtime's version.
+        queue_partition_key: The partition of a ``partition_queue`` queue; its
+            limits apply per key. Required there, refused elsewhere.
+        delay_seconds: Not dequeued before this many seconds from now.
+
+    Raises:
+        ValueError: an option is out of range.
+    """
+
+    _var = _enqueue_options
+
+    def __init__(
+        self,
+        *,
+        deduplication_id: str | None = None,
+        priority: int | None = None,
+        app_version: str | None = None,
+        queue_partition_key: str | None = None,
+        delay_seconds: float | None = None,
+    ) -> None:
+        super().__init__(
+            EnqueueOptions(
+                deduplication_id=deduplication_id,
+                priority=priority,
+                app_version=app_version,
+                queue_partition_key=queue_partition_key,
+                delay_seconds=delay_seconds,
+            )
+        )

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack
 
-from dbos_async import management, messaging, streams
+from dbos_async import management, messaging, scheduler, streams
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
 from dbos_async import workflow as workflow_module
@@ -118,6 +118,7 @@ class DBOS(metaclass=_DBOSMeta):
     workflow = staticmethod(workflow_module.workflow)
     step = staticmethod(step_module.step)
     transaction = staticmethod(transaction_module.transaction)
+    scheduled = staticmethod(scheduler.scheduled)
 
     def __init__(
         self,

@@ -118,6 +118,9 @@ async def await_result(source: HandleSource, workflow_id: str) -> Any:
             if workflow_id in source.local:  # it started here meanwhile (recovery, resume)
                 return await await_result(source, workflow_id)
             await changed.wait()
+            # A dequeue here fires w:<id> locally: switch to the task without a read.
+            if workflow_id in source.local:
+                return await await_result(source, workflow_id)
 
 
 def _decode_outcome(workflow_id: str, status: WorkflowStatusString, row: dict[str, Any]) -> Any:

@@ -65,8 +65,10 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
     """Replay workflows this runtime just claimed (PENDING, executor = this one).
 
     ``rows`` need ``workflow_id``, ``name``, ``inputs`` and optionally
-    ``deadline_epoch_ms`` and ``fence`` (the token the claim produced). One
-    round trip reads all their recorded steps. Returns how many were started
+    ``deadline_epoch_ms``, ``fence`` (the token the claim produced) and
+    ``has_steps``. One round trip reads the recorded steps of them all,
+    skipped when every row says ``has_steps=False`` (a dequeued workflow that
+    never ran). Returns how many were started
     (unregistered names are logged and skipped).
     """
     runnable = []
@@ -83,7 +85,8 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
             runnable.append((row, entry))
     if not runnable:
         return 0
-    recorded = await steps_table.select_steps_of(conn, [row["workflow_id"] for row, _ in runnable])
+    ran = [row["workflow_id"] for row, _ in runnable if row.get("has_steps", True)]
+    recorded = await steps_table.select_steps_of(conn, ran) if ran else {}
     for row, entry in runnable:
         args, kwargs = serialization.decode_inputs(row["inputs"], entry.fn)
         wid = row["workflow_id"]
@@ -93,7 +96,7 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
             wid,
             args,
             kwargs,
-            recorded[wid],
+            recorded.get(wid) or {},
             row.get("deadline_epoch_ms"),
             fence=row.get("fence", 0),
         )

@@ -2,8 +2,9 @@
 
 All background work runs in one dedicated task that owns an anyio task group,
 so ``launch()`` and ``shutdown()`` may be called from different tasks (as
-ASGI servers and test fixtures do). Shutdown order: cancel the workflow tasks
-(their rows stay PENDING), let the writers drain, then close every connection.
+ASGI servers and test fixtures do). Shutdown order: cancel the workflow tasks,
+queue workers and schedules (rows stay PENDING or ENQUEUED), let the writers
+drain, then close every connection.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from dbos_async import fleet, registry, workflow
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.notifications import Listener
+from dbos_async.queue_worker import QueueWorker
 from dbos_async.recovery import recover_pending
+from dbos_async.scheduler import Scheduler
 from dbos_async.streams import Announcer
+from dbos_async.systemdb import queues as queues_table
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
@@ -259,7 +263,19 @@ class Runtime:
                 writers=writers,
                 max_batch=500,
             )
-            self._writers = [self.workflow_writer, self.step_writer, self.completion_writer]
+            self.enqueue_writer = GroupCommit(
+                "enqueue_workflows",
+                self._pool,
+                queues_table.enqueue_workflows,
+                writers=1,  # enqueues are bursty; keep the pool for claims and reads
+                max_batch=500,
+            )
+            self._writers = [
+                self.workflow_writer,
+                self.step_writer,
+                self.completion_writer,
+                self.enqueue_writer,
+            ]
             self._listener = Listener(
                 self.database_url,
                 channel=self.config.schema,
@@ -278,6 +294,9 @@ class Runtime:
                         self.state = State.RUNNING
                         await recover_pending(self)
                         await group.start(fleet.heartbeat_and_adopt, self)
+                        # Live (watching q:<queue>, sleeping until ticks) before launch returns.
+                        await group.start(QueueWorker(self).run)
+                        await group.start(Scheduler(self).run)
                         logger.info(
                             "DBOS runtime launched (executor %s, app version %s)",
                             self.executor_id,

@@ -89,6 +89,7 @@ class _StepDecorator:
             return _run_step(ctx, ctx.take_step_id(), entry, args, kwargs)
 
         wrapper.__dbos_entry__ = entry  # type: ignore[attr-defined]
+        entry.options["wrapper"] = wrapper  # an enqueued step runs through it
         return wrapper
 
 

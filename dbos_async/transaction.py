@@ -66,6 +66,7 @@ def transaction(
             return cast(Coroutine[Any, Any, R], _run(entry, args, kwargs, ctx, step_id))
 
         wrapper.__dbos_entry__ = entry  # type: ignore[attr-defined]
+        entry.options["wrapper"] = wrapper  # an enqueued step runs through it
         return wrapper
 
     return decorator

@@ -19,6 +19,9 @@
 -- column operation_outputs.started_at bigint
 -- column operation_outputs.step_id integer NOT NULL
 -- column operation_outputs.workflow_id text NOT NULL
+-- column schedule_ticks.last_tick_ms bigint NOT NULL
+-- column schedule_ticks.schedule_name text NOT NULL
+-- column schedule_ticks.updated_at bigint NOT NULL
 -- column schema_migrations.applied_at timestamp with time zone NOT NULL DEFAULT now()
 -- column schema_migrations.name text NOT NULL
 -- column schema_migrations.version integer NOT NULL
@@ -37,17 +40,21 @@
 -- column workflow_status.created_at bigint NOT NULL
 -- column workflow_status.deadline_epoch_ms bigint
 -- column workflow_status.deduplication_id text
+-- column workflow_status.enqueue_seq bigint
 -- column workflow_status.error text
 -- column workflow_status.executor_id text
 -- column workflow_status.fence integer NOT NULL DEFAULT 0
 -- column workflow_status.forked_from text
 -- column workflow_status.inputs text
 -- column workflow_status.name text NOT NULL
+-- column workflow_status.not_before bigint
 -- column workflow_status.output text
 -- column workflow_status.parent_workflow_id text
 -- column workflow_status.priority integer NOT NULL DEFAULT 0
 -- column workflow_status.queue_name text
+-- column workflow_status.queue_partition_key text
 -- column workflow_status.recovery_attempts integer NOT NULL DEFAULT 0
+-- column workflow_status.started_at bigint
 -- column workflow_status.status text NOT NULL
 -- column workflow_status.timeout_ms bigint
 -- column workflow_status.updated_at bigint NOT NULL
@@ -56,6 +63,7 @@
 -- constraint messages messages_idempotency_key_key UNIQUE (idempotency_key)
 -- constraint messages messages_pkey PRIMARY KEY (message_id)
 -- constraint operation_outputs operation_outputs_pkey PRIMARY KEY (workflow_id, step_id)
+-- constraint schedule_ticks schedule_ticks_pkey PRIMARY KEY (schedule_name)
 -- constraint schema_migrations schema_migrations_pkey PRIMARY KEY (version)
 -- constraint streams streams_pkey PRIMARY KEY (workflow_id, key, "offset")
 -- constraint workflow_events workflow_events_pkey PRIMARY KEY (workflow_id, key)
@@ -63,16 +71,22 @@
 -- constraint workflow_status workflow_status_status_check CHECK ((status = ANY (ARRAY['ENQUEUED'::text, 'PENDING'::text, 'SUCCESS'::text, 'ERROR'::text, 'CANCELLED'::text, 'MAX_RECOVERY_ATTEMPTS_EXCEEDED'::text])))
 -- index CREATE INDEX messages_unconsumed_idx ON messages USING btree (destination_id, topic, message_id) WHERE (consumed_at IS NULL)
 -- index CREATE INDEX workflow_status_created_at_idx ON workflow_status USING btree (created_at)
+-- index CREATE INDEX workflow_status_enqueued_idx ON workflow_status USING btree (queue_name, priority, enqueue_seq) WHERE (status = 'ENQUEUED'::text)
 -- index CREATE INDEX workflow_status_name_created_at_idx ON workflow_status USING btree (name, created_at)
+-- index CREATE INDEX workflow_status_not_before_idx ON workflow_status USING btree (queue_name, not_before) WHERE ((status = 'ENQUEUED'::text) AND (not_before IS NOT NULL))
 -- index CREATE INDEX workflow_status_parent_idx ON workflow_status USING btree (parent_workflow_id) WHERE (parent_workflow_id IS NOT NULL)
 -- index CREATE INDEX workflow_status_pending_idx ON workflow_status USING btree (executor_id, app_version) WHERE (status = 'PENDING'::text)
 -- index CREATE INDEX workflow_status_queue_created_at_idx ON workflow_status USING btree (queue_name, created_at) WHERE (queue_name IS NOT NULL)
+-- index CREATE INDEX workflow_status_queue_pending_idx ON workflow_status USING btree (queue_name, queue_partition_key, executor_id) WHERE ((status = 'PENDING'::text) AND (queue_name IS NOT NULL))
+-- index CREATE INDEX workflow_status_queue_started_idx ON workflow_status USING btree (queue_name, started_at) INCLUDE (queue_partition_key) WHERE (started_at IS NOT NULL)
 -- index CREATE INDEX workflow_status_status_created_at_idx ON workflow_status USING btree (status, created_at)
 -- index CREATE UNIQUE INDEX executors_pkey ON executors USING btree (executor_id)
 -- index CREATE UNIQUE INDEX messages_idempotency_key_key ON messages USING btree (idempotency_key)
 -- index CREATE UNIQUE INDEX messages_pkey ON messages USING btree (message_id)
 -- index CREATE UNIQUE INDEX operation_outputs_pkey ON operation_outputs USING btree (workflow_id, step_id)
+-- index CREATE UNIQUE INDEX schedule_ticks_pkey ON schedule_ticks USING btree (schedule_name)
 -- index CREATE UNIQUE INDEX schema_migrations_pkey ON schema_migrations USING btree (version)
 -- index CREATE UNIQUE INDEX streams_pkey ON streams USING btree (workflow_id, key, "offset")
 -- index CREATE UNIQUE INDEX workflow_events_pkey ON workflow_events USING btree (workflow_id, key)
+-- index CREATE UNIQUE INDEX workflow_status_dedup_idx ON workflow_status USING btree (queue_name, deduplication_id) WHERE ((deduplication_id IS NOT NULL) AND (status = ANY (ARRAY['ENQUEUED'::text, 'PENDING'::text])))
 -- index CREATE UNIQUE INDEX workflow_status_pkey ON workflow_status USING btree (workflow_id)

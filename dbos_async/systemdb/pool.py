@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import anyio
 import asyncpg
 
-from dbos_async.errors import DatabaseUnavailableError
+from dbos_async.errors import DatabaseUnavailableError, QueueDeduplicatedError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
     TimeoutError,
 )
+
+# Errors while a connection opens: whatever the server says then, it cannot be used.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 
 # Errors worth running the same transaction again for.
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -89,12 +92,20 @@ async def acquire(pool: Pool) -> AsyncIterator[PooledConnection]:
     Raises:
         DatabaseUnavailableError: the connection was lost (the next acquire gets a new one).
     """
-    async with translated(), pool.acquire() as conn:
-        try:
-            yield conn
-        except CONNECTION_ERRORS:
-            conn.terminate()
-            raise
+    try:
+        conn = await pool.acquire()
+    except _CONNECT_ERRORS as exc:
+        # A database that refuses connections, is gone or rejects us: unreachable.
+        raise DatabaseUnavailableError(f"Cannot connect to the database: {exc}") from exc
+    try:
+        async with translated():
+            try:
+                yield conn
+            except CONNECTION_ERRORS:
+                conn.terminate()
+                raise
+    finally:
+        await pool.release(conn)
 
 
 @contextlib.asynccontextmanager
@@ -104,6 +115,36 @@ async def translated() -> AsyncIterator[None]:
         yield
     except CONNECTION_ERRORS as exc:
         raise DatabaseUnavailableError(f"Lost the database connection: {exc}") from exc
+
+
+DEDUP_INDEX = "workflow_status_dedup_idx"
+"""The partial unique index that holds one live deduplication ID per queue."""
+
+
+def is_deduplication_violation(exc: BaseException) -> bool:
+    """Whether ``exc`` is a violation of the deduplication index.
+
+    Recognised by the violated index's name (``constraint_name``), never by
+    the message text.
+    """
+    return (
+        isinstance(exc, asyncpg.UniqueViolationError)
+        and getattr(exc, "constraint_name", None) == DEDUP_INDEX
+    )
+
+
+@contextlib.contextmanager
+def deduplication_checked(queue_name: str, deduplication_id: str | None) -> Iterator[None]:
+    """Turn a violation of the deduplication index into QueueDeduplicatedError.
+
+    Any other unique violation passes through unchanged.
+    """
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if is_deduplication_violation(exc) and deduplication_id is not None:
+            raise QueueDeduplicatedError(queue_name, deduplication_id) from exc
+        raise
 
 
 def is_connection_error(exc: BaseException) -> bool:

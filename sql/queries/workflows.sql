@@ -27,20 +27,23 @@ SELECT workflow_id, name, status FROM workflow_status WHERE workflow_id = ANY($1
 
 -- name: complete_workflows
 -- Record the outcome of finished workflows, many rows in one statement, and
--- announce each on w:<id>. Commits asynchronously (set_config is_local): an
--- outcome is derivable from the recorded steps, so if a server crash loses
--- it, the workflow is PENDING again and replay records the same outcome. Only PENDING rows change (a workflow cancelled
--- meanwhile stays CANCELLED), and only for the holder of the fence.
+-- announce each on w:<id>, and on q:<queue> for a queued one (its slot is
+-- free; Postgres folds identical notifications of one transaction into one).
+-- Only PENDING rows change (a workflow cancelled meanwhile stays CANCELLED),
+-- and only for the holder of the fence. Commits asynchronously (set_config
+-- is_local): an outcome is derivable from the recorded steps, so if a server
+-- crash loses it, the workflow is PENDING again and replay records it again.
 WITH done AS (
     UPDATE workflow_status AS w
     SET status = u.status, output = u.output, error = u.error, updated_at = u.now_ms
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int4[])
          AS u(workflow_id, status, output, error, now_ms, fence)
     WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING' AND w.fence = u.fence
-    RETURNING w.workflow_id)
-SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)),
-       (SELECT set_config('synchronous_commit', 'off', true))
-FROM done;
+    RETURNING w.workflow_id, w.queue_name)
+SELECT (SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done)
+     + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
+        FROM done WHERE queue_name IS NOT NULL),
+       (SELECT set_config('synchronous_commit', 'off', true));
 
 -- name: complete_workflow
 -- complete_workflows for a batch of one.
@@ -48,24 +51,28 @@ WITH done AS (
     UPDATE workflow_status
     SET status = $2, output = $3, error = $4, updated_at = $5
     WHERE workflow_id = $1 AND status = 'PENDING' AND fence = $6
-    RETURNING workflow_id)
-SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)),
-       (SELECT set_config('synchronous_commit', 'off', true))
-FROM done;
+    RETURNING workflow_id, queue_name)
+SELECT (SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done)
+     + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
+        FROM done WHERE queue_name IS NOT NULL),
+       (SELECT set_config('synchronous_commit', 'off', true));
 
 -- name: cancel_workflow
 -- Mark workflow $1 CANCELLED unless it already finished; announce it on c:<id>
--- (runtimes running it interrupt it) and w:<id> (waiters re-read). Returns
--- the status it had, or no row if it does not exist.
+-- (runtimes running it interrupt it), w:<id> (waiters re-read) and, if it was
+-- PENDING on a queue, q:<queue> (its slot is free). Returns the status it
+-- had, or no row if it does not exist.
 WITH old AS (
     SELECT workflow_id, status FROM workflow_status WHERE workflow_id = $1 FOR UPDATE),
 changed AS (
     UPDATE workflow_status AS w SET status = 'CANCELLED', updated_at = $2
     FROM old WHERE w.workflow_id = old.workflow_id AND old.status IN ('PENDING', 'ENQUEUED')
-    RETURNING w.workflow_id)
+    RETURNING w.workflow_id, w.queue_name, old.status)
 SELECT old.status,
        (SELECT count(pg_notify(current_schema(), k || ':' || workflow_id))
-        FROM changed, (VALUES ('c'), ('w')) AS kinds(k)) AS notified
+        FROM changed, (VALUES ('c'), ('w')) AS kinds(k))
+     + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
+        FROM changed WHERE queue_name IS NOT NULL AND changed.status = 'PENDING') AS notified
 FROM old;
 
 -- name: select_workflow_status

@@ -13,7 +13,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, SetWorkflowID
+from dbos_async import DBOS, Queue, SetWorkflowID
+from dbos_async.queue import forget_queue
+from dbos_async.systemdb.queries import q
 
 
 @DBOS.step()
@@ -73,6 +75,57 @@ async def test_recovery_reads_recorded_steps_once(db_url: str, statements: list[
     statements.clear()
     async with DBOS(database_url=db_url, app_version="test") as dbos:
         await (await dbos.retrieve_workflow("replayed")).get_result()
-    step_reads = [s for s in statements if "FROM operation_outputs" in s]
+    step_reads = [s for s in statements if s == q("select_steps_of")]
     step_writes = [s for s in statements if "INSERT INTO operation_outputs" in s]
     assert len(step_reads) == 1 and not step_writes, statements
+
+
+@pytest.fixture
+def sessions(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[int, list[str]]]:
+    """Statements sent, per connection (queue loops claim side by side)."""
+    sent: dict[int, list[str]] = {}
+    original_execute = asyncpg.Connection._execute
+    original_plain = asyncpg.Connection.execute
+
+    async def counted_execute(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.setdefault(id(self), []).append(query)
+        return await original_execute(self, query, *args, **kwargs)
+
+    async def counted_plain(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        if not args:
+            sent.setdefault(id(self), []).append(query)
+        return await original_plain(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "_execute", counted_execute)
+    monkeypatch.setattr(asyncpg.Connection, "execute", counted_plain)
+    yield sent
+
+
+async def test_round_trips_per_enqueue_and_claim(
+    dbos: DBOS, sessions: dict[int, list[str]]
+) -> None:
+    queue = Queue("hot-path-queue")
+    try:
+        await (await queue.enqueue(steps, 0)).get_result()  # warm the statement caches
+        sessions.clear()
+        with SetWorkflowID("enqueued-0"):
+            handle = await queue.enqueue(steps, 0)
+        enqueued = [s for sent in sessions.values() for s in sent if s == q("enqueue_workflow")]
+        assert len(enqueued) == 1  # the enqueue: one statement
+        await handle.get_result()
+    finally:
+        forget_queue("hot-path-queue")
+    statements = [s for sent in sessions.values() for s in sent]
+    assert statements.count(q("enqueue_workflow")) == 1
+    # Each claim: BEGIN, lock the queue, count and claim, COMMIT, on one
+    # connection. A fresh workflow's (empty) history is not read.
+    claims = 0
+    for sent in sessions.values():
+        for i, statement in enumerate(sent):
+            if statement == q("claim_queued_workflows"):
+                claims += 1
+                assert sent[i - 2].startswith("BEGIN") and sent[i - 1] == q("lock_queue")
+                if i + 1 < len(sent):  # else that claim is still in flight
+                    assert sent[i + 1].startswith("COMMIT")
+    assert claims
+    assert q("select_steps_of") not in statements

@@ -51,9 +51,7 @@ def test_migration_files_follow_the_naming_convention() -> None:
     names = sorted(p.name for p in (sql_root() / "migrations").iterdir())
     assert names and all(re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", n) for n in names), names
     versions = [m.version for m in migrations()]
-    # Unique and increasing from 1. A gap is a version reserved by a branch not
-    # merged yet (0003, queues); once merged, this can demand 1..n again.
-    assert versions[0] == 1 and versions == sorted(set(versions)), versions
+    assert versions == list(range(1, len(names) + 1)), versions
     assert all(p.name.endswith(".sql") for p in Path(str(sql_root())).rglob("*") if p.is_file())
 
 

@@ -1,0 +1,166 @@
+"""Cron schedules: ``@DBOS.scheduled(cron)`` starts a workflow at every tick, once.
+
+Every runtime of the app runs every schedule, and each tick starts the
+workflow under the ID ``sched-<name>-<tick in UTC, ISO 8601>``: the runtimes
+race to insert that row, one wins, and the others find it taken and run
+nothing. Ticks are computed in UTC, so daylight-saving changes can neither
+repeat nor skip one. Parsing is cronsim's (Debian cron semantics, with an
+optional leading seconds field).
+
+The latest tick started per schedule is kept in ``schedule_ticks``; with
+``catch_up=True`` a runtime first starts every tick after it that passed
+while no runtime was up. Between ticks a schedule's task sleeps until the next
+one: there is no polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+from cronsim import CronSim, CronSimError
+
+from dbos_async import registry
+from dbos_async.context import SetWorkflowID
+from dbos_async.systemdb import schedules as schedules_table
+from dbos_async.workflow import entry_of, now_ms, start_soon
+
+if TYPE_CHECKING:
+    from dbos_async.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+_HAIR = 0.002
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A workflow started at every tick of a cron expression."""
+
+    entry: registry.Registered
+    cron: str
+    catch_up: bool
+
+    @property
+    def name(self) -> str:
+        """The schedule's name: its workflow's registered name."""
+        return self.entry.name
+
+
+_schedules: dict[str, Schedule] = {}
+
+
+def check_cron(cron: str) -> str:
+    """Return ``cron`` if cronsim can evaluate it (5 fields, or 6 with seconds first).
+
+    Raises:
+        ValueError: the expression is invalid.
+    """
+    if not isinstance(cron, str):
+        raise ValueError(f"a cron expression must be a str, got {type(cron).__name__}")
+    try:
+        next(CronSim(cron, datetime.now(UTC)))
+    except (CronSimError, StopIteration) as exc:
+        raise ValueError(f"invalid cron expression {cron!r}: {exc}") from exc
+    return cron
+
+
+def next_tick(cron: str, after: datetime) -> datetime:
+    """The first tick strictly after ``after`` (second precision, UTC)."""
+    return next(CronSim(cron, after.astimezone(UTC)))
+
+
+def tick_workflow_id(schedule_name: str, tick: datetime) -> str:
+    """The ID of the workflow a tick starts: the same in every runtime."""
+    return f"sched-{schedule_name}-{tick.astimezone(UTC).isoformat()}"
+
+
+def scheduled(cron: str, catch_up: bool = False) -> Callable[[F], F]:
+    """Start the decorated workflow at every tick of ``cron`` (see ``DBOS.scheduled``).
+
+    Raises:
+        ValueError: ``cron`` is invalid (raised here, at decoration).
+    """
+    check_cron(cron)
+
+    def decorator(fn: F) -> F:
+        entry = entry_of(fn)
+        if entry.kind != "workflow":
+            raise TypeError("@DBOS.scheduled goes above @DBOS.workflow()")
+        _schedules[entry.name] = Schedule(entry, cron, bool(catch_up))
+        return fn
+
+    return decorator
+
+
+def schedules() -> list[Schedule]:
+    """Every schedule declared in this process."""
+    return list(_schedules.values())
+
+
+def forget_schedule(name: str) -> None:
+    """Drop a schedule (tests declare many; runtimes already serving it go on)."""
+    _schedules.pop(name, None)
+
+
+class Scheduler:
+    """Runs every declared schedule for one runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """One task per schedule until cancelled; ``started()`` once they all exist."""
+        async with anyio.create_task_group() as tg:
+            for schedule in schedules():
+                tg.start_soon(self._serve, schedule)
+            task_status.started()
+
+    async def _serve(self, schedule: Schedule) -> None:
+        after = datetime.now(UTC)
+        if schedule.catch_up:
+            async with self._runtime.connection() as conn:
+                last = await schedules_table.select_schedule_tick(conn, schedule.name)
+            if last is not None:
+                after = min(after, datetime.fromtimestamp(last / 1000, UTC))
+        while True:
+            tick = next_tick(schedule.cron, after)
+            # asyncio may fire a timer up to one clock resolution early: add a hair.
+            await anyio.sleep(max(0.0, tick.timestamp() - time.time()) + _HAIR)
+            await self._start(schedule, tick)
+            # Without catch_up, ticks that passed meanwhile (a slow database) are skipped.
+            after = tick if schedule.catch_up else max(tick, datetime.now(UTC))
+
+    async def _start(self, schedule: Schedule, tick: datetime) -> None:
+        """Start the tick's workflow (unless a runtime did) and record the tick."""
+        failures = 0
+        while True:
+            try:
+                with SetWorkflowID(tick_workflow_id(schedule.name, tick)):
+                    await start_soon(schedule.entry, (tick, datetime.now(UTC)), {}, self._runtime)
+                async with self._runtime.connection() as conn:
+                    await schedules_table.record_schedule_tick(
+                        conn, schedule.name, int(tick.timestamp() * 1000), now_ms()
+                    )
+                return
+            except Exception as exc:
+                delay = _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS) - 1)]
+                failures += 1
+                logger.warning(
+                    "schedule %s: could not start the tick %s (%r); retrying in %ss",
+                    schedule.name,
+                    tick.isoformat(),
+                    exc,
+                    delay,
+                    extra={"action": "schedule", "schedule": schedule.name},
+                )
+                await anyio.sleep(delay)

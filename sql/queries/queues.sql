@@ -1,0 +1,130 @@
+-- name: enqueue_workflow
+-- Record workflow $1 as ENQUEUED on queue $7 and announce it on q:<queue>
+-- (delivered on commit). $11 delays it by that many milliseconds of the
+-- database clock; $12 is its timeout, which starts when it is dequeued.
+-- An existing ID is left as it is: `inserted` is 0 and `existing_name` names
+-- its function (read from the statement's snapshot, so NULL if it committed
+-- meanwhile). A live duplicate of ($7, $9) violates workflow_status_dedup_idx.
+WITH inserted AS (
+    INSERT INTO workflow_status (
+        workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
+        queue_name, queue_partition_key, deduplication_id, priority, not_before,
+        timeout_ms, parent_workflow_id, enqueue_seq)
+    VALUES ($1, 'ENQUEUED', $2, $3, $4, $5, $6, $6, $7, $8, $9, $10,
+            CASE WHEN $11::int8 IS NOT NULL
+                 THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + $11 END,
+            $12, $13, nextval('workflow_enqueue_seq'))
+    ON CONFLICT (workflow_id) DO NOTHING
+    RETURNING queue_name)
+SELECT (SELECT count(pg_notify(current_schema(), 'q:' || queue_name)) FROM inserted) AS inserted,
+       (SELECT name FROM workflow_status WHERE workflow_id = $1) AS existing_name;
+
+-- name: enqueue_workflows
+-- enqueue_workflow for many rows in one statement (group commit), in the
+-- order given. Rows whose workflow_id exists are skipped; RETURNING names the
+-- inserted ones. One live duplicate of a deduplication ID fails the whole
+-- statement (the caller then enqueues the rows one by one).
+WITH inserted AS (
+    INSERT INTO workflow_status (
+        workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
+        queue_name, queue_partition_key, deduplication_id, priority, not_before,
+        timeout_ms, parent_workflow_id, enqueue_seq)
+    SELECT u.workflow_id, 'ENQUEUED', u.name, u.inputs, u.app_name, u.app_version,
+           u.now_ms, u.now_ms, u.queue_name, u.partition_key, u.deduplication_id, u.priority,
+           CASE WHEN u.delay_ms IS NOT NULL
+                THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + u.delay_ms END,
+           u.timeout_ms, u.parent_workflow_id, nextval('workflow_enqueue_seq')
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
+                $7::text[], $8::text[], $9::text[], $10::int4[], $11::int8[], $12::int8[],
+                $13::text[])
+         WITH ORDINALITY
+         AS u(workflow_id, name, inputs, app_name, app_version, now_ms, queue_name,
+              partition_key, deduplication_id, priority, delay_ms, timeout_ms,
+              parent_workflow_id, ord)
+    ORDER BY u.ord
+    ON CONFLICT (workflow_id) DO NOTHING
+    RETURNING workflow_id, queue_name)
+SELECT i.workflow_id, pg_notify(current_schema(), 'q:' || i.queue_name) FROM inserted AS i;
+
+-- name: lock_queue
+-- Serialize the claimers of queue $1 (partition $2, NULL: the whole queue)
+-- until the end of the transaction. Run it as its own statement, BEFORE
+-- claim_queued_workflows: a statement's snapshot is taken when it starts, so
+-- only a claim that starts after the lock is granted sees every earlier claim.
+SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':queue:' || $1),
+                             hashtext(coalesce($2::text, '')));
+
+-- name: claim_queued_workflows
+-- Claim up to $5 ENQUEUED workflows of queue $1 (partition $2, NULL: any) for
+-- executor $3 at app version $4, within the limits: at most $6 PENDING in the
+-- queue, $7 PENDING on this executor, and $8 starts in any $9 ms; SKIP LOCKED.
+-- Lower priority first, FIFO within a priority. Claimed rows become PENDING
+-- with started_at = now (database clock), a new fence (see 0003_failover.sql)
+-- and, if $10, a deadline of now + their timeout. Only workflows named in $11
+-- (registered here) are claimed, so a process never takes work it cannot run.
+-- Returns one row per claimed workflow (has_steps: it ran before), or a single
+-- row with a NULL workflow_id; every row carries retry_in_ms, the
+-- milliseconds until the limiter or a delayed row allows another start (NULL:
+-- nothing is due until a notification). Run after lock_queue, in its transaction.
+WITH clock AS MATERIALIZED (
+    SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms),
+running AS (
+    SELECT count(*) AS total, count(*) FILTER (WHERE executor_id = $3) AS mine
+    FROM workflow_status
+    WHERE queue_name = $1 AND status = 'PENDING'
+      AND ($2::text IS NULL OR queue_partition_key = $2)
+      AND ($6::int IS NOT NULL OR $7::int IS NOT NULL)),
+recent AS (
+    SELECT count(*) AS started, min(started_at) AS oldest
+    FROM workflow_status, clock
+    WHERE queue_name = $1 AND started_at > clock.now_ms - $9::int8
+      AND ($2::text IS NULL OR queue_partition_key = $2)
+      AND $8::int IS NOT NULL),
+room AS (
+    SELECT greatest(0, least($5::int,
+                             coalesce($6::int - running.total, $5::int),
+                             coalesce($7::int - running.mine, $5::int),
+                             coalesce($8::int - recent.started, $5::int))) AS n
+    FROM running, recent),
+picked AS (
+    SELECT w.workflow_id
+    FROM workflow_status AS w
+    WHERE w.queue_name = $1 AND w.status = 'ENQUEUED'
+      AND ($2::text IS NULL OR w.queue_partition_key = $2)
+      AND (w.not_before IS NULL OR w.not_before <= (SELECT now_ms FROM clock))
+      AND (w.app_version IS NULL OR w.app_version = $4)
+      AND w.name = ANY($11::text[])
+    ORDER BY w.priority, w.enqueue_seq
+    LIMIT (SELECT n FROM room)
+    FOR UPDATE OF w SKIP LOCKED),
+claimed AS (
+    UPDATE workflow_status AS w
+    SET status = 'PENDING', executor_id = $3, app_version = $4, fence = w.fence + 1,
+        started_at = clock.now_ms, updated_at = clock.now_ms,
+        deadline_epoch_ms = CASE WHEN $10::bool AND w.timeout_ms IS NOT NULL
+                                 THEN clock.now_ms + w.timeout_ms
+                                 ELSE w.deadline_epoch_ms END
+    FROM picked, clock
+    WHERE w.workflow_id = picked.workflow_id
+    RETURNING w.workflow_id, w.name, w.inputs, w.deadline_epoch_ms, w.fence,
+              EXISTS (SELECT 1 FROM operation_outputs AS o
+                      WHERE o.workflow_id = w.workflow_id) AS has_steps),
+wake AS MATERIALIZED (
+    SELECT least(
+               CASE WHEN $8::int IS NOT NULL
+                         AND recent.started + (SELECT count(*) FROM claimed) >= $8::int
+                    THEN coalesce(recent.oldest, clock.now_ms) + $9::int8 END,
+               (SELECT min(d.not_before) FROM workflow_status AS d
+                WHERE d.queue_name = $1 AND d.status = 'ENQUEUED'
+                  AND d.not_before > clock.now_ms
+                  AND ($2::text IS NULL OR d.queue_partition_key = $2))
+           ) - clock.now_ms AS retry_in_ms
+    FROM recent, clock)
+SELECT claimed.workflow_id, claimed.name, claimed.inputs, claimed.deadline_epoch_ms,
+       claimed.fence, claimed.has_steps, wake.retry_in_ms
+FROM wake LEFT JOIN claimed ON true;
+
+-- name: select_queue_partitions
+-- The partition keys of queue $1 that hold ENQUEUED workflows.
+SELECT DISTINCT queue_partition_key FROM workflow_status
+WHERE queue_name = $1 AND status = 'ENQUEUED' AND queue_partition_key IS NOT NULL;
