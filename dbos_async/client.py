@@ -20,12 +20,13 @@ from typing import Any, Self, Unpack
 
 import anyio
 
-from dbos_async import management, messaging, streams
+from dbos_async import context, management, messaging, streams
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.handle import WorkflowHandle, get_workflow_status, retrieve_workflow
 from dbos_async.models import StepInfo, WorkflowStatus
 from dbos_async.notifications import Listener
+from dbos_async.queue import enqueue_by_name
 from dbos_async.systemdb.pool import Pool, PooledConnection, acquire, create_pool
 from dbos_async.systemdb.queries import q
 from dbos_async.validation import check_schema_name
@@ -227,8 +228,27 @@ class DBOSClient:
         deduplication_id: str | None = None,
         priority: int | None = None,
     ) -> WorkflowHandle[Any]:
-        """Enqueue the workflow registered as ``workflow_name`` on ``queue_name``."""
-        raise NotImplementedError("wired at merge")
+        """Enqueue the workflow registered as ``workflow_name`` on ``queue_name``.
+
+        The handle's ``get_result`` waits for the workflow's NOTIFY. ``workflow_id``
+        is an idempotency key; ``SetWorkflowID`` around the call works too.
+
+        Raises:
+            QueueDeduplicatedError: the deduplication ID is live on this queue.
+            WorkflowConflictError: ``workflow_id`` belongs to another function.
+            SerializationError: the arguments cannot be encoded (nothing was written).
+        """
+        self._check_open()
+        workflow_id = await enqueue_by_name(
+            self.pool,
+            queue_name=queue_name,
+            workflow_name=workflow_name,
+            args=args,
+            workflow_id=workflow_id or context.take_next_workflow_id(),
+            deduplication_id=deduplication_id,
+            priority=priority,
+        )
+        return WorkflowHandle(self, workflow_id)
 
     async def send(self, destination_id: str, message: Any, topic: str | None = None) -> None:
         """Send a message to a workflow; ``SetWorkflowID`` around it is an idempotency key."""

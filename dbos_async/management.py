@@ -17,14 +17,20 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
+import asyncpg
+
 from dbos_async import context, registry, serialization
-from dbos_async.errors import WorkflowConflictError, WorkflowNotFoundError
+from dbos_async.errors import (
+    QueueDeduplicatedError,
+    WorkflowConflictError,
+    WorkflowNotFoundError,
+)
 from dbos_async.handle import status_from_row
 from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
 from dbos_async.recovery import run_claimed
 from dbos_async.systemdb import management as mgmt_table
 from dbos_async.systemdb import workflows as wf_table
-from dbos_async.systemdb.pool import Pool, acquire
+from dbos_async.systemdb.pool import Pool, acquire, is_deduplication_violation
 from dbos_async.validation import check_identifier, check_workflow_id
 from dbos_async.workflow import now_ms
 
@@ -230,26 +236,35 @@ async def resume_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None 
     """Continue a CANCELLED, ERROR or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow.
 
     It replays from the start, returning its recorded steps, so it goes on
-    from its last completed step, with no deadline. With ``runtime`` it runs
-    there; without (a client), it is enqueued for any runtime to pick up.
-    Any other status is left as it is.
+    from its last completed step, with no deadline. A workflow of a queue is
+    enqueued there again, so the queue's limits hold; any other runs on
+    ``runtime`` if given, else (a client) it is enqueued on the internal queue
+    for any runtime to pick up. Any other status is left as it is.
 
     Raises:
         WorkflowNotFoundError: no workflow has this ID.
+        QueueDeduplicatedError: its deduplication ID is live again on its queue.
     """
     check_workflow_id(workflow_id)
     async with acquire(pool) as conn:
-        row = await wf_table.resume_workflow(
-            conn,
-            workflow_id,
-            runtime.executor_id if runtime is not None else None,
-            runtime.app_version if runtime is not None else None,
-            INTERNAL_QUEUE,
-            now_ms(),
-        )
+        try:
+            row = await wf_table.resume_workflow(
+                conn,
+                workflow_id,
+                runtime.executor_id if runtime is not None else None,
+                runtime.app_version if runtime is not None else None,
+                INTERNAL_QUEUE,
+                now_ms(),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if not is_deduplication_violation(exc):
+                raise
+            status = await wf_table.select_workflow_status(conn, workflow_id)
+            assert status is not None
+            raise QueueDeduplicatedError(status["queue_name"], status["deduplication_id"]) from exc
         if row is None:
             raise WorkflowNotFoundError(workflow_id)
-        if runtime is not None and row["workflow_id"] is not None:
+        if runtime is not None and row["new_status"] == WorkflowStatusString.PENDING:
             await run_claimed(runtime, conn, [row])
 
 

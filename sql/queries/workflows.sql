@@ -101,23 +101,33 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 -- name: resume_workflow
 -- Put a CANCELLED, ERROR or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow $1 back to
 -- work from its last completed step, with its deadline and recovery count
--- cleared: claimed by executor $2 (PENDING, app version $3), or when $2 is
--- NULL, ENQUEUED on queue $4 for any runtime to dequeue (announced on q:<queue>).
--- Returns the status it had, and its name and inputs if it changed; no row if absent.
+-- cleared. A workflow of a user queue goes back to ENQUEUED on that queue, so
+-- the queue's limits still hold; any other is claimed by executor $2 (PENDING,
+-- app version $3) or, when $2 is NULL, ENQUEUED on the internal queue $4.
+-- Announces q:<queue> when it enqueues. Returns the status it had and, if it
+-- changed, its name, inputs, fence and new status; no row if absent.
 WITH old AS (
-    SELECT workflow_id, status FROM workflow_status WHERE workflow_id = $1 FOR UPDATE),
+    SELECT workflow_id, status, queue_name FROM workflow_status WHERE workflow_id = $1
+    FOR UPDATE),
+target AS (
+    SELECT old.workflow_id,
+           CASE WHEN old.queue_name IS NOT NULL AND old.queue_name <> $4 THEN old.queue_name
+                WHEN $2::text IS NULL THEN $4
+           END AS queue_name  -- NULL: claimed by $2
+    FROM old WHERE old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')),
 changed AS (
     UPDATE workflow_status AS w
-    SET status = CASE WHEN $2::text IS NULL THEN 'ENQUEUED' ELSE 'PENDING' END,
-        executor_id = $2, app_version = COALESCE($3, w.app_version),
-        queue_name = CASE WHEN $2::text IS NULL THEN $4 ELSE w.queue_name END,
+    SET status = CASE WHEN t.queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END,
+        executor_id = CASE WHEN t.queue_name IS NULL THEN $2 END,
+        app_version = COALESCE($3, w.app_version),
+        queue_name = COALESCE(t.queue_name, w.queue_name),
         recovery_attempts = 0, deadline_epoch_ms = NULL, output = NULL, error = NULL,
         updated_at = $5, fence = w.fence + 1
-    FROM old
-    WHERE w.workflow_id = old.workflow_id
-      AND old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')
-    RETURNING w.workflow_id, w.name, w.inputs, w.fence)
+    FROM target AS t
+    WHERE w.workflow_id = t.workflow_id
+    RETURNING w.workflow_id, w.name, w.inputs, w.fence, w.status, w.queue_name)
 SELECT old.status, changed.workflow_id, changed.name, changed.inputs, changed.fence,
-       (SELECT count(pg_notify(current_schema(), 'q:' || $4::text))
-        FROM changed WHERE $2::text IS NULL) AS notified
+       changed.status AS new_status,
+       (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
+        FROM changed WHERE status = 'ENQUEUED') AS notified
 FROM old LEFT JOIN changed ON true;

@@ -10,12 +10,14 @@ import pytest
 
 from dbos_async import (
     DBOS,
+    Queue,
     SetWorkflowID,
     SetWorkflowTimeout,
     WorkflowCancelledError,
     WorkflowNotFoundError,
     WorkflowStatusString,
 )
+from dbos_async.queue import forget_queue
 
 ledger: list[str] = []
 gate = asyncio.Event()  # the long step has started
@@ -180,3 +182,30 @@ async def test_get_result_of_another_runtimes_workflow_is_woken_by_notify(db_url
             await a.start_workflow(sleeper, 0.2)
         waited = asyncio.create_task((await b.retrieve_workflow("n1")).get_result(timeout=5))
         assert await waited == "woke"
+
+
+async def test_resuming_a_queued_workflow_enqueues_it_again_under_the_queues_limits(
+    dbos: DBOS,
+) -> None:
+    global gate
+    queue = Queue("one-at-a-time", concurrency=1)
+    try:
+        with SetWorkflowID("q1"):
+            first = await queue.enqueue(cancellable)
+        await gate.wait()
+        await dbos.cancel_workflow("q1")
+        with pytest.raises(WorkflowCancelledError):
+            await first.get_result(timeout=5)
+        gate = asyncio.Event()
+        with SetWorkflowID("q2"):
+            await queue.enqueue(cancellable)
+        await gate.wait()  # q2 holds the only slot
+        await dbos.resume_workflow("q1")
+        assert await _status(dbos, "q1") is WorkflowStatusString.ENQUEUED  # not run past the limit
+        gate = asyncio.Event()
+        await dbos.cancel_workflow("q2")  # frees the slot: q1 is dequeued and runs again
+        await gate.wait()
+        assert await _status(dbos, "q1") is WorkflowStatusString.PENDING
+        await dbos.cancel_workflow("q1")
+    finally:
+        forget_queue("one-at-a-time")

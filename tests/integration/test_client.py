@@ -15,12 +15,16 @@ from dbos_async import (
     DatabaseUnavailableError,
     DBOSClient,
     DBOSError,
+    Queue,
+    QueueDeduplicatedError,
+    SerializationError,
     SetWorkflowID,
     WorkflowCancelledError,
     WorkflowNotFoundError,
     WorkflowStatusString,
 )
 from dbos_async.management import INTERNAL_QUEUE
+from dbos_async.queue import forget_queue
 
 calls: list[str] = []
 started = asyncio.Event()
@@ -292,3 +296,44 @@ async def test_unreachable_or_unmigrated_databases_say_so(pg_server_url: str) ->
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_client_enqueue_by_name_runs_on_a_runtime(dbos: DBOS, client: DBOSClient) -> None:
+    name = "client-jobs"
+    Queue(name)
+    try:
+        handle = await client.enqueue(
+            "q",
+            queue_name=name,
+            workflow_name=_name_of(two_steps),
+            workflow_id="enq-1",
+            deduplication_id="d1",
+        )
+        assert await handle.get_result(timeout=10) == ["q-a#1", "q-b#2"]
+        again = await client.enqueue(
+            "other", queue_name=name, workflow_name=_name_of(two_steps), workflow_id="enq-1"
+        )
+        assert await again.get_result(timeout=10) == ["q-a#1", "q-b#2"]  # idempotent by ID
+        with SetWorkflowID("enq-2"):
+            parked = await client.enqueue(
+                "p",
+                queue_name="nobody-serves-this",
+                workflow_name=_name_of(two_steps),
+                deduplication_id="d2",
+            )
+        assert parked.workflow_id == "enq-2"
+        with pytest.raises(QueueDeduplicatedError):
+            await client.enqueue(
+                "p",
+                queue_name="nobody-serves-this",
+                workflow_name=_name_of(two_steps),
+                deduplication_id="d2",
+            )
+        with pytest.raises(SerializationError):
+            await client.enqueue(object(), queue_name=name, workflow_name=_name_of(two_steps))
+    finally:
+        forget_queue(name)
+
+
+def _name_of(fn: Any) -> str:
+    return str(fn.__dbos_entry__.name)
