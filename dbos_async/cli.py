@@ -272,17 +272,26 @@ def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: st
 def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """Continue a CANCELLED or failed workflow from its last completed step."""
 
-    async def run(client: DBOSClient) -> WorkflowStatus:
+    async def run(client: DBOSClient) -> tuple[WorkflowStatusString, WorkflowStatus]:
+        before = await _status_of(client, workflow_id)
         handle = await client.resume_workflow(workflow_id)
-        return await handle.get_status()
+        return before.status, await handle.get_status()
 
-    status = _with_client(database_url, schema, run)
+    before, status = _with_client(database_url, schema, run)
     if as_json:
         cli_output.print_json(status)
-    elif status.status is WorkflowStatusString.ENQUEUED and status.queue_name == INTERNAL_QUEUE:
-        click.echo(f"resumed {workflow_id} (ENQUEUED on {INTERNAL_QUEUE} for any runtime)")
+    elif before in _RESUMABLE:
+        where = "for any runtime" if status.queue_name == INTERNAL_QUEUE else "again"
+        click.echo(f"resumed {workflow_id} (ENQUEUED on {status.queue_name} {where})")
     else:
         click.echo(f"{workflow_id} is {status.status.value}: nothing to resume")
+
+
+_RESUMABLE = (
+    WorkflowStatusString.CANCELLED,
+    WorkflowStatusString.ERROR,
+    WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED,
+)
 
 
 @workflow.command("restart")

@@ -231,7 +231,7 @@ async def test_workflow_cancel_and_resume(seeded: str, conn: asyncpg.Connection)
     row = await conn.fetchrow(
         "SELECT status, queue_name FROM workflow_status WHERE workflow_id = 'queued'"
     )
-    assert tuple(row) == ("ENQUEUED", INTERNAL_QUEUE)  # type: ignore[arg-type]
+    assert tuple(row) == ("ENQUEUED", "payments")  # type: ignore[arg-type] # its own queue again
     nothing = await dbos_cli("workflow", "resume", "first", url=seeded)
     assert nothing.code == 0 and "nothing to resume" in nothing.out
     as_json = (await dbos_cli("workflow", "cancel", "broken", "--json", url=seeded)).json()
