@@ -163,8 +163,12 @@ async def _run_body(
             if options["is_async"]:
                 return await entry.fn(*args, **kwargs)
             limiter = ctx.runtime.thread_limiter if ctx is not None else None
+            # A thread cannot be interrupted: on cancellation the workflow moves
+            # on at once and the body finishes unrecorded in the background.
             return await anyio.to_thread.run_sync(
-                functools.partial(entry.fn, *args, **kwargs), limiter=limiter
+                functools.partial(entry.fn, *args, **kwargs),
+                limiter=limiter,
+                abandon_on_cancel=True,
             )
         except Exception as exc:
             last = exc

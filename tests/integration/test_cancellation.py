@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import anyio
 import asyncpg
@@ -209,3 +210,32 @@ async def test_resuming_a_queued_workflow_enqueues_it_again_under_the_queues_lim
         await dbos.cancel_workflow("q1")
     finally:
         forget_queue("one-at-a-time")
+
+
+@DBOS.step()
+def blocking_step(seconds: float) -> str:
+    ledger.append("sync started")
+    time.sleep(seconds)  # a thread: nothing can interrupt it
+    ledger.append("sync finished")
+    return "slept"
+
+
+@DBOS.workflow()
+async def sync_cancellable() -> str:
+    await blocking_step(1.5)
+    await record("after sync")
+    return "done"
+
+
+async def test_cancel_does_not_wait_for_a_sync_step_in_its_thread(dbos: DBOS) -> None:
+    with SetWorkflowID("s1"):
+        handle = await dbos.start_workflow(sync_cancellable)
+    with anyio.fail_after(5):
+        while "sync started" not in ledger:  # noqa: ASYNC110 - written by a worker thread
+            await anyio.sleep(0.005)
+    began = time.monotonic()
+    await dbos.cancel_workflow("s1")
+    with pytest.raises(WorkflowCancelledError):
+        await handle.get_result(timeout=5)
+    assert time.monotonic() - began < 1.0  # did not wait out the 1.5 s body
+    assert "after sync" not in ledger
