@@ -25,7 +25,6 @@ from dbos_async.runtime import active_runtime
 from dbos_async.step import replay
 from dbos_async.systemdb import steps
 from dbos_async.systemdb.pool import RETRYABLE_ERRORS, Connection, acquire
-from dbos_async.systemdb.queries import q
 from dbos_async.systemdb.steps import StepRecord
 from dbos_async.workflow import now_ms
 
@@ -114,9 +113,9 @@ async def _run(
             return replay(ctx, step_id, entry, winner)
     assert ctx is not None and step_id is not None
     async with runtime.connection() as conn:
-        rows = await conn.fetch(q("select_steps_by_key"), [ctx.workflow_id], [step_id])
-    winner = steps.record_from_row(rows[0])
-    return replay(ctx, step_id, entry, winner)
+        recorded = await steps.select_step(conn, ctx.workflow_id, step_id)
+    assert recorded is not None  # our insert conflicted with it
+    return replay(ctx, step_id, entry, recorded)
 
 
 async def _attempt(

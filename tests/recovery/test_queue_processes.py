@@ -8,15 +8,13 @@ running interval; ``started_at`` gives each admission on the database clock.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
+from child import Child
 
 from dbos_async import QueueDeduplicatedError
 from dbos_async.queue import enqueue_by_name
@@ -27,41 +25,13 @@ TASKS = 320
 CONCURRENCY, LIMIT, PERIOD_MS = 2, 4, 50
 
 
-class Worker:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls, url: str, executor: str, **env: str) -> Worker:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(APP),
-            url,
-            executor,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **env},
-        )
-        return cls(proc)
-
-    async def wait_for(self, prefix: str, within: float = 30) -> str:
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        with anyio.fail_after(within):
-            while line := (await self.proc.stdout.readline()).decode():
-                if line.startswith(prefix):
-                    return line.strip()
-            err = (await self.proc.stderr.read()).decode()
-        raise AssertionError(f"worker exited before {prefix!r}: {err[-3000:]}")
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
+async def start_worker(url: str, executor: str, **env: str) -> Child:
+    return await Child.start(APP, url, executor, env=env)
 
 
 @pytest.fixture
-async def workers(db_url: str) -> AsyncIterator[list[Worker]]:
-    started: list[Worker] = []
+async def workers(db_url: str) -> AsyncIterator[list[Child]]:
+    started: list[Child] = []
     yield started
     for worker in started:
         await worker.kill()
@@ -145,10 +115,10 @@ async def check_ledger(conn: asyncpg.Connection) -> None:
 
 
 async def test_three_workers_share_exact_limits(
-    db_url: str, ledger: asyncpg.Connection, workers: list[Worker]
+    db_url: str, ledger: asyncpg.Connection, workers: list[Child]
 ) -> None:
     await enqueue_all(db_url)
-    workers += [await Worker.start(db_url, f"w{i}") for i in range(3)]
+    workers += [await start_worker(db_url, f"w{i}") for i in range(3)]
     for worker in workers:
         await worker.wait_for("ready")
     await until_all_done(ledger)
@@ -156,11 +126,11 @@ async def test_three_workers_share_exact_limits(
 
 
 async def test_limits_and_exactly_once_hold_through_a_sigkill(
-    db_url: str, ledger: asyncpg.Connection, workers: list[Worker]
+    db_url: str, ledger: asyncpg.Connection, workers: list[Child]
 ) -> None:
     await enqueue_all(db_url)
-    victim = await Worker.start(db_url, "w0", HANG_AT="30")
-    workers += [victim] + [await Worker.start(db_url, f"w{i}") for i in (1, 2)]
+    victim = await start_worker(db_url, "w0", HANG_AT="30")
+    workers += [victim] + [await start_worker(db_url, f"w{i}") for i in (1, 2)]
     hanging = await victim.wait_for("hanging")
     await victim.kill()
     task = int(hanging.split()[1])
@@ -169,7 +139,7 @@ async def test_limits_and_exactly_once_hold_through_a_sigkill(
         "SELECT status FROM workflow_status WHERE executor_id = 'w0' AND status <> 'SUCCESS'"
     )
     assert status == "PENDING"
-    relaunched = await Worker.start(db_url, "w0")
+    relaunched = await start_worker(db_url, "w0")
     workers.append(relaunched)
     await until_all_done(ledger)
     await check_ledger(ledger)
