@@ -183,6 +183,8 @@ class Queue:
             timeout_seconds=timeout_s,
             parent_workflow_id=parent.workflow_id if parent is not None else None,
             app_name=runtime.app_name,
+            # A child's time runs out with its parent's, however long it waits in line.
+            deadline_epoch_ms=parent.deadline_epoch_ms if parent is not None else None,
         )
         # Group-committed with concurrent enqueues: one statement for many.
         workflow_id = enqueued_id(row, await runtime.enqueue_writer.submit(row))
@@ -317,6 +319,7 @@ def queued_row(
     timeout_seconds: float | None,
     parent_workflow_id: str | None,
     app_name: str | None,
+    deadline_epoch_ms: int | None = None,
 ) -> queues_table.NewQueued:
     """Check the options and encode the inputs of an enqueue: everything before a write."""
     check_identifier(queue_name, "queue name")
@@ -340,6 +343,7 @@ def queued_row(
         delay_ms=math.ceil(delay_seconds * 1000) if delay_seconds else None,
         timeout_ms=math.ceil(timeout_seconds * 1000) if timeout_seconds else None,
         parent_workflow_id=parent_workflow_id,
+        deadline_epoch_ms=deadline_epoch_ms,
     )
 
 

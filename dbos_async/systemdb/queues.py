@@ -40,6 +40,7 @@ class NewQueued:
     delay_ms: int | None = None
     timeout_ms: int | None = None
     parent_workflow_id: str | None = None
+    deadline_epoch_ms: int | None = None  # inherited from the enqueuing workflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,7 @@ def _enqueue_columns(rows: Sequence[NewQueued]) -> tuple[list[Any], ...]:
         [r.delay_ms for r in rows],
         [r.timeout_ms for r in rows],
         [r.parent_workflow_id for r in rows],
+        [r.deadline_epoch_ms for r in rows],
     )
 
 

@@ -1,7 +1,8 @@
 -- name: enqueue_workflow
 -- Record workflow $1 as ENQUEUED on queue $7 and announce it on q:<queue>
 -- (delivered on commit). $11 delays it by that many milliseconds of the
--- database clock; $12 is its timeout, which starts when it is dequeued.
+-- database clock; $12 is its timeout, which starts when it is dequeued; $14
+-- a deadline inherited from the workflow that enqueued it.
 -- An existing ID is left as it is: `inserted` is 0 and `existing_name` names
 -- its function (read from the statement's snapshot, so NULL if it committed
 -- meanwhile). A live duplicate of ($7, $9) violates workflow_status_dedup_idx.
@@ -9,11 +10,11 @@ WITH inserted AS (
     INSERT INTO workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
-        timeout_ms, parent_workflow_id, enqueue_seq)
+        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq)
     VALUES ($1, 'ENQUEUED', $2, $3, $4, $5, $6, $6, $7, $8, $9, $10,
             CASE WHEN $11::int8 IS NOT NULL
                  THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + $11 END,
-            $12, $13, nextval('workflow_enqueue_seq'))
+            $12, $13, $14, nextval('workflow_enqueue_seq'))
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING queue_name)
 SELECT (SELECT count(pg_notify(current_schema(), 'q:' || queue_name)) FROM inserted) AS inserted,
@@ -28,19 +29,20 @@ WITH inserted AS (
     INSERT INTO workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
-        timeout_ms, parent_workflow_id, enqueue_seq)
+        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq)
     SELECT u.workflow_id, 'ENQUEUED', u.name, u.inputs, u.app_name, u.app_version,
            u.now_ms, u.now_ms, u.queue_name, u.partition_key, u.deduplication_id, u.priority,
            CASE WHEN u.delay_ms IS NOT NULL
                 THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + u.delay_ms END,
-           u.timeout_ms, u.parent_workflow_id, nextval('workflow_enqueue_seq')
+           u.timeout_ms, u.parent_workflow_id, u.deadline_epoch_ms,
+           nextval('workflow_enqueue_seq')
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
                 $7::text[], $8::text[], $9::text[], $10::int4[], $11::int8[], $12::int8[],
-                $13::text[])
+                $13::text[], $14::int8[])
          WITH ORDINALITY
          AS u(workflow_id, name, inputs, app_name, app_version, now_ms, queue_name,
               partition_key, deduplication_id, priority, delay_ms, timeout_ms,
-              parent_workflow_id, ord)
+              parent_workflow_id, deadline_epoch_ms, ord)
     ORDER BY u.ord
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING workflow_id, queue_name)
@@ -60,7 +62,8 @@ SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':queue:' || $1),
 -- queue, $7 PENDING on this executor, and $8 starts in any $9 ms; SKIP LOCKED.
 -- Lower priority first, FIFO within a priority. Claimed rows become PENDING
 -- with started_at = now (database clock), a new fence (see 0003_failover.sql)
--- and, if $10, a deadline of now + their timeout. Only workflows named in $11
+-- and, if $10, a deadline of now + their timeout (or the deadline inherited
+-- from the workflow that enqueued them, if that is earlier). Only workflows named in $11
 -- (registered here) are claimed, so a process never takes work it cannot run.
 -- Returns one row per claimed workflow (has_steps: it ran before), or a single
 -- row with a NULL workflow_id; every row carries retry_in_ms, the
@@ -102,7 +105,7 @@ claimed AS (
     SET status = 'PENDING', executor_id = $3, app_version = $4, fence = w.fence + 1,
         started_at = clock.now_ms, updated_at = clock.now_ms,
         deadline_epoch_ms = CASE WHEN $10::bool AND w.timeout_ms IS NOT NULL
-                                 THEN clock.now_ms + w.timeout_ms
+                                 THEN least(clock.now_ms + w.timeout_ms, w.deadline_epoch_ms)
                                  ELSE w.deadline_epoch_ms END
     FROM picked, clock
     WHERE w.workflow_id = picked.workflow_id

@@ -239,3 +239,25 @@ async def test_cancel_does_not_wait_for_a_sync_step_in_its_thread(dbos: DBOS) ->
         await handle.get_result(timeout=5)
     assert time.monotonic() - began < 1.0  # did not wait out the 1.5 s body
     assert "after sync" not in ledger
+
+
+_children = Queue("children-of-timed-parents")
+
+
+@DBOS.workflow()
+async def parent_enqueuing_sleeper(seconds: float) -> str:
+    handle = await _children.enqueue(sleeper, seconds)
+    result: str = await handle.get_result()
+    return result
+
+
+async def test_an_enqueued_child_inherits_its_parents_deadline(dbos: DBOS) -> None:
+    with SetWorkflowID("t3"), SetWorkflowTimeout(0.5):
+        handle = await dbos.start_workflow(parent_enqueuing_sleeper, 30)
+    with pytest.raises(WorkflowCancelledError):
+        await handle.get_result(timeout=5)
+    child = await dbos.get_workflow_status("t3-0")
+    assert child is not None and child.deadline_epoch_ms is not None
+    with pytest.raises(WorkflowCancelledError):
+        await (await dbos.retrieve_workflow("t3-0")).get_result(timeout=5)
+    assert "sleeper woke" not in ledger
