@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskStatus
 
-from dbos_async.errors import DatabaseUnavailableError
 from dbos_async.recovery import run_claimed, split_exhausted
 from dbos_async.systemdb import executors as executors_table
 from dbos_async.systemdb import workflows as wf_table
@@ -47,8 +46,8 @@ async def heartbeat_and_adopt(
             await _heartbeat(runtime)
             while await adopt_orphans(runtime) == ADOPT_BATCH:
                 pass
-        except DatabaseUnavailableError as exc:
-            logger.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat"})
+        except Exception as exc:  # a lost database (or a bug) must not stop the runtime
+            logger.warning("heartbeat failed: %r", exc, extra={"action": "heartbeat"})
 
 
 async def _heartbeat(runtime: Runtime) -> None:

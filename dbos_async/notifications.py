@@ -32,7 +32,6 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from dbos_async.systemdb.pool import CONNECTION_ERRORS
 from dbos_async.systemdb.queries import q
 
 logger = logging.getLogger(__name__)
@@ -153,7 +152,9 @@ class Listener:
                     started = True
                     task_status.started()
                 await self._supervise(conn)
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                # Once live, whatever stops the connection (a lost server, one that
+                # refuses connections for a while) is retried: the runtime goes on.
                 if not started:
                     raise
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]

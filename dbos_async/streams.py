@@ -11,6 +11,7 @@ notification per value.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from dbos_async.workflow import check_replay, now_ms
 if TYPE_CHECKING:
     from dbos_async.handle import HandleSource
     from dbos_async.runtime import Runtime
+
+logger = logging.getLogger(__name__)
 
 ANNOUNCE_WINDOW = 0.02
 """Seconds: a stream is announced at most once per window (plus one trailing announcement)."""
@@ -70,6 +73,8 @@ class Announcer:
             self._last[workflow_id] = time.monotonic()
             async with runtime.connection() as conn:
                 await streams_table.notify_stream(conn, workflow_id)
+        except Exception as exc:  # readers' safety net still wakes them
+            logger.warning("stream announcement failed: %r", exc, extra={"action": "announce"})
         finally:
             self._trailing.discard(workflow_id)
 

@@ -22,6 +22,7 @@ import anyio
 from dbos_async import context, registry, serialization
 from dbos_async.context import FencedOff, Running, WorkflowContext, current_workflow
 from dbos_async.errors import (
+    DatabaseUnavailableError,
     DBOSError,
     NonDeterministicWorkflowError,
     WorkflowCancelledError,
@@ -35,6 +36,7 @@ from dbos_async.handle import await_result as await_result
 from dbos_async.handle import get_workflow_status as get_workflow_status
 from dbos_async.handle import retrieve_workflow as retrieve_workflow
 from dbos_async.handle import status_from_row as status_from_row
+from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.steps import StepRecord
 
@@ -284,6 +286,7 @@ async def _execute(
     runtime = ctx.runtime
     outcome = Outcome()
     row: wf_table.Outcome | None = None
+    replaying = False
     try:
         # cancel_workflow and the deadline cancel this scope; a shutdown cancels
         # the runtime's task group around it instead, and records nothing.
@@ -298,6 +301,8 @@ async def _execute(
                     ctx.workflow_id, "SUCCESS", output, None, now_ms(), ctx.fence
                 )
                 outcome.value = value
+            except DatabaseUnavailableError:
+                raise  # not the workflow's outcome: it replays once the database is back
             except Exception as exc:
                 row = wf_table.Outcome(
                     ctx.workflow_id,
@@ -328,22 +333,57 @@ async def _execute(
             ctx.workflow_id,
             extra={"action": "fenced", "workflow_id": ctx.workflow_id},
         )
-    except BaseException as exc:
-        # Shutdown or a lost database: record nothing; the row stays PENDING and recovers.
+    except Exception as exc:
+        # The database stayed unreachable past the checkpoint retries: record
+        # nothing, and replay from the recorded steps once it answers again.
+        logger.warning(
+            "workflow %s lost the database (%r); it replays when the database is back",
+            ctx.workflow_id,
+            exc,
+            extra={"action": "replay_later", "workflow_id": ctx.workflow_id},
+        )
+        runtime.workflow_group.start_soon(_replay_later, ctx, entry, args, kwargs, future)
+        replaying = True  # the future goes on to the replay: its waiters keep waiting
+    except BaseException:
+        # Shutdown: record nothing; the row stays PENDING and recovers.
         outcome = Outcome(
             error=DBOSError(
-                f"Workflow {ctx.workflow_id!r} was interrupted ({type(exc).__name__}); "
+                f"Workflow {ctx.workflow_id!r} was interrupted; "
                 "it stays PENDING and resumes on recovery"
             )
         )
-        if not isinstance(exc, Exception):
-            raise
-        logger.error(
-            "workflow %s could not record its outcome: %r",
-            ctx.workflow_id,
-            exc,
-            extra={"action": "complete_workflow", "workflow_id": ctx.workflow_id},
-        )
+        raise
     finally:
-        _release(ctx.runtime, ctx.workflow_id, future, outcome)
-        logger.debug("workflow finished", extra={"workflow_id": ctx.workflow_id})
+        if not replaying:
+            _release(ctx.runtime, ctx.workflow_id, future, outcome)
+        logger.debug("workflow task ended", extra={"workflow_id": ctx.workflow_id})
+
+
+async def _replay_later(
+    ctx: WorkflowContext,
+    entry: registry.Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    future: asyncio.Future[Outcome],
+) -> None:
+    """Replay a workflow that lost the database, once it answers again."""
+    delay = 1.0
+    while True:
+        await anyio.sleep(delay)
+        try:
+            async with ctx.runtime.connection() as conn:
+                recorded = await steps_table.select_steps_of(conn, [ctx.workflow_id])
+            break
+        except Exception:  # still unreachable: wait longer
+            delay = min(delay * 2, 30.0)
+    spawn(
+        ctx.runtime,
+        entry,
+        ctx.workflow_id,
+        args,
+        kwargs,
+        recorded[ctx.workflow_id],
+        ctx.deadline_epoch_ms,
+        future,
+        fence=ctx.fence,
+    )

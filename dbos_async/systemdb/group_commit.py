@@ -19,7 +19,14 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from dbos_async.errors import DatabaseUnavailableError
-from dbos_async.systemdb.pool import Connection, Pool, PooledConnection, is_connection_error
+from dbos_async.systemdb.pool import (
+    Connection,
+    Pool,
+    PooledConnection,
+    acquire_connection,
+    is_connection_error,
+    terminate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,7 @@ class GroupCommit(Generic[Row, Result]):
         self._pool = pool
         self._flush = flush
         self._max_batch = max_batch
+        self.retry_delays = _RETRY_DELAYS  # seconds between tries after a lost connection
         self._slots = [_Slot() for _ in range(writers)]
         self._idle = list(self._slots)
         self._queue: deque[tuple[Row, asyncio.Future[Result]]] = deque()
@@ -127,7 +135,11 @@ class GroupCommit(Generic[Row, Result]):
                 while self._queue:
                     count = min(len(self._queue), self._max_batch)
                     batch = [self._queue.popleft() for _ in range(count)]
-                    outcome = await self._write(slot, [row for row, _ in batch])
+                    try:
+                        outcome = await self._write(slot, [row for row, _ in batch])
+                    except Exception as exc:  # a bug here must not take the runtime down
+                        logger.exception("%s: the batch failed", self._name)
+                        outcome = [exc] * len(batch)
                     for (_, future), result in zip(batch, outcome, strict=True):
                         if future.done():
                             continue
@@ -140,16 +152,16 @@ class GroupCommit(Generic[Row, Result]):
 
     async def _write(self, slot: _Slot, rows: list[Row]) -> Sequence[Result | BaseException]:
         """Write one batch on the slot's connection, retrying lost connections."""
-        for delay in (*_RETRY_DELAYS, None):
+        for delay in (*self.retry_delays, None):
             try:
                 if slot.conn is None:
-                    slot.conn = await self._pool.acquire()
+                    slot.conn = await acquire_connection(self._pool)
                 return await self._flush(slot.conn, rows)
             except Exception as exc:
                 if not is_connection_error(exc):
                     return [exc] * len(rows)
                 if slot.conn is not None:
-                    slot.conn.terminate()
+                    terminate(slot.conn)
                     await self._pool.release(slot.conn)
                     slot.conn = None
                 if delay is None or self._closed.is_set():

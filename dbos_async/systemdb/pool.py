@@ -92,20 +92,39 @@ async def acquire(pool: Pool) -> AsyncIterator[PooledConnection]:
     Raises:
         DatabaseUnavailableError: the connection was lost (the next acquire gets a new one).
     """
-    try:
-        conn = await pool.acquire()
-    except _CONNECT_ERRORS as exc:
-        # A database that refuses connections, is gone or rejects us: unreachable.
-        raise DatabaseUnavailableError(f"Cannot connect to the database: {exc}") from exc
+    conn = await acquire_connection(pool)
     try:
         async with translated():
             try:
                 yield conn
             except CONNECTION_ERRORS:
-                conn.terminate()
+                terminate(conn)
                 raise
     finally:
         await pool.release(conn)
+
+
+async def acquire_connection(pool: Pool) -> PooledConnection:
+    """A connection from the pool, for callers that release it themselves.
+
+    Raises:
+        DatabaseUnavailableError: no connection could be opened.
+    """
+    try:
+        return await pool.acquire()
+    except _CONNECT_ERRORS as exc:
+        # A database that refuses connections, is gone or rejects us: unreachable.
+        raise DatabaseUnavailableError(f"Cannot connect to the database: {exc}") from exc
+
+
+def terminate(conn: PooledConnection) -> None:
+    """Close a broken pooled connection so the pool never hands it out again.
+
+    When the server closed it, asyncpg has already detached it from its proxy
+    (and ``terminate`` would raise): then there is nothing left to do.
+    """
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 @contextlib.asynccontextmanager
