@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -25,6 +24,7 @@ from dbos_async import (
     management,
 )
 from dbos_async.queue import enqueue_by_name, forget_queue
+from dbos_async.queue_worker import POLL_SECONDS
 
 MakeQueue = Callable[..., Queue]
 
@@ -358,7 +358,9 @@ async def test_idle_enqueue_to_start_is_woken_by_notify(dbos: DBOS, make_queue: 
         handle = await q.enqueue(double, i)
         await handle.get_result()
         latencies.append(started[-1][1] - begin)
-    assert statistics.median(latencies) < 0.010, latencies
+    # Woken by the enqueue's NOTIFY, not by the safety poll (POLL_SECONDS). How
+    # fast is for benchmarks/ (W4: about 4 ms here), not for a timing assertion.
+    assert max(latencies) < POLL_SECONDS / 10, latencies
 
 
 async def test_cancelling_a_queued_workflow_frees_its_slot(
