@@ -243,16 +243,17 @@ async def test_workflow_restart_and_fork(seeded: str, conn: asyncpg.Connection, 
     assert run.code == 0, run
     restarted = run.json()
     assert isinstance(restarted, dict)
-    assert restarted["status"] == "ENQUEUED" and restarted["forked_from"] == "first"
-    assert restarted["queue_name"] == INTERNAL_QUEUE
+    # Printed right after the enqueue; the test's runtime may already have dequeued it.
+    assert restarted["status"] in ("ENQUEUED", "PENDING", "SUCCESS"), restarted
+    assert restarted["forked_from"] == "first" and restarted["queue_name"] == INTERNAL_QUEUE
     forked = await dbos_cli(
         "workflow", "fork", HOSTILE, "--step", "1", "--new-id", "f-1", url=seeded
     )
-    assert forked.code == 0 and forked.out.startswith(f"forked {HOSTILE} as f-1 (ENQUEUED"), forked
+    assert forked.code == 0 and forked.out.startswith(f"forked {HOSTILE} as f-1 ("), forked
     again = await dbos_cli(
         "workflow", "fork", HOSTILE, "--step", "1", "--new-id", "f-1", url=seeded
     )
-    assert again.code == 0 and again.out == forked.out
+    assert again.code == 0 and again.out.startswith(f"forked {HOSTILE} as f-1 ("), again
     # The CLI only enqueued it; the test's runtime dequeues the internal queue and runs it:
     # step 0 was copied, step 1 ran again.
     result = await (await dbos.retrieve_workflow("f-1")).get_result(timeout=10)
