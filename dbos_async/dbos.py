@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack
 
+from dbos_async import handle as handle_module
 from dbos_async import management, messaging, scheduler, streams
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
@@ -198,14 +199,21 @@ class DBOS(metaclass=_DBOSMeta):
     @_runtime_method
     async def retrieve_workflow(runtime: Runtime | None, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle to a recorded workflow; WorkflowNotFoundError if there is none."""
-        return await workflow_module.retrieve_workflow(runtime or active_runtime(), workflow_id)
+        return await handle_module.retrieve_workflow(runtime or active_runtime(), workflow_id)
 
     @_runtime_method
     async def get_workflow_status(
         runtime: Runtime | None, workflow_id: str
     ) -> WorkflowStatus | None:
         """The recorded status of a workflow, or None."""
-        return await workflow_module.get_workflow_status(runtime or active_runtime(), workflow_id)
+        return await handle_module.get_workflow_status(runtime or active_runtime(), workflow_id)
+
+    @staticmethod
+    def wait_first(
+        handles: Sequence[WorkflowHandle[Any]],
+    ) -> Coroutine[Any, Any, WorkflowHandle[Any]]:
+        """The first handle whose workflow finishes; inside a workflow the choice is recorded."""
+        return handle_module.wait_first(handles)
 
     @staticmethod
     def sleep(seconds: float) -> Coroutine[Any, Any, None]:

@@ -9,7 +9,9 @@ Results of workflows not registered in this process decode as plain JSON.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+import time
+from collections.abc import Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -18,15 +20,17 @@ import anyio
 from dbos_async import registry, serialization
 from dbos_async.errors import (
     MaxRecoveryAttemptsExceededError,
+    NonDeterministicWorkflowError,
     WorkflowCancelledError,
     WorkflowNotFoundError,
 )
 from dbos_async.models import WorkflowStatus, WorkflowStatusString
 from dbos_async.systemdb import workflows as wf_table
+from dbos_async.systemdb.steps import StepRecord
 from dbos_async.validation import check_workflow_id
 
 if TYPE_CHECKING:
-    from dbos_async.context import Running
+    from dbos_async.context import Running, WorkflowContext
     from dbos_async.notifications import Listener
     from dbos_async.systemdb.pool import Pool, PooledConnection
 
@@ -185,3 +189,72 @@ async def retrieve_workflow(source: HandleSource, workflow_id: str) -> WorkflowH
             if await wf_table.select_workflow_outcome(conn, workflow_id) is None:
                 raise WorkflowNotFoundError(workflow_id)
     return WorkflowHandle(source, workflow_id)
+
+
+WAIT_FIRST_STEP = "DBOS.wait_first"
+
+
+def wait_first(handles: Sequence[WorkflowHandle[Any]]) -> Coroutine[Any, Any, WorkflowHandle[Any]]:
+    """The first of ``handles`` whose workflow finishes (succeeds, fails or is cancelled).
+
+    Inside a workflow the choice is a checkpoint: replay returns the same
+    handle. The step ID is taken now, at call time, like every checkpoint's.
+
+    Raises:
+        ValueError: ``handles`` is empty.
+    """
+    from dbos_async.context import current_step_id, current_workflow
+
+    handles = list(handles)
+    if not handles:
+        raise ValueError("wait_first needs at least one handle")
+    ctx = current_workflow.get()
+    if ctx is None or current_step_id.get() is not None:
+        return _first_finished(handles)
+    return _wait_first_recorded(ctx, ctx.take_step_id(), handles)
+
+
+async def _first_finished(handles: list[WorkflowHandle[Any]]) -> WorkflowHandle[Any]:
+    winner: list[WorkflowHandle[Any]] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch(handle: WorkflowHandle[Any]) -> None:
+            with contextlib.suppress(Exception):  # an error or a cancellation is an ending too
+                await handle.get_result()
+            if not winner:
+                winner.append(handle)
+                tg.cancel_scope.cancel()
+
+        for handle in handles:
+            tg.start_soon(watch, handle)
+    return winner[0]
+
+
+async def _wait_first_recorded(
+    ctx: WorkflowContext, step_id: int, handles: list[WorkflowHandle[Any]]
+) -> WorkflowHandle[Any]:
+    recorded = ctx.recorded.get(step_id)
+    if recorded is None:
+        first = await _first_finished(handles)
+        started = time.time_ns() // 1_000_000
+        mine = StepRecord(
+            ctx.workflow_id,
+            step_id,
+            WAIT_FIRST_STEP,
+            output=serialization.encode(first.workflow_id),
+            started_at=started,
+            completed_at=started,
+            fence=ctx.fence,
+        )
+        recorded = await ctx.runtime.step_writer.submit(mine)
+    if recorded.function_name != WAIT_FIRST_STEP:
+        raise NonDeterministicWorkflowError(
+            ctx.workflow_id, step_id, recorded.function_name, WAIT_FIRST_STEP
+        )
+    chosen = serialization.decode(recorded.output)
+    for handle in handles:
+        if handle.workflow_id == chosen:
+            return handle
+    raise NonDeterministicWorkflowError(
+        ctx.workflow_id, step_id, f"{WAIT_FIRST_STEP}({chosen})", WAIT_FIRST_STEP
+    )

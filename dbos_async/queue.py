@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from dbos_async import context, registry, serialization
 from dbos_async.context import EnqueueOptions, WorkflowContext, current_step_id, current_workflow
 from dbos_async.errors import DBOSError, QueueDeduplicatedError, WorkflowConflictError
+from dbos_async.handle import WorkflowHandle
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.systemdb import queues as queues_table
 from dbos_async.systemdb.pool import Pool, acquire
 from dbos_async.systemdb.steps import StepRecord
 from dbos_async.validation import check_identifier, check_workflow_id
-from dbos_async.workflow import WorkflowHandle, check_replay, now_ms, workflow
+from dbos_async.workflow import check_replay, now_ms, workflow
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime

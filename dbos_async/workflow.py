@@ -28,14 +28,7 @@ from dbos_async.errors import (
     WorkflowCancelledError,
     WorkflowConflictError,
 )
-
-# The handle API lived here first: re-exported (``X as X``) for the callers that import it here.
-from dbos_async.handle import HandleSource as HandleSource
-from dbos_async.handle import WorkflowHandle as WorkflowHandle
-from dbos_async.handle import await_result as await_result
-from dbos_async.handle import get_workflow_status as get_workflow_status
-from dbos_async.handle import retrieve_workflow as retrieve_workflow
-from dbos_async.handle import status_from_row as status_from_row
+from dbos_async.handle import WorkflowHandle
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.steps import StepRecord

@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 import asyncpg
 import pytest
 
@@ -81,10 +82,13 @@ async def fails() -> None:
 async def seeded(dbos: DBOS, conn: asyncpg.Connection) -> AsyncIterator[str]:
     """Two finished workflows, a failed one, one ENQUEUED on a queue; yields the URL."""
     calls.clear()
+    # Sleeps keep created_at (milliseconds) distinct: the listings order by it.
     with SetWorkflowID("first"):
         await two_steps("one")
+    await anyio.sleep(0.002)
     with SetWorkflowID(HOSTILE):
         await two_steps("two")
+    await anyio.sleep(0.002)
     with SetWorkflowID("broken"), pytest.raises(RuntimeError):
         await fails()
     await conn.execute(

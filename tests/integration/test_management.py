@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
@@ -88,6 +89,7 @@ async def _run(workflow_id: str, tag: str) -> list[str]:
 async def test_list_workflows_orders_pages_and_filters(dbos: DBOS) -> None:
     for i in range(5):
         await _run(f"w{i}", f"t{i}")
+        await anyio.sleep(0.002)  # distinct created_at milliseconds: the listing orders by them
     with pytest.raises(ValueError):
         with SetWorkflowID("bad"):
             await mixed_failing()

@@ -350,3 +350,44 @@ def test_duplicate_names_raise_at_decoration() -> None:
         @DBOS.workflow(name=doubler.__dbos_entry__.name)  # type: ignore[attr-defined]
         async def impostor(x: int) -> int:
             return x
+
+
+@DBOS.workflow()
+async def naps(seconds: float) -> float:
+    await DBOS.sleep(seconds)
+    return seconds
+
+
+@DBOS.workflow()
+async def race_children() -> float:
+    slow = await DBOS.start_workflow(naps, 0.5)
+    fast = await DBOS.start_workflow(naps, 0.01)
+    first = await DBOS.wait_first([slow, fast])
+    result: float = await first.get_result()
+    return result
+
+
+async def test_wait_first_returns_the_first_handle_to_finish(dbos: DBOS) -> None:
+    slow = await dbos.start_workflow(naps, 5)
+    fast = await dbos.start_workflow(naps, 0.01)
+    assert await DBOS.wait_first([slow, fast]) is fast
+    with pytest.raises(ValueError, match="at least one"):
+        await DBOS.wait_first([])
+
+
+async def test_wait_first_in_a_workflow_replays_its_recorded_choice(
+    db_url: str, conn: asyncpg.Connection
+) -> None:
+    async with DBOS(database_url=db_url, app_version="test"):
+        with SetWorkflowID("race"):
+            assert await race_children() == 0.01
+        await (await DBOS.retrieve_workflow("race-0")).get_result()  # the slow one ends too
+    await conn.execute("UPDATE workflow_status SET status = 'PENDING' WHERE workflow_id = 'race'")
+    async with DBOS(database_url=db_url, app_version="test"):
+        # Both children have finished now; replay still picks the recorded one.
+        assert await (await DBOS.retrieve_workflow("race")).get_result(timeout=5) == 0.01
+    chosen = await conn.fetchval(
+        "SELECT output FROM operation_outputs WHERE workflow_id = 'race' "
+        "AND function_name = 'DBOS.wait_first'"
+    )
+    assert chosen == '"race-1"'
