@@ -1,8 +1,9 @@
 """Per-task state: the running workflow, the running step, and the ``Set*`` options.
 
 Everything here lives in ContextVars, so tasks spawned inside a workflow
-(``asyncio.gather``, ``TaskGroup``) share their workflow's context object, and
-with it the step counter that keeps step IDs in call order.
+(``asyncio.gather``, ``TaskGroup``) share their workflow's context object. Each
+such task also gets its own branch (``checkpoint.current_branch``), which
+numbers its durable calls.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from dbos_async.runtime import Runtime
     from dbos_async.systemdb.pool import Connection
-    from dbos_async.systemdb.steps import StepRecord
+    from dbos_async.systemdb.steps import StepKey, StepRecord
 
 
 @dataclass(slots=True, eq=False)
@@ -30,16 +31,25 @@ class WorkflowContext:
     runtime: Runtime
     workflow_id: str
     name: str
-    recorded: dict[int, StepRecord] = field(default_factory=dict)
+    recorded: dict[StepKey, StepRecord] = field(default_factory=dict)
+    # False for histories recorded before branch IDs (0006_branches.sql): their
+    # calls are numbered by the one counter below, shared by all tasks.
+    branched: bool = True
     next_step_id: int = 0
     cancel_scope: anyio.CancelScope | None = None
     deadline_epoch_ms: int | None = None
     cancelled: bool = False  # cancel_workflow or the deadline, never a shutdown
     fence: int = 0  # the fencing token this runtime holds on the workflow's row
     adopted: bool = False  # another runtime took the workflow over: stop, record nothing
+    finished: bool = False  # its function returned: no durable call may follow
+    # Calls interrupted by a cancellation of the workflow's own making, recorded
+    # before its next checkpoint (see checkpoint.settle).
+    interrupts: list[StepRecord] = field(default_factory=list)
+    tasks: set[asyncio.Future[Any]] = field(default_factory=set)  # its live branch tasks
+    stream_lock: asyncio.Lock | None = None  # stream writes go one at a time
 
     def take_step_id(self) -> int:
-        """Return the next step ID; called synchronously at call time for determinism."""
+        """Return the next step ID of a flat-numbered history (see ``branched``)."""
         step_id = self.next_step_id
         self.next_step_id += 1
         return step_id

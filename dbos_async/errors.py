@@ -67,15 +67,32 @@ class WorkflowConflictError(DBOSError):
 
 
 class NonDeterministicWorkflowError(DBOSError):
-    """Replay reached a step whose recorded function differs from the one called."""
+    """Replay reached a step whose recorded function differs from the one called.
 
-    def __init__(self, workflow_id: str, step_id: int, recorded: str, called: str) -> None:
+    Also raised where workflow code uses a construct whose outcome depends on
+    timing (``asyncio.wait(return_when=FIRST_COMPLETED)``, ``as_completed``):
+    ``message`` then names it.
+    """
+
+    def __init__(
+        self,
+        workflow_id: str,
+        step_id: int,
+        recorded: str,
+        called: str,
+        *,
+        branch: str = "",
+        message: str | None = None,
+    ) -> None:
         self.workflow_id = workflow_id
         self.step_id = step_id
+        self.branch = branch
         self.recorded_name = recorded
         self.called_name = called
+        where = f"branch {branch!r} step {step_id}" if branch else f"step {step_id}"
         super().__init__(
-            f"Workflow {workflow_id!r} step {step_id}: recorded {recorded!r} but replay "
+            message
+            or f"Workflow {workflow_id!r} {where}: recorded {recorded!r} but replay "
             f"called {called!r}; the workflow code is not deterministic"
         )
 

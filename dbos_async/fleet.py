@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskStatus
 
+from dbos_async.clock import now_ms
 from dbos_async.recovery import run_claimed, split_exhausted
 from dbos_async.systemdb import executors as executors_table
 from dbos_async.systemdb import workflows as wf_table
-from dbos_async.workflow import now_ms
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Coroutine, Mapping, Sequence
+import inspect
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union
 
 import anyio
 
-from dbos_async import registry, serialization
+from dbos_async import checkpoint, registry, serialization
+from dbos_async.branches import outside
 from dbos_async.errors import (
     MaxRecoveryAttemptsExceededError,
     NonDeterministicWorkflowError,
@@ -26,11 +27,10 @@ from dbos_async.errors import (
 )
 from dbos_async.models import WorkflowStatus, WorkflowStatusString
 from dbos_async.systemdb import workflows as wf_table
-from dbos_async.systemdb.steps import StepRecord
 from dbos_async.validation import check_workflow_id
 
 if TYPE_CHECKING:
-    from dbos_async.context import Running, WorkflowContext
+    from dbos_async.context import Running
     from dbos_async.notifications import Listener
     from dbos_async.systemdb.pool import Pool, PooledConnection
 
@@ -84,13 +84,16 @@ class WorkflowHandle(Generic[R]):
             TimeoutError: ``timeout`` seconds passed first (the workflow goes on).
             WorkflowCancelledError: the workflow was cancelled.
         """
-        with anyio.fail_after(timeout):
+        # outside(): what the read does internally takes no position in the
+        # awaiting workflow's branches (see branches.outside).
+        with anyio.fail_after(timeout), outside():
             result: R = await await_result(self._source, self.workflow_id)
         return result
 
     async def get_status(self) -> WorkflowStatus:
         """The workflow's recorded status."""
-        status = await get_workflow_status(self._source, self.workflow_id)
+        with outside():
+            status = await get_workflow_status(self._source, self.workflow_id)
         if status is None:
             raise WorkflowNotFoundError(self.workflow_id)
         return status
@@ -193,68 +196,110 @@ async def retrieve_workflow(source: HandleSource, workflow_id: str) -> WorkflowH
 
 WAIT_FIRST_STEP = "DBOS.wait_first"
 
+Waitable = Union["WorkflowHandle[Any]", Awaitable[Any]]
+"""What ``wait_first`` races: workflow handles, tasks, or coroutines (of durable calls)."""
 
-def wait_first(handles: Sequence[WorkflowHandle[Any]]) -> Coroutine[Any, Any, WorkflowHandle[Any]]:
-    """The first of ``handles`` whose workflow finishes (succeeds, fails or is cancelled).
 
-    Inside a workflow the choice is a checkpoint: replay returns the same
-    handle. The step ID is taken now, at call time, like every checkpoint's.
+def wait_first(items: Sequence[Waitable]) -> Coroutine[Any, Any, Any]:
+    """The first of ``items`` to finish (succeed, fail or be cancelled).
+
+    ``items`` are workflow handles, tasks, or coroutines; coroutines become
+    tasks now, in order, so inside a workflow each is a branch with a fixed
+    position. Returns the winning handle, or the winning task (for a task or
+    a coroutine). The tasks made from coroutines that lost are cancelled;
+    handles and tasks given as such are left running.
+
+    Inside a workflow the choice is a checkpoint, taken now like every
+    checkpoint's identity: replay returns the same winner (once it has
+    finished again), whatever the timing.
 
     Raises:
-        ValueError: ``handles`` is empty.
+        ValueError: ``items`` is empty.
+        TypeError: an item is neither a handle nor awaitable.
     """
-    from dbos_async.context import current_step_id, current_workflow
-
-    handles = list(handles)
-    if not handles:
-        raise ValueError("wait_first needs at least one handle")
-    ctx = current_workflow.get()
-    if ctx is None or current_step_id.get() is not None:
-        return _first_finished(handles)
-    return _wait_first_recorded(ctx, ctx.take_step_id(), handles)
-
-
-async def _first_finished(handles: list[WorkflowHandle[Any]]) -> WorkflowHandle[Any]:
-    winner: list[WorkflowHandle[Any]] = []
-    async with anyio.create_task_group() as tg:
-
-        async def watch(handle: WorkflowHandle[Any]) -> None:
-            with contextlib.suppress(Exception):  # an error or a cancellation is an ending too
-                await handle.get_result()
-            if not winner:
-                winner.append(handle)
-                tg.cancel_scope.cancel()
-
-        for handle in handles:
-            tg.start_soon(watch, handle)
-    return winner[0]
+    items = list(items)
+    if not items:
+        raise ValueError("wait_first needs at least one handle, task or coroutine")
+    for item in items:
+        if not isinstance(item, WorkflowHandle) and not inspect.isawaitable(item):
+            raise TypeError(f"wait_first takes handles, tasks or coroutines, got {item!r}")
+    call = checkpoint.take(WAIT_FIRST_STEP)
+    owned = [not isinstance(i, WorkflowHandle | asyncio.Future) for i in items]
+    racing: list[WorkflowHandle[Any] | asyncio.Future[Any]] = [
+        i if isinstance(i, WorkflowHandle) else asyncio.ensure_future(i) for i in items
+    ]
+    return _wait_first(call, racing, owned)
 
 
-async def _wait_first_recorded(
-    ctx: WorkflowContext, step_id: int, handles: list[WorkflowHandle[Any]]
-) -> WorkflowHandle[Any]:
-    recorded = ctx.recorded.get(step_id)
-    if recorded is None:
-        first = await _first_finished(handles)
-        started = time.time_ns() // 1_000_000
-        mine = StepRecord(
-            ctx.workflow_id,
-            step_id,
-            WAIT_FIRST_STEP,
-            output=serialization.encode(first.workflow_id),
-            started_at=started,
-            completed_at=started,
-            fence=ctx.fence,
-        )
-        recorded = await ctx.runtime.step_writer.submit(mine)
-    if recorded.function_name != WAIT_FIRST_STEP:
-        raise NonDeterministicWorkflowError(
-            ctx.workflow_id, step_id, recorded.function_name, WAIT_FIRST_STEP
-        )
-    chosen = serialization.decode(recorded.output)
-    for handle in handles:
-        if handle.workflow_id == chosen:
-            return handle
+async def _wait_first(
+    call: checkpoint.Call | None,
+    racing: list[WorkflowHandle[Any] | asyncio.Future[Any]],
+    owned: list[bool],
+) -> Any:
+    with call if call is not None else outside():
+        found = await checkpoint.replayed(call) if call is not None else None
+        if found is None:
+            winner = await _first_finished(racing)
+            if call is not None:
+                # All handles: recorded by workflow ID, as releases before 0.2 did.
+                chosen = racing[winner]
+                key = chosen.workflow_id if isinstance(chosen, WorkflowHandle) else winner
+                found = await checkpoint.record(call, output=serialization.encode(key))
+        if found is not None:
+            assert call is not None
+            winner = _recorded_winner(call, racing, serialization.decode(found.output))
+            chosen = racing[winner]
+            if not isinstance(chosen, WorkflowHandle):
+                await asyncio.wait([chosen])  # replay returns it once it has finished again
+        losers = [r for i, r in enumerate(racing) if owned[i] and i != winner]
+        futures = [loser for loser in losers if isinstance(loser, asyncio.Future)]
+        for loser in futures:
+            loser.cancel()
+        if futures:
+            await asyncio.wait(futures)
+        return racing[winner]
+
+
+def _recorded_winner(
+    call: checkpoint.Call, racing: list[WorkflowHandle[Any] | asyncio.Future[Any]], key: object
+) -> int:
+    for i, item in enumerate(racing):
+        if key == i if isinstance(key, int) else getattr(item, "workflow_id", None) == key:
+            return i
     raise NonDeterministicWorkflowError(
-        ctx.workflow_id, step_id, f"{WAIT_FIRST_STEP}({chosen})", WAIT_FIRST_STEP
+        call.ctx.workflow_id,
+        call.step_id,
+        f"{WAIT_FIRST_STEP}({key!r})",
+        WAIT_FIRST_STEP,
+        branch=call.branch,
     )
+
+
+async def _first_finished(racing: list[WorkflowHandle[Any] | asyncio.Future[Any]]) -> int:
+    """The index of the first item to finish; the lowest among those finishing together."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    watchers: list[asyncio.Task[None]] = []
+
+    def finished(_: object) -> None:
+        if not done.done():
+            done.set_result(None)
+
+    async def watch(handle: WorkflowHandle[Any]) -> None:
+        with contextlib.suppress(Exception):  # an error or a cancellation is an ending too
+            await handle.get_result()
+
+    futures: list[asyncio.Future[Any]] = []
+    for item in racing:
+        if isinstance(item, WorkflowHandle):
+            item = asyncio.ensure_future(watch(item))
+            watchers.append(item)
+        futures.append(item)
+        item.add_done_callback(finished)
+    try:
+        await done
+    finally:
+        for future in futures:
+            future.remove_done_callback(finished)
+        for watcher in watchers:
+            watcher.cancel()
+    return next(i for i, f in enumerate(futures) if f.done())

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 import asyncpg
 
 from dbos_async import context, registry, serialization
+from dbos_async.clock import now_ms
 from dbos_async.errors import (
     QueueDeduplicatedError,
     WorkflowConflictError,
@@ -32,7 +33,6 @@ from dbos_async.systemdb import management as mgmt_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.pool import Pool, acquire, is_deduplication_violation
 from dbos_async.validation import check_identifier, check_workflow_id
-from dbos_async.workflow import now_ms
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
@@ -202,6 +202,7 @@ def _step_from_row(row: dict[str, Any]) -> StepInfo:
     error = row["error"]
     return StepInfo(
         step_id=row["step_id"],
+        branch=row["branch"],
         name=row["function_name"],
         output=serialization.decode(row["output"], annotation),
         error=serialization.decode_exception(error) if error is not None else None,
@@ -333,7 +334,12 @@ async def fork_workflow(
                 raise WorkflowConflictError(new_id, row["taken_name"], row["name"])
             return new_id
         if here and runtime is not None:
-            claimed = {"workflow_id": new_id, "name": row["name"], "inputs": row["inputs"]}
+            claimed = {
+                "workflow_id": new_id,
+                "name": row["name"],
+                "inputs": row["inputs"],
+                "branched_steps": row["branched_steps"],
+            }
             await run_claimed(runtime, conn, [claimed])
     logger.info(
         "forked %s at step %d as %s (%d steps copied)",

@@ -49,7 +49,13 @@ class WorkflowStatus:
 
 @dataclass(slots=True)
 class StepInfo:
-    """One recorded step of a workflow; times are epoch milliseconds."""
+    """One recorded step of a workflow; times are epoch milliseconds.
+
+    ``branch`` is where the call was made: ``""`` for the workflow's own
+    sequence, else the position of the task that made it (``"0"`` is the
+    first task the workflow created, ``"2.1"`` the second task created by the
+    workflow's third). ``step_id`` is the call's order within its branch.
+    """
 
     step_id: int
     name: str
@@ -58,3 +64,4 @@ class StepInfo:
     child_workflow_id: str | None = None
     started_at: int | None = None
     completed_at: int | None = None
+    branch: str = ""

@@ -17,16 +17,16 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from dbos_async import context, registry, serialization
-from dbos_async.context import EnqueueOptions, WorkflowContext, current_step_id, current_workflow
+from dbos_async import checkpoint, context, registry, serialization
+from dbos_async.clock import now_ms
+from dbos_async.context import EnqueueOptions, WorkflowContext
 from dbos_async.errors import DBOSError, QueueDeduplicatedError, WorkflowConflictError
 from dbos_async.handle import WorkflowHandle
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.systemdb import queues as queues_table
 from dbos_async.systemdb.pool import Pool, acquire
-from dbos_async.systemdb.steps import StepRecord
 from dbos_async.validation import check_identifier, check_workflow_id
-from dbos_async.workflow import check_replay, now_ms, workflow
+from dbos_async.workflow import workflow
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
@@ -138,13 +138,10 @@ class Queue:
         self._check(options)
         workflow_id = context.take_next_workflow_id()
         timeout_s = context.workflow_timeout()
-        parent = current_workflow.get()
-        if parent is not None and current_step_id.get() is None:
-            # Taken now, before any await, so gather() order is call order.
-            step_id = parent.take_step_id()
-            return self._enqueue_child(
-                parent, step_id, entry, args, kwargs, options, workflow_id, timeout_s
-            )
+        # Taken now, before any await: see checkpoint.take.
+        call = checkpoint.take(entry.name)
+        if call is not None:
+            return self._enqueue_child(call, entry, args, kwargs, options, workflow_id, timeout_s)
         return self._enqueue(active_runtime(), entry, args, kwargs, options, workflow_id, timeout_s)
 
     def _check(self, options: EnqueueOptions) -> None:
@@ -193,8 +190,7 @@ class Queue:
 
     async def _enqueue_child(
         self,
-        parent: WorkflowContext,
-        step_id: int,
+        call: checkpoint.Call,
         entry: registry.Registered,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -202,37 +198,31 @@ class Queue:
         workflow_id: str | None,
         timeout_s: float | None,
     ) -> WorkflowHandle[Any]:
-        runtime = parent.runtime
-        recorded = parent.recorded.get(step_id)
-        if recorded is None:
-            child_id = workflow_id or f"{parent.workflow_id}-{step_id}"
-            started = now_ms()
-            error = None
-            try:
-                await self._enqueue(
-                    runtime, entry, args, kwargs, options, child_id, timeout_s, parent
+        with call:
+            runtime = call.ctx.runtime
+            found = await checkpoint.replayed(call)
+            if found is None:
+                child_id = workflow_id or call.child_id()
+                error = None
+                try:
+                    await self._enqueue(
+                        runtime, entry, args, kwargs, options, child_id, timeout_s, call.ctx
+                    )
+                except QueueDeduplicatedError as exc:
+                    # Recorded, so replay raises it again whatever the queue holds then.
+                    error = serialization.encode_exception(exc)
+                # Recorded after the row exists, so replay never names a missing workflow.
+                found = await checkpoint.record(
+                    call, error=error, child_workflow_id=None if error else child_id
                 )
-            except QueueDeduplicatedError as exc:
-                # Recorded, so replay raises it again whatever the queue holds then.
-                error = serialization.encode_exception(exc)
-            # Recorded after the row exists, so replay never names a missing workflow.
-            recorded = await runtime.step_writer.submit(
-                StepRecord(
-                    parent.workflow_id,
-                    step_id,
-                    entry.name,
-                    error=error,
-                    child_workflow_id=None if error else child_id,
-                    started_at=started,
-                    completed_at=now_ms(),
-                    fence=parent.fence,
-                )
-            )
-        check_replay(parent, step_id, entry.name, recorded)
-        if recorded.error is not None:
-            raise serialization.decode_exception(recorded.error)
-        assert recorded.child_workflow_id is not None
-        return WorkflowHandle(runtime, recorded.child_workflow_id)
+                if found is None:
+                    if error is not None:
+                        raise serialization.decode_exception(error)
+                    return WorkflowHandle(runtime, child_id)
+            if found.error is not None:
+                raise serialization.decode_exception(found.error)
+            assert found.child_workflow_id is not None
+            return WorkflowHandle(runtime, found.child_workflow_id)
 
 
 async def enqueue_by_name(

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dbos_async import registry, serialization
+from dbos_async.clock import now_ms
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.pool import Connection
-from dbos_async.workflow import now_ms, spawn
+from dbos_async.workflow import spawn
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
@@ -65,7 +66,8 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
     """Replay workflows this runtime just claimed (PENDING, executor = this one).
 
     ``rows`` need ``workflow_id``, ``name``, ``inputs`` and optionally
-    ``deadline_epoch_ms``, ``fence`` (the token the claim produced) and
+    ``deadline_epoch_ms``, ``fence`` (the token the claim produced),
+    ``branched_steps`` (False: a history with flat step IDs) and
     ``has_steps``. One round trip reads the recorded steps of them all,
     skipped when every row says ``has_steps=False`` (a dequeued workflow that
     never ran). Returns how many were started
@@ -99,5 +101,6 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
             recorded.get(wid) or {},
             row.get("deadline_epoch_ms"),
             fence=row.get("fence", 0),
+            branched=row.get("branched_steps", True),
         )
     return len(runnable)

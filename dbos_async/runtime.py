@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from dbos_async import fleet, registry, workflow
+from dbos_async import branches, fleet, registry, workflow
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.notifications import Listener
@@ -174,6 +174,17 @@ class Runtime:
         if self.state is not State.RUNNING:
             raise DBOSError(f"The DBOS runtime is {self.state.value}, not running")
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the runtime is shutting down (or its task is being cancelled)."""
+        if self.state is not State.RUNNING:
+            return True
+        if self._group is not None and self._group.cancel_scope.cancel_called:
+            return True
+        task = self._task
+        # The loop itself is ending (asyncio.run cancels every task at once).
+        return task is not None and (task.done() or task.cancelling() > 0)
+
     async def app_pool(self) -> Pool:
         """The pool for ``@DBOS.transaction`` bodies, opened on first use.
 
@@ -199,7 +210,10 @@ class Runtime:
         if self.state is not State.NEW:
             raise DBOSError(f"This DBOS runtime was already launched (it is {self.state.value})")
         self.state = State.LAUNCHING
-        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        # Tasks created by workflow code get their branch from the loop's task factory.
+        branches.install(loop)
+        started: asyncio.Future[None] = loop.create_future()
         # A fresh context: nothing the caller set (SetWorkflowID...) leaks into the runtime.
         self._task = asyncio.create_task(
             self._main(started),
@@ -228,6 +242,9 @@ class Runtime:
                 await asyncio.shield(self._task)
             except Exception:
                 logger.exception("the DBOS runtime stopped with an error")
+        loop = asyncio.get_running_loop()
+        if not any(r._task is not None and r._task.get_loop() is loop for r in _launched):
+            branches.uninstall(loop)  # the last runtime on this loop: leave it as we found it
 
     async def _main(self, started: asyncio.Future[None]) -> None:
         try:

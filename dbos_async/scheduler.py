@@ -27,9 +27,10 @@ from anyio.abc import TaskStatus
 from cronsim import CronSim, CronSimError
 
 from dbos_async import registry
+from dbos_async.clock import now_ms
 from dbos_async.context import SetWorkflowID
 from dbos_async.systemdb import schedules as schedules_table
-from dbos_async.workflow import entry_of, now_ms, start_soon
+from dbos_async.workflow import entry_of, start_soon
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime

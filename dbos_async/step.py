@@ -2,7 +2,8 @@
 
 A fresh step costs one round trip: its checkpoint write, group-committed with
 the checkpoints of other workflows' steps. Recorded steps were read once when
-the workflow (re)started, so replaying a step reads nothing.
+the workflow (re)started, so replaying a step reads nothing. The protocol
+(identity, replay, recording) is ``checkpoint.py``'s.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
 
-from dbos_async import registry, serialization
-from dbos_async.context import WorkflowContext, current_step_id, current_workflow
+from dbos_async import checkpoint, registry, serialization
+from dbos_async.clock import now_ms
+from dbos_async.context import WorkflowContext, current_step_id
 from dbos_async.errors import MaxStepRetriesExceeded
 from dbos_async.systemdb.steps import StepRecord
-from dbos_async.workflow import check_replay, now_ms
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,12 +82,12 @@ class _StepDecorator:
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, Any]:
-            ctx = current_workflow.get()
-            if ctx is None or current_step_id.get() is not None:
+            # Taken now, before any await: see checkpoint.take.
+            call = checkpoint.take(entry.name)
+            if call is None:
                 # Outside a workflow, or nested in a step: just run it.
                 return _run_body(entry, args, kwargs, None)
-            # Taken now, before any await, so gather() order is call order.
-            return _run_step(ctx, ctx.take_step_id(), entry, args, kwargs)
+            return _run_step(call, entry, args, kwargs)
 
         wrapper.__dbos_entry__ = entry  # type: ignore[attr-defined]
         entry.options["wrapper"] = wrapper  # an enqueued step runs through it
@@ -94,57 +95,38 @@ class _StepDecorator:
 
 
 async def _run_step(
-    ctx: WorkflowContext,
-    step_id: int,
+    call: checkpoint.Call,
     entry: registry.Registered,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    recorded = ctx.recorded.get(step_id)
-    if recorded is not None:
-        return replay(ctx, step_id, entry, recorded)
-    started = now_ms()
-    token = current_step_id.set(step_id)
-    try:
-        value = await _run_body(entry, args, kwargs, ctx)
-    except Exception as exc:
-        mine = StepRecord(
-            ctx.workflow_id,
-            step_id,
-            entry.name,
-            error=serialization.encode_exception(exc),
-            started_at=started,
-            completed_at=now_ms(),
-            fence=ctx.fence,
-        )
-        winner = await ctx.runtime.step_writer.submit(mine)
-        if winner is mine:
-            raise
-        return replay(ctx, step_id, entry, winner)
-    finally:
-        current_step_id.reset(token)
-    mine = StepRecord(
-        ctx.workflow_id,
-        step_id,
-        entry.name,
-        output=serialization.encode(value, f"the result of step {entry.name}"),
-        started_at=started,
-        completed_at=now_ms(),
-        fence=ctx.fence,
-    )
-    winner = await ctx.runtime.step_writer.submit(mine)
-    # Another execution of this workflow recorded the step first: its outcome stands.
-    return value if winner is mine else replay(ctx, step_id, entry, winner)
+    with call:
+        found = await checkpoint.replayed(call)
+        if found is not None:
+            return outcome(entry, found)
+        started = now_ms()
+        token = current_step_id.set(call.step_id)
+        try:
+            value = await _run_body(entry, args, kwargs, call.ctx)
+        except Exception as exc:
+            error = serialization.encode_exception(exc)
+            found = await checkpoint.record(call, error=error, started_at=started)
+            if found is None:
+                raise
+            return outcome(entry, found)
+        finally:
+            current_step_id.reset(token)
+        output = serialization.encode(value, f"the result of step {entry.name}")
+        found = await checkpoint.record(call, output=output, started_at=started)
+        # Another execution of this workflow recorded the step first: its outcome stands.
+        return value if found is None else outcome(entry, found)
 
 
-def replay(
-    ctx: WorkflowContext, step_id: int, entry: registry.Registered, recorded: StepRecord
-) -> Any:
+def outcome(entry: registry.Registered, found: StepRecord) -> Any:
     """Return (or raise) a recorded step outcome without running the body."""
-    check_replay(ctx, step_id, entry.name, recorded)
-    if recorded.error is not None:
-        raise serialization.decode_exception(recorded.error)
-    return serialization.decode(recorded.output, serialization.return_annotation(entry.fn))
+    if found.error is not None:
+        raise serialization.decode_exception(found.error)
+    return serialization.decode(found.output, serialization.return_annotation(entry.fn))
 
 
 async def _run_body(
@@ -178,9 +160,6 @@ async def _run_body(
     raise last
 
 
-SLEEP_STEP = "DBOS.sleep"
-
-
 def sleep(seconds: float) -> Coroutine[Any, Any, None]:
     """Durable sleep: inside a workflow the wake-up time is recorded first.
 
@@ -189,62 +168,13 @@ def sleep(seconds: float) -> Coroutine[Any, Any, None]:
     """
     if not seconds >= 0:
         raise ValueError(f"sleep needs seconds >= 0, got {seconds!r}")
-    ctx = current_workflow.get()
-    if ctx is None or current_step_id.get() is not None:
+    call = checkpoint.take(checkpoint.SLEEP_STEP)
+    if call is None:
         return asyncio.sleep(seconds)
-    return _durable_sleep(ctx, ctx.take_step_id(), seconds)
+    return _durable_sleep(call, seconds)
 
 
-async def _durable_sleep(ctx: WorkflowContext, step_id: int, seconds: float) -> None:
-    wake_at = await record_wake_time(ctx, step_id, seconds)
-    await anyio.sleep(max(0.0, wake_at - time.time()))
-
-
-async def record_wake_time(
-    ctx: WorkflowContext, step_id: int, seconds: float, *, wake_at: float | None = None
-) -> float:
-    """The epoch time ``seconds`` from now (or ``wake_at``), recorded as step ``step_id``.
-
-    Returns what was recorded, by this call or an earlier execution. Durable
-    sleeps and the timeouts of ``recv``/``get_event`` use it, so a recovered
-    workflow keeps its original schedule. One round trip, none on replay.
-    """
-    recorded = ctx.recorded.get(step_id)
-    if recorded is not None:
-        check_replay(ctx, step_id, SLEEP_STEP, recorded)
-        return float(serialization.decode(recorded.output))
-    started = now_ms()
-    mine = StepRecord(
-        ctx.workflow_id,
-        step_id,
-        SLEEP_STEP,
-        output=serialization.encode(time.time() + seconds if wake_at is None else wake_at),
-        started_at=started,
-        completed_at=started,
-        fence=ctx.fence,
-    )
-    winner = await ctx.runtime.step_writer.submit(mine)
-    return float(serialization.decode(winner.output))
-
-
-def arm_timer(ctx: WorkflowContext, step_id: int, wake_at: float) -> asyncio.Future[float]:
-    """Record ``wake_at`` as step ``step_id`` in the background; the future gives what won.
-
-    The write belongs to the runtime's task group, not to the waiter, so a
-    waiter that gets its message first does not wait for it.
-    """
-    armed: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-
-    async def record() -> None:
-        # Never raises into the runtime's task group: the waiter gets the outcome.
-        try:
-            armed.set_result(await record_wake_time(ctx, step_id, 0, wake_at=wake_at))
-        except anyio.get_cancelled_exc_class():
-            armed.cancel()
-            raise
-        except BaseException as exc:  # a lost database, or FencedOff
-            armed.set_exception(exc)
-            armed.exception()  # marked retrieved: a waiter that got its message never asks
-
-    ctx.runtime.workflow_group.start_soon(record)
-    return armed
+async def _durable_sleep(call: checkpoint.Call, seconds: float) -> None:
+    with call:
+        wake_at = await checkpoint.wake_time(call, seconds)
+        await anyio.sleep(max(0.0, wake_at - time.time()))

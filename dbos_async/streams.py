@@ -1,7 +1,9 @@
 """Streams: ``write_stream``/``close_stream`` from a workflow, ``read_stream`` from anywhere.
 
-A write is a checkpoint of the writing workflow; its step ID is the entry's
-offset, so replay writes nothing and offsets increase in call order. Readers
+A write is a checkpoint of the writing workflow, so replay writes nothing.
+Its entry takes the stream's next offset; a workflow's writes go one at a
+time (its branches may write concurrently), so offsets are gapless and
+commit in order, and a reader that has seen offset n never misses n - 1. Readers
 wait on ``s:<id>`` (writes) and ``w:<id>`` (the workflow finished). A busy
 stream announces at most once per ``ANNOUNCE_WINDOW``: a write inside the
 window skips its NOTIFY and the runtime sends one trailing NOTIFY at the end
@@ -11,6 +13,7 @@ notification per value.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -18,15 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from dbos_async import serialization
-from dbos_async.context import WorkflowContext
+from dbos_async import checkpoint, serialization
 from dbos_async.errors import NotInWorkflowError, WorkflowNotFoundError
-from dbos_async.messaging import in_workflow
 from dbos_async.models import WorkflowStatusString
 from dbos_async.systemdb import streams as streams_table
 from dbos_async.systemdb.pool import run_idempotent
 from dbos_async.validation import check_identifier, check_workflow_id
-from dbos_async.workflow import check_replay, now_ms
 
 if TYPE_CHECKING:
     from dbos_async.handle import HandleSource
@@ -85,52 +85,44 @@ def write_stream(key: str, value: Any) -> Coroutine[Any, Any, None]:
     Raises:
         NotInWorkflowError: called outside a workflow (or inside a step).
     """
-    ctx = _writer("write_stream")
     check_identifier(key, "stream key")
     encoded = serialization.encode(value, f"the value written to stream {key!r}")
-    return _write(ctx, ctx.take_step_id(), key, encoded, close=False)
+    return _write(_take(WRITE_STEP, "write_stream"), key, encoded, close=False)
 
 
 def close_stream(key: str) -> Coroutine[Any, Any, None]:
     """Close this workflow's stream ``key``: readers end after its last value."""
-    ctx = _writer("close_stream")
     check_identifier(key, "stream key")
-    return _write(ctx, ctx.take_step_id(), key, None, close=True)
+    return _write(_take(CLOSE_STEP, "close_stream"), key, None, close=True)
 
 
-def _writer(what: str) -> WorkflowContext:
-    ctx = in_workflow()
-    if ctx is None:
+def _take(name: str, what: str) -> checkpoint.Call:
+    call = checkpoint.take(name)
+    if call is None:
         raise NotInWorkflowError(f"DBOS.{what} is only available inside a workflow")
-    return ctx
+    return call
 
 
-async def _write(
-    ctx: WorkflowContext, step_id: int, key: str, value: str | None, *, close: bool
-) -> None:
-    recorded = ctx.recorded.get(step_id)
-    if recorded is not None:
-        check_replay(ctx, step_id, CLOSE_STEP if close else WRITE_STEP, recorded)
-        return
-    runtime = ctx.runtime
-    announcer = runtime.stream_announcer
-    notify = close or announcer.announce_now(ctx.workflow_id)
-    await run_idempotent(
-        runtime.pool,
-        lambda conn: streams_table.write_stream(
-            conn,
-            ctx.workflow_id,
-            step_id,
-            key,
-            value,
-            close=close,
-            now_ms=now_ms(),
-            notify=notify,
-            fence=ctx.fence,
-        ),
-    )
-    if not notify:
-        announcer.announce_later(runtime, ctx.workflow_id)
+async def _write(call: checkpoint.Call, key: str, value: str | None, *, close: bool) -> None:
+    with call:
+        if await checkpoint.replayed(call) is not None:
+            return
+        ctx = call.ctx
+        runtime = ctx.runtime
+        await checkpoint.settle(ctx)
+        if ctx.stream_lock is None:
+            ctx.stream_lock = asyncio.Lock()
+        async with ctx.stream_lock:
+            announcer = runtime.stream_announcer
+            notify = close or announcer.announce_now(ctx.workflow_id)
+            await run_idempotent(
+                runtime.pool,
+                lambda conn: streams_table.write_stream(
+                    conn, key, value, call.row(), close=close, notify=notify
+                ),
+            )
+        if not notify:
+            announcer.announce_later(runtime, ctx.workflow_id)
 
 
 async def read_stream(runtime: HandleSource, workflow_id: str, key: str) -> AsyncIterator[Any]:

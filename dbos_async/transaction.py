@@ -14,19 +14,13 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import asyncpg
 
-from dbos_async import registry, serialization
-from dbos_async.context import (
-    WorkflowContext,
-    current_connection,
-    current_step_id,
-    current_workflow,
-)
+from dbos_async import checkpoint, registry, serialization
+from dbos_async.clock import now_ms
+from dbos_async.context import current_connection, current_step_id
 from dbos_async.runtime import active_runtime
-from dbos_async.step import replay
+from dbos_async.step import outcome
 from dbos_async.systemdb import steps
 from dbos_async.systemdb.pool import RETRYABLE_ERRORS, Connection, acquire
-from dbos_async.systemdb.steps import StepRecord
-from dbos_async.workflow import now_ms
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,11 +52,10 @@ def transaction(
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-            ctx = current_workflow.get()
-            if ctx is None or current_step_id.get() is not None:
-                return cast(Coroutine[Any, Any, R], _run(entry, args, kwargs, None, None))
-            step_id = ctx.take_step_id()  # at call time, for deterministic IDs
-            return cast(Coroutine[Any, Any, R], _run(entry, args, kwargs, ctx, step_id))
+            call = checkpoint.take(entry.name)  # at call time, for deterministic IDs
+            if call is None:
+                return cast(Coroutine[Any, Any, R], _run_unrecorded(entry, args, kwargs))
+            return cast(Coroutine[Any, Any, R], _run(call, entry, args, kwargs))
 
         wrapper.__dbos_entry__ = entry  # type: ignore[attr-defined]
         entry.options["wrapper"] = wrapper  # an enqueued step runs through it
@@ -71,51 +64,53 @@ def transaction(
     return decorator
 
 
-async def _run(
-    entry: registry.Registered,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    ctx: WorkflowContext | None,
-    step_id: int | None,
+async def _run_unrecorded(
+    entry: registry.Registered, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    if ctx is not None and step_id is not None:
-        recorded = ctx.recorded.get(step_id)
-        if recorded is not None:
-            return replay(ctx, step_id, entry, recorded)
-    runtime = ctx.runtime if ctx is not None else active_runtime()
-    pool = await runtime.app_pool()
-    started = now_ms()
+    """Outside a workflow (or inside a step): just a transaction, retried on conflicts."""
+    pool = await active_runtime().app_pool()
     for attempt in range(_MAX_TRIES):
         try:
             async with acquire(pool) as conn:
-                return await _attempt(conn, entry, args, kwargs, ctx, step_id, started)
+                return await _attempt(conn, entry, args, kwargs, None, 0)
         except RETRYABLE_ERRORS:
             if attempt == _MAX_TRIES - 1:
                 raise
-        except _AlreadyRecorded:
-            break
-        except Exception as exc:
-            if ctx is None or step_id is None:
-                raise
-            # The body failed and rolled back; its error is the step's outcome.
-            mine = StepRecord(
-                ctx.workflow_id,
-                step_id,
-                entry.name,
-                error=serialization.encode_exception(exc),
-                started_at=started,
-                completed_at=now_ms(),
-                fence=ctx.fence,
-            )
-            winner = await runtime.step_writer.submit(mine)
-            if winner is mine:
-                raise
-            return replay(ctx, step_id, entry, winner)
-    assert ctx is not None and step_id is not None
-    async with runtime.connection() as conn:
-        recorded = await steps.select_step(conn, ctx.workflow_id, step_id)
-    assert recorded is not None  # our insert conflicted with it
-    return replay(ctx, step_id, entry, recorded)
+    raise AssertionError("unreachable")
+
+
+async def _run(
+    call: checkpoint.Call,
+    entry: registry.Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    with call:
+        found = await checkpoint.replayed(call)
+        if found is not None:
+            return outcome(entry, found)
+        runtime = call.ctx.runtime
+        await checkpoint.settle(call.ctx)  # interruptions before this commit's checkpoint
+        pool = await runtime.app_pool()
+        started = now_ms()
+        for attempt in range(_MAX_TRIES):
+            try:
+                async with acquire(pool) as conn:
+                    return await _attempt(conn, entry, args, kwargs, call, started)
+            except RETRYABLE_ERRORS:
+                if attempt == _MAX_TRIES - 1:
+                    raise
+            except _AlreadyRecorded:
+                break
+            except Exception as exc:
+                # The body failed and rolled back; its error is the step's outcome.
+                error = serialization.encode_exception(exc)
+                found = await checkpoint.record(call, error=error, started_at=started)
+                if found is None:
+                    raise
+                return outcome(entry, found)
+        # Our insert conflicted with an earlier execution's checkpoint.
+        return outcome(entry, await checkpoint.fetch_recorded(call))
 
 
 async def _attempt(
@@ -123,34 +118,22 @@ async def _attempt(
     entry: registry.Registered,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    ctx: WorkflowContext | None,
-    step_id: int | None,
+    call: checkpoint.Call | None,
     started: int,
 ) -> Any:
     async with conn.transaction(isolation=entry.options["isolation"]):
         conn_token = current_connection.set(conn)
-        step_token = current_step_id.set(step_id if step_id is not None else -1)
+        step_token = current_step_id.set(call.step_id if call is not None else -1)
         try:
             value = await entry.fn(*args, **kwargs)
         finally:
             current_connection.reset(conn_token)
             current_step_id.reset(step_token)
-        if ctx is None or step_id is None:
+        if call is None:
             return value
         output = serialization.encode(value, f"the result of transaction {entry.name}")
         try:
-            await steps.insert_step(
-                conn,
-                StepRecord(
-                    ctx.workflow_id,
-                    step_id,
-                    entry.name,
-                    output=output,
-                    started_at=started,
-                    completed_at=now_ms(),
-                    fence=ctx.fence,
-                ),
-            )
+            await steps.insert_step(conn, call.row(output=output, started_at=started))
         except asyncpg.UniqueViolationError as exc:
             raise _AlreadyRecorded from exc
     return value

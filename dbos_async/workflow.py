@@ -19,19 +19,20 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 
-from dbos_async import context, registry, serialization
+from dbos_async import branches, checkpoint, context, registry, serialization
+from dbos_async.branches import Branch, current_branch
+from dbos_async.clock import now_ms
 from dbos_async.context import FencedOff, Running, WorkflowContext, current_workflow
 from dbos_async.errors import (
     DatabaseUnavailableError,
     DBOSError,
-    NonDeterministicWorkflowError,
     WorkflowCancelledError,
     WorkflowConflictError,
 )
 from dbos_async.handle import WorkflowHandle
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
-from dbos_async.systemdb.steps import StepRecord
+from dbos_async.systemdb.steps import StepKey, StepRecord
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
@@ -40,11 +41,6 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def now_ms() -> int:
-    """Wall-clock time in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -105,9 +101,11 @@ def start_soon(
     """Start a workflow; inside a workflow it becomes a child, checkpointed as one step."""
     from dbos_async.runtime import active_runtime
 
-    parent = current_workflow.get()
-    if parent is not None and context.current_step_id.get() is None:
-        return _start_child(parent, parent.take_step_id(), entry, args, kwargs)
+    call = checkpoint.take(entry.name)
+    if call is not None:
+        # The ID set with SetWorkflowID is taken now too, like the call's identity.
+        child_id = context.take_next_workflow_id()
+        return _start_child(call, child_id, entry, args, kwargs)
     return _start(runtime or active_runtime(), entry, args, kwargs)
 
 
@@ -165,34 +163,26 @@ async def _start(
 
 
 async def _start_child(
-    parent: WorkflowContext,
-    step_id: int,
+    call: checkpoint.Call,
+    child_id: str | None,
     entry: registry.Registered,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> WorkflowHandle[Any]:
-    runtime = parent.runtime
-    recorded = parent.recorded.get(step_id)
-    if recorded is not None:
-        check_replay(parent, step_id, entry.name, recorded)
-        assert recorded.child_workflow_id is not None
-        return WorkflowHandle(runtime, recorded.child_workflow_id)
-    child_id = context.take_next_workflow_id() or f"{parent.workflow_id}-{step_id}"
-    handle = await _start(runtime, entry, args, kwargs, workflow_id=child_id, parent=parent)
-    started = now_ms()
-    # Recorded after the child's row exists, so replay never names a missing child.
-    await runtime.step_writer.submit(
-        StepRecord(
-            parent.workflow_id,
-            step_id,
-            entry.name,
-            child_workflow_id=child_id,
-            started_at=started,
-            completed_at=started,
-            fence=parent.fence,
-        )
-    )
-    return handle
+    with call:
+        runtime = call.ctx.runtime
+        found = await checkpoint.replayed(call)
+        if found is None:
+            child_id = child_id or call.child_id()
+            handle = await _start(
+                runtime, entry, args, kwargs, workflow_id=child_id, parent=call.ctx
+            )
+            # Recorded after the child's row exists, so replay never names a missing child.
+            found = await checkpoint.record(call, child_workflow_id=child_id)
+            if found is None:
+                return handle
+        assert found.child_workflow_id is not None
+        return WorkflowHandle(runtime, found.child_workflow_id)
 
 
 def _loop_deadline(deadline_epoch_ms: int | None) -> float:
@@ -223,12 +213,6 @@ def cancel_local(runtime: Runtime, workflow_id: str) -> None:
         running.ctx.cancel_scope.cancel()
 
 
-def check_replay(ctx: WorkflowContext, step_id: int, name: str, recorded: StepRecord) -> None:
-    """Raise NonDeterministicWorkflowError if replay calls another function at this step."""
-    if recorded.function_name != name:
-        raise NonDeterministicWorkflowError(ctx.workflow_id, step_id, recorded.function_name, name)
-
-
 def _release(
     runtime: Runtime, workflow_id: str, future: asyncio.Future[Outcome], outcome: Outcome
 ) -> None:
@@ -245,23 +229,28 @@ def spawn(
     workflow_id: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    recorded: dict[int, StepRecord],
+    recorded: dict[StepKey, StepRecord],
     deadline_epoch_ms: int | None,
     future: asyncio.Future[Outcome] | None = None,
     fence: int = 0,
+    branched: bool = True,
 ) -> None:
     """Run a recorded PENDING workflow as a task of the runtime.
 
-    ``fence`` is the token this runtime holds on the row (from its claim).
+    ``fence`` is the token this runtime holds on the row (from its claim);
+    ``branched`` is False for a history recorded with flat step IDs.
     """
     if future is None:
         future = asyncio.get_running_loop().create_future()
         runtime.local[workflow_id] = Running(entry.name, future)
-    ctx = WorkflowContext(runtime, workflow_id, entry.name, recorded)
+    ctx = WorkflowContext(runtime, workflow_id, entry.name, recorded, branched)
     ctx.deadline_epoch_ms = deadline_epoch_ms
     ctx.fence = fence
     runtime.local[workflow_id].ctx = ctx
-    runtime.workflow_group.start_soon(_execute, ctx, entry, args, kwargs, future)
+    # Before the workflow's first task: a factory set since launch is wrapped too.
+    branches.install(asyncio.get_running_loop())
+    with branches.outside():  # its task takes no position in a branch that starts it
+        runtime.workflow_group.start_soon(_execute, ctx, entry, args, kwargs, future)
 
 
 async def _execute(
@@ -273,6 +262,7 @@ async def _execute(
 ) -> None:
     # The task inherited its starter's context: clear what must not leak in.
     current_workflow.set(ctx)
+    current_branch.set(Branch(ctx))
     context.current_step_id.set(None)
     context.current_connection.set(None)
     context.take_next_workflow_id()
@@ -288,7 +278,10 @@ async def _execute(
             if ctx.cancelled:
                 scope.cancel()
             try:
-                value = await entry.fn(*args, **kwargs)
+                try:
+                    value = await entry.fn(*args, **kwargs)
+                finally:
+                    _finish(ctx)
                 output = serialization.encode(value, f"the result of workflow {entry.name}")
                 row = wf_table.Outcome(
                     ctx.workflow_id, "SUCCESS", output, None, now_ms(), ctx.fence
@@ -317,6 +310,7 @@ async def _execute(
                         await wf_table.cancel_workflow(conn, ctx.workflow_id, now_ms())
         else:
             assert row is not None
+            await checkpoint.settle(ctx)  # replay must see what the outcome followed
             await runtime.completion_writer.submit(row)
     except FencedOff:
         # Adopted by another runtime: it owns the row now; waiters here read it.
@@ -352,6 +346,26 @@ async def _execute(
         logger.debug("workflow task ended", extra={"workflow_id": ctx.workflow_id})
 
 
+def _finish(ctx: WorkflowContext) -> None:
+    """The workflow's function has returned: no durable call may follow.
+
+    Its tasks still running are not awaited (they are the workflow code's):
+    their durable calls from now on raise NotInWorkflowError.
+    """
+    ctx.finished = True
+    current_branch.set(None)
+    left = [task for task in ctx.tasks if not task.done()]
+    if left:
+        logger.warning(
+            "workflow %s returned while %d task(s) it created were still running (%s); "
+            "their durable calls will fail: await every task a workflow creates",
+            ctx.workflow_id,
+            len(left),
+            ", ".join(getattr(task, "get_name", task.__repr__)() for task in left[:5]),
+            extra={"action": "outlived", "workflow_id": ctx.workflow_id},
+        )
+
+
 async def _replay_later(
     ctx: WorkflowContext,
     entry: registry.Registered,
@@ -379,4 +393,5 @@ async def _replay_later(
         ctx.deadline_epoch_ms,
         future,
         fence=ctx.fence,
+        branched=ctx.branched,
     )

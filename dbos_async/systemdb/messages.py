@@ -1,7 +1,8 @@
 """The ``messages`` and ``workflow_events`` tables: send/recv and events.
 
 Every function is one round trip. Writes made from a workflow carry that
-workflow's step checkpoint in the same statement, so they happen exactly once.
+workflow's step checkpoint (``step``: its key, fence and time) in the same
+statement, so they happen exactly once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncpg
 
 from dbos_async.systemdb.pool import Connection
 from dbos_async.systemdb.queries import q
+from dbos_async.systemdb.steps import StepRecord
 
 
 async def send_message_from_workflow(
@@ -17,10 +19,7 @@ async def send_message_from_workflow(
     destination_id: str,
     topic: str,
     payload: str,
-    now_ms: int,
-    workflow_id: str,
-    step_id: int,
-    fence: int,
+    step: StepRecord,
     notify: bool,
 ) -> bool:
     """Send as a workflow step; False if the destination does not exist."""
@@ -29,11 +28,13 @@ async def send_message_from_workflow(
         destination_id,
         topic,
         payload,
-        now_ms,
-        workflow_id,
-        step_id,
-        fence,
+        step.completed_at,
+        step.workflow_id,
+        step.step_id,
+        step.fence,
         notify,
+        step.branch,
+        step.origin,
     )
     assert row is not None
     return bool(row["destination_exists"])
@@ -60,9 +61,7 @@ class AlreadyRecorded(Exception):
     """The step was recorded by an earlier execution (or an earlier try of this statement)."""
 
 
-async def receive_message(
-    conn: Connection, workflow_id: str, topic: str, step_id: int, now_ms: int, fence: int
-) -> str | None:
+async def receive_message(conn: Connection, topic: str, step: StepRecord) -> str | None:
     """Consume the oldest waiting message and record it as the step; None if none waits.
 
     Raises:
@@ -70,24 +69,33 @@ async def receive_message(
     """
     try:
         payload: str | None = await conn.fetchval(
-            q("receive_message"), workflow_id, topic, step_id, now_ms, fence
+            q("receive_message"),
+            step.workflow_id,
+            topic,
+            step.step_id,
+            step.completed_at,
+            step.fence,
+            step.branch,
+            step.origin,
         )
     except asyncpg.UniqueViolationError as exc:
         raise AlreadyRecorded from exc
     return payload
 
 
-async def set_event(
-    conn: Connection,
-    workflow_id: str,
-    step_id: int,
-    key: str,
-    value: str,
-    now_ms: int,
-    fence: int,
-) -> None:
+async def set_event(conn: Connection, key: str, value: str, step: StepRecord) -> None:
     """Set an event as a workflow step (nothing if the step was recorded)."""
-    await conn.fetchval(q("set_event"), workflow_id, step_id, key, value, now_ms, fence)
+    await conn.fetchval(
+        q("set_event"),
+        step.workflow_id,
+        step.step_id,
+        key,
+        value,
+        step.completed_at,
+        step.fence,
+        step.branch,
+        step.origin,
+    )
 
 
 async def select_event(conn: Connection, workflow_id: str, key: str) -> str | None:
@@ -97,20 +105,22 @@ async def select_event(conn: Connection, workflow_id: str, key: str) -> str | No
 
 
 async def record_event(
-    conn: Connection,
-    workflow_id: str,
-    key: str,
-    reader_id: str,
-    step_id: int,
-    now_ms: int,
-    fence: int,
+    conn: Connection, workflow_id: str, key: str, step: StepRecord
 ) -> tuple[str | None, bool]:
-    """Read an event and record it as step ``step_id`` of ``reader_id``.
+    """Read an event and record it as ``step`` of the reading workflow.
 
     Returns the encoded value (None: not set) and whether this call recorded it.
     """
     row = await conn.fetchrow(
-        q("record_event"), workflow_id, key, reader_id, step_id, now_ms, fence
+        q("record_event"),
+        workflow_id,
+        key,
+        step.workflow_id,
+        step.step_id,
+        step.completed_at,
+        step.fence,
+        step.branch,
+        step.origin,
     )
     assert row is not None
     return row["value"], bool(row["recorded"])

@@ -1,7 +1,10 @@
-"""The ``operation_outputs`` table: one checkpoint row per completed step.
+"""The checkpoint tables: one row per completed durable call.
 
-Each function makes one round trip, except that a batch whose rows lost a
-first-writer race makes a second one to read the winners' records.
+A call of the workflow's own sequence (branch ``""``) is a row of
+``operation_outputs``; a call made in a task the workflow created is a row of
+``branch_outputs`` (see ``0006_branches.sql``). Each function makes one round
+trip, except that a batch whose rows lost a first-writer race makes a second
+one to read the winners' records.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from dataclasses import dataclass
 from dbos_async.context import FencedOff
 from dbos_async.systemdb.pool import Connection
 from dbos_async.systemdb.queries import q
+
+StepKey = tuple[str, int]
+"""A durable call's identity within its workflow: (branch, step_id)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +33,17 @@ class StepRecord:
     started_at: int | None = None
     completed_at: int | None = None
     fence: int = 0  # the writer's fencing token (see 0003_failover.sql); not stored
+    branch: str = ""  # "" is the workflow's own sequence
+    origin: int = 0  # where the branch's top-level ancestor was created (branches only)
+
+    @property
+    def key(self) -> StepKey:
+        """The call's identity within its workflow."""
+        return (self.branch, self.step_id)
 
 
 def record_from_row(r: object) -> StepRecord:
-    """A StepRecord from an ``operation_outputs`` row."""
+    """A StepRecord from a checkpoint row (with its ``branch``)."""
     return StepRecord(
         workflow_id=r["workflow_id"],  # type: ignore[index]
         step_id=r["step_id"],  # type: ignore[index]
@@ -38,11 +51,12 @@ def record_from_row(r: object) -> StepRecord:
         output=r["output"],  # type: ignore[index]
         error=r["error"],  # type: ignore[index]
         child_workflow_id=r["child_workflow_id"],  # type: ignore[index]
+        branch=r["branch"],  # type: ignore[index]
     )
 
 
-def _columns(rows: Sequence[StepRecord]) -> tuple[list[object], ...]:
-    return (
+def _columns(rows: Sequence[StepRecord], *, branched: bool) -> tuple[list[object], ...]:
+    columns: tuple[list[object], ...] = (
         [r.workflow_id for r in rows],
         [r.step_id for r in rows],
         [r.function_name for r in rows],
@@ -53,6 +67,9 @@ def _columns(rows: Sequence[StepRecord]) -> tuple[list[object], ...]:
         [r.completed_at for r in rows],
         [r.fence for r in rows],
     )
+    if branched:
+        columns += ([r.branch for r in rows], [r.origin for r in rows])
+    return columns
 
 
 async def insert_steps(
@@ -63,27 +80,36 @@ async def insert_steps(
     A row whose fence is stale gets a FencedOff instead. One round trip; a
     second only when some row was not written.
     """
-    columns = _columns(rows)
-    written: set[tuple[str, int]] = set()
-    if len(rows) == 1:  # the single-row form; its command tag says whether it wrote
-        tag = await conn.execute(q("insert_step_if_absent"), *(c[0] for c in columns))
-        if tag == "INSERT 0 1":
-            return [rows[0]]
+    written: set[tuple[str, str, int]] = set()
+    if len(rows) == 1:  # the single-row forms; the command tag says whether it wrote
+        row = rows[0]
+        if row.branch:
+            query, args = q("insert_branch_step_if_absent"), _columns(rows, branched=True)
+        else:
+            query, args = q("insert_step_if_absent"), _columns(rows, branched=False)
+        if await conn.execute(query, *(c[0] for c in args)) == "INSERT 0 1":
+            return [row]
     else:
-        records = await conn.fetch(q("insert_steps"), *columns)
-        written = {(r[0], r[1]) for r in records}
-    lost = [r for r in rows if (r.workflow_id, r.step_id) not in written]
+        if any(r.branch for r in rows):
+            query, args = q("insert_steps"), _columns(rows, branched=True)
+        else:
+            query, args = q("insert_own_steps"), _columns(rows, branched=False)
+        written = {(r[0], r[1], r[2]) for r in await conn.fetch(query, *args)}
+    lost = [r for r in rows if (r.workflow_id, r.branch, r.step_id) not in written]
     if not lost:
         return [*rows]
     found = {
-        (r["workflow_id"], r["step_id"]): r
+        (r["workflow_id"], r["branch"], r["step_id"]): r
         for r in await conn.fetch(
-            q("select_step_winners"), [r.workflow_id for r in lost], [r.step_id for r in lost]
+            q("select_step_winners"),
+            [r.workflow_id for r in lost],
+            [r.branch for r in lost],
+            [r.step_id for r in lost],
         )
     }
 
     def outcome(r: StepRecord) -> StepRecord | FencedOff:
-        key = (r.workflow_id, r.step_id)
+        key = (r.workflow_id, r.branch, r.step_id)
         if key in written:
             return r
         row = found[key]
@@ -103,22 +129,41 @@ async def insert_step(conn: Connection, row: StepRecord) -> None:
         asyncpg.UniqueViolationError: the step is already recorded.
         FencedOff: the fence is stale (the caller's transaction must roll back).
     """
-    tag = await conn.execute(q("insert_step"), *(column[0] for column in _columns([row])))
-    if tag != "INSERT 0 1":
+    columns = _columns([row], branched=True)
+    if await conn.fetchval(q("insert_step"), *(column[0] for column in columns)) != 1:
         raise FencedOff(row.workflow_id)
+
+
+async def record_interruptions(
+    conn: Connection, workflow_id: str, fence: int, rows: Sequence[StepRecord], error: str, at: int
+) -> None:
+    """Record ``rows`` as interrupted (``error``), overwriting their outcomes. One round trip."""
+    await conn.fetchval(
+        q("record_interruptions"),
+        workflow_id,
+        fence,
+        [r.branch for r in rows],
+        [r.step_id for r in rows],
+        [r.origin for r in rows],
+        [r.function_name for r in rows],
+        error,
+        at,
+    )
 
 
 async def select_steps_of(
     conn: Connection, workflow_ids: Sequence[str]
-) -> dict[str, dict[int, StepRecord]]:
-    """The recorded steps of ``workflow_ids``, by workflow and step ID. One round trip."""
-    found: dict[str, dict[int, StepRecord]] = {wid: {} for wid in workflow_ids}
+) -> dict[str, dict[StepKey, StepRecord]]:
+    """The recorded steps of ``workflow_ids``, by workflow and step key. One round trip."""
+    found: dict[str, dict[StepKey, StepRecord]] = {wid: {} for wid in workflow_ids}
     for r in await conn.fetch(q("select_steps_of"), list(workflow_ids)):
-        found[r["workflow_id"]][r["step_id"]] = record_from_row(r)
+        found[r["workflow_id"]][(r["branch"], r["step_id"])] = record_from_row(r)
     return found
 
 
-async def select_step(conn: Connection, workflow_id: str, step_id: int) -> StepRecord | None:
+async def select_step(
+    conn: Connection, workflow_id: str, branch: str, step_id: int
+) -> StepRecord | None:
     """One recorded step, or None. One round trip."""
-    rows = await conn.fetch(q("select_steps_by_key"), [workflow_id], [step_id])
-    return record_from_row(rows[0]) if rows else None
+    row = await conn.fetchrow(q("select_step"), workflow_id, branch, step_id)
+    return record_from_row(row) if row is not None else None

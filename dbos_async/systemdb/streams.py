@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dbos_async.systemdb.pool import Connection
 from dbos_async.systemdb.queries import q
+from dbos_async.systemdb.steps import StepRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,19 +20,26 @@ class Entry:
 
 async def write_stream(
     conn: Connection,
-    workflow_id: str,
-    step_id: int,
     key: str,
     value: str | None,
+    step: StepRecord,
     *,
     close: bool,
-    now_ms: int,
     notify: bool,
-    fence: int,
 ) -> None:
-    """Append a value (or the closing marker) as a workflow step."""
+    """Append a value (or the closing marker) as the workflow step ``step``."""
     await conn.fetchval(
-        q("write_stream"), workflow_id, step_id, key, value, close, now_ms, notify, fence
+        q("write_stream"),
+        step.workflow_id,
+        step.step_id,
+        key,
+        value,
+        close,
+        step.completed_at,
+        notify,
+        step.fence,
+        step.branch,
+        step.origin,
     )
 
 

@@ -28,6 +28,6 @@ adopted AS (
     FROM orphans
     WHERE w.workflow_id = orphans.workflow_id AND w.status = 'PENDING'
     RETURNING w.workflow_id, w.name, w.inputs, w.recovery_attempts,
-              w.deadline_epoch_ms, w.fence)
+              w.deadline_epoch_ms, w.fence, w.branched_steps)
 SELECT a.*, pg_notify(current_schema(), 'a:' || a.fence || ':' || a.workflow_id)
 FROM adopted AS a;

@@ -52,33 +52,46 @@ ORDER BY created_at DESC, workflow_id DESC
 LIMIT $12::int8 OFFSET $13::int8;
 
 -- name: list_workflow_steps
--- The recorded steps of workflow $1 in step order: one row with a NULL
--- step_id when it has none, no row at all when the workflow does not exist.
-SELECT o.step_id, o.function_name, o.output, o.error, o.child_workflow_id,
+-- The recorded steps of workflow $1, the workflow's own sequence and its
+-- branches', in tree order: a branch's steps come just before the step of
+-- the workflow's own sequence that followed the branch's creation (origin),
+-- nested branches after their parent's, each branch's in step order. One row
+-- with a NULL step_id when it has none, no row at all when the workflow does
+-- not exist.
+SELECT o.branch, o.step_id, o.function_name, o.output, o.error, o.child_workflow_id,
        o.started_at, o.completed_at
 FROM workflow_status AS w
-LEFT JOIN operation_outputs AS o ON o.workflow_id = w.workflow_id
+LEFT JOIN (
+    SELECT workflow_id, ''::text AS branch, step_id, step_id AS origin, function_name,
+           output, error, child_workflow_id, started_at, completed_at
+    FROM operation_outputs WHERE workflow_id = $1
+    UNION ALL
+    SELECT workflow_id, branch, step_id, origin, function_name, output, error,
+           child_workflow_id, started_at, completed_at
+    FROM branch_outputs WHERE workflow_id = $1) AS o ON o.workflow_id = w.workflow_id
 WHERE w.workflow_id = $1
-ORDER BY o.step_id;
+ORDER BY o.origin, o.branch = '', string_to_array(o.branch, '.')::int[], o.step_id;
 
 -- name: fork_workflow
 -- Record workflow $2 as a copy of workflow $1 (same name and inputs,
--- forked_from $1) with $1's recorded steps whose step_id < $3; the later
--- steps run again. The copy is claimed by executor $4 (PENDING) or, when $4 is
+-- forked_from $1) with $1's recorded steps before position $3 of its own
+-- sequence: those of branch '' whose step_id < $3, and those of every branch
+-- created before the workflow reached that position (origin <= $3, see
+-- 0006_branches.sql), all of their steps; everything later runs again. The copy is claimed by executor $4 (PENDING) or, when $4 is
 -- NULL, ENQUEUED on queue $6 and announced on q:<queue>. App version $5, else
 -- the original's. $7 is now (epoch ms). Returns no row when $1 does not exist;
 -- else the original's name and inputs, new_id (NULL when ID $2 was already
 -- taken: nothing is written then) and taken_name, the name recorded under $2.
 WITH original AS (
-    SELECT workflow_id, name, inputs, app_name, app_version
+    SELECT workflow_id, name, inputs, app_name, app_version, branched_steps
     FROM workflow_status WHERE workflow_id = $1),
 forked AS (
     INSERT INTO workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, executor_id,
-        created_at, updated_at, queue_name, forked_from)
+        created_at, updated_at, queue_name, forked_from, branched_steps)
     SELECT $2, CASE WHEN $4::text IS NULL THEN 'ENQUEUED' ELSE 'PENDING' END,
            name, inputs, app_name, COALESCE($5::text, app_version), $4::text, $7, $7,
-           CASE WHEN $4::text IS NULL THEN $6::text END, workflow_id
+           CASE WHEN $4::text IS NULL THEN $6::text END, workflow_id, branched_steps
     FROM original
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING workflow_id),
@@ -90,10 +103,19 @@ copied AS (
            o.child_workflow_id, o.started_at, o.completed_at
     FROM operation_outputs AS o, forked AS f
     WHERE o.workflow_id = $1 AND o.step_id < $3::int4
+    RETURNING step_id),
+copied_branches AS (
+    INSERT INTO branch_outputs (
+        workflow_id, branch, step_id, origin, function_name, output, error,
+        child_workflow_id, started_at, completed_at)
+    SELECT f.workflow_id, b.branch, b.step_id, b.origin, b.function_name, b.output,
+           b.error, b.child_workflow_id, b.started_at, b.completed_at
+    FROM branch_outputs AS b, forked AS f
+    WHERE b.workflow_id = $1 AND b.origin <= $3::int4
     RETURNING step_id)
-SELECT original.name, original.inputs, f.workflow_id AS new_id,
+SELECT original.name, original.inputs, original.branched_steps, f.workflow_id AS new_id,
        (SELECT name FROM workflow_status WHERE workflow_id = $2) AS taken_name,
-       (SELECT count(*) FROM copied) AS copied_steps,
+       (SELECT count(*) FROM copied) + (SELECT count(*) FROM copied_branches) AS copied_steps,
        (SELECT count(pg_notify(current_schema(), 'q:' || $6::text))
         FROM forked WHERE $4::text IS NULL) AS notified
 FROM original LEFT JOIN forked AS f ON true;
@@ -112,6 +134,8 @@ WITH RECURSIVE doomed AS (
     WHERE $2::boolean),
 steps AS (
     DELETE FROM operation_outputs WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
+branch_steps AS (
+    DELETE FROM branch_outputs WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
 received AS (
     DELETE FROM messages WHERE destination_id IN (SELECT workflow_id FROM doomed)),
 events AS (

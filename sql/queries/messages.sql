@@ -1,7 +1,7 @@
 -- name: send_message_from_workflow
--- Send message $3 to workflow $1 on topic $2 as step $6 of workflow $5, at $4;
--- announce it unless $8 is false (the destination runs in the sender's process,
--- which wakes it directly).
+-- Send message $3 to workflow $1 on topic $2 as step $6 of branch $9 (origin
+-- $10) of workflow $5, at $4; announce it unless $8 is false (the destination
+-- runs in the sender's process, which wakes it directly).
 -- The message is inserted only together with the step's checkpoint, so a
 -- replayed send sends nothing; nothing is written if $1 does not exist or if
 -- $7 is not the sender's current fence. Commits asynchronously, like every
@@ -9,16 +9,24 @@
 -- that loses it loses everything that followed it in the WAL too.
 -- Announces m:<destination>.
 WITH dest AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1),
-step AS (
+owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $5 AND fence = $7),
+own AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, started_at, completed_at)
-    SELECT $5, $6, 'DBOS.send', $4, $4 WHERE EXISTS (SELECT 1 FROM dest)
-        AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $5 AND fence = $7)
+    SELECT $5, $6, 'DBOS.send', $4, $4
+    WHERE $9 = '' AND EXISTS (SELECT 1 FROM dest) AND EXISTS (SELECT 1 FROM owner)
     ON CONFLICT (workflow_id, step_id) DO NOTHING
+    RETURNING 1),
+branched AS (
+    INSERT INTO branch_outputs (
+        workflow_id, branch, step_id, origin, function_name, started_at, completed_at)
+    SELECT $5, $9, $6, $10, 'DBOS.send', $4, $4
+    WHERE $9 <> '' AND EXISTS (SELECT 1 FROM dest) AND EXISTS (SELECT 1 FROM owner)
+    ON CONFLICT (workflow_id, branch, step_id) DO NOTHING
     RETURNING 1),
 msg AS (
     INSERT INTO messages (destination_id, topic, payload, created_at)
-    SELECT $1, $2, $3, $4 FROM step
+    SELECT $1, $2, $3, $4 FROM (SELECT 1 FROM own UNION ALL SELECT 1 FROM branched) AS step
     RETURNING destination_id)
 SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
        (SELECT count(pg_notify(current_schema(), 'm:' || destination_id)) FROM msg WHERE $8)
@@ -41,13 +49,13 @@ SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
 
 -- name: receive_message
 -- Consume the oldest unconsumed message of workflow $1 on topic $2 and record
--- it as step $3 (at $4), in one statement: if the step was already recorded
--- (a replay, or this statement retried after a lost commit acknowledgement)
--- the insert raises a unique violation and the whole statement, consumption
--- included, rolls back. Returns the payload, or no row when none is waiting
--- (or when $5 is not the workflow's current fence). Commits asynchronously:
--- if a server crash loses the consumption, the message is again the oldest
--- on its topic and replay receives it again.
+-- it as step $3 of branch $6 (origin $7), at $4, in one statement: if the step
+-- was already recorded (a replay, or this statement retried after a lost
+-- commit acknowledgement) the insert raises a unique violation and the whole
+-- statement, consumption included, rolls back. Returns the payload, or no row
+-- when none is waiting (or when $5 is not the workflow's current fence).
+-- Commits asynchronously: if a server crash loses the consumption, the
+-- message is again the oldest on its topic and replay receives it again.
 WITH m AS (
     UPDATE messages SET consumed_at = $4
     WHERE message_id = (
@@ -56,28 +64,45 @@ WITH m AS (
         ORDER BY message_id LIMIT 1
         FOR UPDATE SKIP LOCKED)
       AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $5)
-    RETURNING payload)
-INSERT INTO operation_outputs (
-    workflow_id, step_id, function_name, output, started_at, completed_at)
-SELECT $1, $3, 'DBOS.recv', m.payload, $4, $4
-FROM m, (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
-RETURNING output;
+    RETURNING payload, set_config('synchronous_commit', 'off', true) AS async_commit),
+own AS (
+    INSERT INTO operation_outputs (
+        workflow_id, step_id, function_name, output, started_at, completed_at)
+    SELECT $1, $3, 'DBOS.recv', m.payload, $4, $4 FROM m WHERE $6 = ''
+    RETURNING output),
+branched AS (
+    INSERT INTO branch_outputs (
+        workflow_id, branch, step_id, origin, function_name, output, started_at,
+        completed_at)
+    SELECT $1, $6, $3, $7, 'DBOS.recv', m.payload, $4, $4 FROM m WHERE $6 <> ''
+    RETURNING output)
+SELECT output FROM own
+UNION ALL
+SELECT output FROM branched;
 
 -- name: set_event
--- Set event $3 of workflow $1 to $4 as its step $2 (at $5), with fence $6:
--- the value is written only together with the step's checkpoint, so replay
--- writes nothing. The latest value wins. Announces e:<workflow>. Commits
--- asynchronously, like send_message_from_workflow.
-WITH step AS (
+-- Set event $3 of workflow $1 to $4 as its step $2 of branch $7 (origin $8),
+-- at $5, with fence $6: the value is written only together with the step's
+-- checkpoint, so replay writes nothing. The latest value wins. Announces
+-- e:<workflow>. Commits asynchronously, like send_message_from_workflow.
+WITH owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $6),
+own AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, started_at, completed_at)
     SELECT $1, $2, 'DBOS.set_event', $5, $5
-    WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $6)
+    WHERE $7 = '' AND EXISTS (SELECT 1 FROM owner)
     ON CONFLICT (workflow_id, step_id) DO NOTHING
+    RETURNING 1),
+branched AS (
+    INSERT INTO branch_outputs (
+        workflow_id, branch, step_id, origin, function_name, started_at, completed_at)
+    SELECT $1, $7, $2, $8, 'DBOS.set_event', $5, $5
+    WHERE $7 <> '' AND EXISTS (SELECT 1 FROM owner)
+    ON CONFLICT (workflow_id, branch, step_id) DO NOTHING
     RETURNING 1),
 ev AS (
     INSERT INTO workflow_events (workflow_id, key, value, updated_at)
-    SELECT $1, $3, $4, $5 FROM step
+    SELECT $1, $3, $4, $5 FROM (SELECT 1 FROM own UNION ALL SELECT 1 FROM branched) AS step
     ON CONFLICT (workflow_id, key)
     DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
     RETURNING workflow_id)
@@ -91,19 +116,29 @@ SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2;
 
 -- name: record_event
 -- Inside workflow $3 (fence $6), read event $2 of workflow $1 and record the
--- value as step $4 (at $5), in one statement. Returns the value (NULL: not set yet)
--- and whether this statement recorded it (false with a value: the step was
--- recorded before; read the recorded step). Commits asynchronously: a lost
--- record is simply read again on replay.
+-- value as step $4 of branch $7 (origin $8), at $5, in one statement. Returns
+-- the value (NULL: not set yet) and whether this statement recorded it (false
+-- with a value: the step was recorded before; read the recorded step).
+-- Commits asynchronously: a lost record is simply read again on replay.
 WITH e AS (SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2),
-ins AS (
+owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $3 AND fence = $6),
+own AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, output, started_at, completed_at)
     SELECT $3, $4, 'DBOS.get_event', e.value, $5, $5 FROM e
-    WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $3 AND fence = $6)
+    WHERE $7 = '' AND EXISTS (SELECT 1 FROM owner)
     ON CONFLICT (workflow_id, step_id) DO NOTHING
+    RETURNING 1),
+branched AS (
+    INSERT INTO branch_outputs (
+        workflow_id, branch, step_id, origin, function_name, output, started_at,
+        completed_at)
+    SELECT $3, $7, $4, $8, 'DBOS.get_event', e.value, $5, $5 FROM e
+    WHERE $7 <> '' AND EXISTS (SELECT 1 FROM owner)
+    ON CONFLICT (workflow_id, branch, step_id) DO NOTHING
     RETURNING 1)
-SELECT (SELECT value FROM e) AS value, EXISTS (SELECT 1 FROM ins) AS recorded,
+SELECT (SELECT value FROM e) AS value,
+       EXISTS (SELECT 1 FROM own UNION ALL SELECT 1 FROM branched) AS recorded,
        (SELECT set_config('synchronous_commit', 'off', true));
 
 -- name: select_events

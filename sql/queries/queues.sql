@@ -10,11 +10,11 @@ WITH inserted AS (
     INSERT INTO workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
-        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq)
+        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
     VALUES ($1, 'ENQUEUED', $2, $3, $4, $5, $6, $6, $7, $8, $9, $10,
             CASE WHEN $11::int8 IS NOT NULL
                  THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + $11 END,
-            $12, $13, $14, nextval('workflow_enqueue_seq'))
+            $12, $13, $14, nextval('workflow_enqueue_seq'), true)
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING queue_name)
 SELECT (SELECT count(pg_notify(current_schema(), 'q:' || queue_name)) FROM inserted) AS inserted,
@@ -29,13 +29,13 @@ WITH inserted AS (
     INSERT INTO workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
-        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq)
+        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
     SELECT u.workflow_id, 'ENQUEUED', u.name, u.inputs, u.app_name, u.app_version,
            u.now_ms, u.now_ms, u.queue_name, u.partition_key, u.deduplication_id, u.priority,
            CASE WHEN u.delay_ms IS NOT NULL
                 THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + u.delay_ms END,
            u.timeout_ms, u.parent_workflow_id, u.deadline_epoch_ms,
-           nextval('workflow_enqueue_seq')
+           nextval('workflow_enqueue_seq'), true
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
                 $7::text[], $8::text[], $9::text[], $10::int4[], $11::int8[], $12::int8[],
                 $13::text[], $14::int8[])
@@ -110,8 +110,11 @@ claimed AS (
     FROM picked, clock
     WHERE w.workflow_id = picked.workflow_id
     RETURNING w.workflow_id, w.name, w.inputs, w.deadline_epoch_ms, w.fence,
+              w.branched_steps,
               EXISTS (SELECT 1 FROM operation_outputs AS o
-                      WHERE o.workflow_id = w.workflow_id) AS has_steps),
+                      WHERE o.workflow_id = w.workflow_id)
+              OR EXISTS (SELECT 1 FROM branch_outputs AS b
+                         WHERE b.workflow_id = w.workflow_id) AS has_steps),
 wake AS MATERIALIZED (
     SELECT least(
                CASE WHEN $8::int IS NOT NULL
@@ -124,7 +127,7 @@ wake AS MATERIALIZED (
            ) - clock.now_ms AS retry_in_ms
     FROM recent, clock)
 SELECT claimed.workflow_id, claimed.name, claimed.inputs, claimed.deadline_epoch_ms,
-       claimed.fence, claimed.has_steps, wake.retry_in_ms
+       claimed.fence, claimed.branched_steps, claimed.has_steps, wake.retry_in_ms
 FROM wake LEFT JOIN claimed ON true;
 
 -- name: select_queue_partitions

@@ -1,11 +1,13 @@
 -- name: insert_workflows
 -- Record new PENDING workflows, many rows in one statement (group commit).
 -- Rows whose workflow_id exists are skipped; RETURNING names the inserted ones.
+-- Every insert into workflow_status by this release sets branched_steps (see
+-- 0006_branches.sql).
 INSERT INTO workflow_status (
     workflow_id, status, name, inputs, app_name, app_version, executor_id,
-    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms)
+    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps)
 SELECT u.workflow_id, 'PENDING', u.name, u.inputs, u.app_name, u.app_version, u.executor_id,
-       u.now_ms, u.now_ms, u.parent_workflow_id, u.timeout_ms, u.deadline_epoch_ms
+       u.now_ms, u.now_ms, u.parent_workflow_id, u.timeout_ms, u.deadline_epoch_ms, true
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::int8[], $8::text[], $9::int8[], $10::int8[])
      AS u(workflow_id, name, inputs, app_name, app_version, executor_id,
@@ -17,8 +19,8 @@ RETURNING workflow_id;
 -- insert_workflows for a batch of one: the single-row form is cheaper than unnest.
 INSERT INTO workflow_status (
     workflow_id, status, name, inputs, app_name, app_version, executor_id,
-    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms)
-VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)
+    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps)
+VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, true)
 ON CONFLICT (workflow_id) DO NOTHING;
 
 -- name: select_workflow_names
@@ -90,7 +92,8 @@ SELECT status, name, output, error FROM workflow_status WHERE workflow_id = $1;
 UPDATE workflow_status
 SET recovery_attempts = recovery_attempts + 1, updated_at = $3, fence = fence + 1
 WHERE executor_id = $1 AND app_version = $2 AND status = 'PENDING'
-RETURNING workflow_id, name, inputs, recovery_attempts, deadline_epoch_ms, fence;
+RETURNING workflow_id, name, inputs, recovery_attempts, deadline_epoch_ms, fence,
+          branched_steps;
 
 -- name: mark_max_recovery_exceeded
 -- Give up on workflows $1 that were recovered too many times.
@@ -125,9 +128,10 @@ changed AS (
         updated_at = $5, fence = w.fence + 1
     FROM target AS t
     WHERE w.workflow_id = t.workflow_id
-    RETURNING w.workflow_id, w.name, w.inputs, w.fence, w.status, w.queue_name)
+    RETURNING w.workflow_id, w.name, w.inputs, w.fence, w.status, w.queue_name,
+              w.branched_steps)
 SELECT old.status, changed.workflow_id, changed.name, changed.inputs, changed.fence,
-       changed.status AS new_status,
+       changed.branched_steps, changed.status AS new_status,
        (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
         FROM changed WHERE status = 'ENQUEUED') AS notified
 FROM old LEFT JOIN changed ON true;

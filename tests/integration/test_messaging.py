@@ -17,6 +17,7 @@ from dbos_async import (
     WorkflowNotFoundError,
 )
 from dbos_async.systemdb import messages as msg_table
+from dbos_async.systemdb.steps import StepRecord
 
 started = asyncio.Event()
 
@@ -112,11 +113,14 @@ async def test_a_retried_receive_statement_consumes_nothing_more(
     # The statement as it runs again after a lost commit acknowledgement.
     with SetWorkflowID("r3"):
         await dbos.start_workflow(receiver, "t", 0, 1)
-    await dbos.send("r3", "m1", topic="t")
-    await dbos.send("r3", "m2", topic="t")
-    assert await msg_table.receive_message(conn, "r3", "t", 7, 0, 0) == '"m1"'
-    with pytest.raises(msg_table.AlreadyRecorded):
-        await msg_table.receive_message(conn, "r3", "t", 7, 0, 0)
+    for m in ("m1", "m2", "m3"):
+        await dbos.send("r3", m, topic="t")
+    # Once for a recv of the workflow's own sequence, once for one made in a branch.
+    for branch, expected in (("", '"m1"'), ("0.1", '"m2"')):
+        step = StepRecord("r3", 7, "DBOS.recv", completed_at=0, branch=branch, origin=0)
+        assert await msg_table.receive_message(conn, "t", step) == expected
+        with pytest.raises(msg_table.AlreadyRecorded):
+            await msg_table.receive_message(conn, "t", step)
     unconsumed = await conn.fetchval(
         "SELECT count(*) FROM messages WHERE destination_id = 'r3' AND consumed_at IS NULL"
     )

@@ -1,0 +1,347 @@
+"""The checkpoint protocol: how a durable call is identified, replayed and recorded.
+
+Every durable primitive (steps, transactions, child workflows, enqueues,
+sleep, send/recv, events, streams, ``wait_first``, ``now``/``random``/``uuid4``)
+goes through this module, in four moves:
+
+1. ``take(name)``, synchronously when the call is made, before its first
+   ``await``: the call's identity, ``(branch, step_id)``. ``step_id`` is the
+   call's order within its branch. A branch is a task created by workflow
+   code: its position is its parent's branch plus the number of tasks the
+   parent had created before it, taken synchronously when the task is created
+   (``branches.py`` installs the loop's task factory for that). Neither part
+   depends on how tasks interleave, so replay finds each call's own record.
+2. ``with call:`` around the call's execution. Durable calls run outside any
+   branch: what a step body or a library does inside them creates no branch.
+   A cancellation of the workflow's own making (a timeout, a ``TaskGroup``,
+   ``task.cancel()``) that lands in the call marks it interrupted.
+3. ``await replayed(call)``: the recorded outcome, if any, checked against
+   the call's name. An interrupted call waits, on replay, until it is
+   cancelled again, as it was the first time.
+4. ``await record(call, ...)``, or ``call.row(...)`` for statements that write
+   their own checkpoint (after ``await settle(call.ctx)``): the first writer
+   of a key wins, and the winner's outcome is what the call returns.
+
+Interruptions are recorded lazily, by ``settle``, before the workflow's next
+checkpoint or its outcome: once the workflow has gone on after an
+interruption, replay must see it too, even if the call had recorded an
+outcome while the cancellation was landing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from dbos_async import serialization
+from dbos_async.branches import Branch, current_branch
+from dbos_async.clock import now_ms
+from dbos_async.context import FencedOff
+from dbos_async.errors import NonDeterministicWorkflowError, NotInWorkflowError
+from dbos_async.systemdb import steps as steps_table
+from dbos_async.systemdb.pool import run_idempotent
+from dbos_async.systemdb.steps import StepRecord
+
+if TYPE_CHECKING:
+    from contextvars import Token
+
+    from dbos_async.context import WorkflowContext
+    from dbos_async.notifications import Watch
+
+SLEEP_STEP = "DBOS.sleep"
+
+INTERRUPTED = (
+    '{"type":"CancelledError","module":"asyncio.exceptions",'
+    '"message":"interrupted by a cancellation inside the workflow","args":[],"attrs":{}}'
+)
+"""The recorded error of a call that a cancellation of the workflow's own making interrupted."""
+
+
+class Call:
+    """One durable call of a workflow: its identity, taken when it was made."""
+
+    __slots__ = ("_token", "branch", "ctx", "name", "origin", "replaying", "step_id")
+
+    def __init__(
+        self, ctx: WorkflowContext, branch: str, step_id: int, origin: int, name: str
+    ) -> None:
+        self.ctx = ctx
+        self.branch = branch
+        self.step_id = step_id
+        self.origin = origin
+        self.name = name
+        self.replaying = False
+        self._token: Token[Branch | None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Call({self.ctx.workflow_id!r}, {self.branch!r}, {self.step_id}, {self.name!r})"
+
+    def __enter__(self) -> Call:
+        self._token = current_branch.set(None)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            current_branch.reset(self._token)
+            self._token = None
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            _interrupted(self)
+
+    def row(
+        self,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        child_workflow_id: str | None = None,
+        started_at: int | None = None,
+    ) -> StepRecord:
+        """This call's checkpoint row with the given outcome, completed now."""
+        completed = now_ms()
+        return StepRecord(
+            self.ctx.workflow_id,
+            self.step_id,
+            self.name,
+            output=output,
+            error=error,
+            child_workflow_id=child_workflow_id,
+            started_at=completed if started_at is None else started_at,
+            completed_at=completed,
+            fence=self.ctx.fence,
+            branch=self.branch,
+            origin=self.origin,
+        )
+
+    def child_id(self) -> str:
+        """The ID of a child workflow started (or enqueued) by this call, unless one was set."""
+        if self.branch:
+            return f"{self.ctx.workflow_id}-{self.branch}:{self.step_id}"
+        return f"{self.ctx.workflow_id}-{self.step_id}"
+
+
+def take(name: str) -> Call | None:
+    """The identity of a durable call named ``name`` made now; None outside workflow code.
+
+    Workflow code is a workflow's own function and the tasks it creates, not
+    the body of a step (which is not replayed) nor the inside of another
+    durable call.
+
+    Raises:
+        NotInWorkflowError: the calling task outlived its workflow, which has
+            finished: nothing it does can be recorded any more.
+    """
+    branch = current_branch.get()
+    if branch is None:
+        return None
+    ctx = branch.workflow
+    if ctx.finished:
+        raise NotInWorkflowError(
+            f"{name} was called from a task that outlived its workflow {ctx.workflow_id!r}, "
+            "which has finished: it cannot be made durable. Await every task a workflow "
+            "creates before the workflow returns."
+        )
+    if not ctx.branched:  # a history recorded with one counter for all tasks
+        return Call(ctx, "", ctx.take_step_id(), 0, name)
+    step_id = branch.next_step
+    branch.next_step = step_id + 1
+    return Call(ctx, branch.path, step_id, branch.origin, name)
+
+
+async def replayed(call: Call) -> StepRecord | None:
+    """The outcome an earlier execution recorded for ``call``, or None if it must run.
+
+    Reads nothing: a workflow's records are loaded once when it (re)starts.
+
+    Raises:
+        NonDeterministicWorkflowError: the record was made by another function.
+    """
+    recorded = call.ctx.recorded
+    if not recorded:
+        return None
+    found = recorded.get((call.branch, call.step_id))
+    return None if found is None else await earlier(call, found)
+
+
+async def record(
+    call: Call,
+    *,
+    output: str | None = None,
+    error: str | None = None,
+    child_workflow_id: str | None = None,
+    started_at: int | None = None,
+) -> StepRecord | None:
+    """Checkpoint ``call``'s outcome. One round trip, group-committed with other workflows'.
+
+    Returns None when this outcome was recorded, else the record an earlier
+    execution made first, whose outcome the call must return instead.
+
+    Raises:
+        NonDeterministicWorkflowError: the earlier record was made by another function.
+    """
+    ctx = call.ctx
+    if ctx.interrupts:
+        await settle(ctx)
+    mine = call.row(
+        output=output, error=error, child_workflow_id=child_workflow_id, started_at=started_at
+    )
+    winner: StepRecord = await ctx.runtime.step_writer.submit(mine)
+    return None if winner is mine else await earlier(call, winner)
+
+
+async def earlier(call: Call, found: StepRecord) -> StepRecord:
+    """``found``, the record of an earlier execution of ``call``, once checked.
+
+    If that execution was interrupted here, so is this one: it waits until the
+    same cancellation (a timeout, a TaskGroup, ``wait_first``) arrives again.
+
+    Raises:
+        NonDeterministicWorkflowError: ``found`` was made by another function.
+    """
+    if found.function_name != call.name:
+        raise NonDeterministicWorkflowError(
+            call.ctx.workflow_id,
+            call.step_id,
+            found.function_name,
+            call.name,
+            branch=call.branch,
+        )
+    if found.error == INTERRUPTED:
+        call.replaying = True
+        await asyncio.get_running_loop().create_future()
+    return found
+
+
+async def fetch_recorded(call: Call) -> StepRecord:
+    """Read the record of ``call`` that an earlier execution wrote. One round trip.
+
+    For statements that write their own checkpoint and found it written.
+
+    Raises:
+        FencedOff: there is none, so our statement wrote nothing for a stale fence.
+    """
+    async with call.ctx.runtime.connection() as conn:
+        found = await steps_table.select_step(conn, call.ctx.workflow_id, call.branch, call.step_id)
+    if found is None:
+        raise FencedOff(call.ctx.workflow_id)
+    return await earlier(call, found)
+
+
+def _interrupted(call: Call) -> None:
+    """A cancellation landed in ``call``: note it, unless the workflow itself is stopping."""
+    ctx = call.ctx
+    if call.replaying or stopping(ctx):
+        return
+    ctx.interrupts.append(call.row(error=INTERRUPTED))
+
+
+def stopping(ctx: WorkflowContext) -> bool:
+    """Whether the workflow is being stopped from outside its code.
+
+    That is cancel_workflow, its deadline, adoption by another runtime, or a
+    shutdown: those cancellations are never recorded, and the workflow
+    replays from its records.
+    """
+    scope = ctx.cancel_scope
+    return ctx.adopted or (scope is not None and scope.cancel_called) or ctx.runtime.stopping
+
+
+async def settle(ctx: WorkflowContext) -> None:
+    """Record the interruptions noted so far. One round trip; none when there are none."""
+    rows = list(ctx.interrupts)
+    if not rows:
+        return
+    await run_idempotent(
+        ctx.runtime.pool,
+        lambda conn: steps_table.record_interruptions(
+            conn, ctx.workflow_id, ctx.fence, rows, INTERRUPTED, now_ms()
+        ),
+    )
+    ctx.interrupts[:] = [r for r in ctx.interrupts if all(r is not w for w in rows)]
+
+
+# -- durable time -----------------------------------------------------------------------
+
+
+async def wake_time(call: Call, seconds: float, *, wake_at: float | None = None) -> float:
+    """The epoch time ``seconds`` from now (or ``wake_at``), recorded as ``call``.
+
+    Returns what was recorded, by this call or an earlier execution. Durable
+    sleeps and the timeouts of ``recv``/``get_event`` use it, so a recovered
+    workflow keeps its original schedule. One round trip, none on replay.
+    """
+    found = await replayed(call)
+    if found is None:
+        at = time.time() + seconds if wake_at is None else wake_at
+        found = await record(call, output=serialization.encode(at))
+        if found is None:
+            return at
+    return float(serialization.decode(found.output))
+
+
+def arm_timer(call: Call, wake_at: float) -> asyncio.Future[float]:
+    """Record ``wake_at`` as ``call`` in the background; the future gives what won.
+
+    The write belongs to the runtime's task group, not to the waiter, so a
+    waiter that gets its message first does not wait for it.
+    """
+    armed: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def write() -> None:
+        # Never raises into the runtime's task group: the waiter gets the outcome.
+        try:
+            armed.set_result(await wake_time(call, 0, wake_at=wake_at))
+        except anyio.get_cancelled_exc_class():
+            armed.cancel()
+            raise
+        except BaseException as exc:  # a lost database, or FencedOff
+            armed.set_exception(exc)
+            armed.exception()  # marked retrieved: a waiter that got its message never asks
+
+    call.ctx.runtime.workflow_group.start_soon(write)
+    return armed
+
+
+async def durable_wait(
+    timer: Call,
+    seconds: float,
+    watch: Watch,
+    attempt: Callable[[], Awaitable[tuple[bool, Any]]],
+) -> tuple[bool, Any]:
+    """Call ``attempt`` until it finds something or the durable deadline passes.
+
+    The deadline (now + ``seconds``, or what an earlier execution recorded as
+    ``timer``) is recorded in the background: a message that arrives
+    meanwhile is not delayed by that write, and the deadline is only acted on
+    once it is durable. Returns ``(False, None)`` at the deadline.
+    """
+    found, value = await attempt()
+    if found:
+        return found, value
+    recorded = await replayed(timer)
+    armed: asyncio.Future[float] | None = None
+    if recorded is not None:
+        wake_at = float(serialization.decode(recorded.output))
+    else:
+        wake_at = time.time() + seconds
+        armed = arm_timer(timer, wake_at)
+    while True:
+        left = wake_at - time.time()
+        if left <= 0:
+            if armed is None:
+                return False, None
+            # Act on the deadline only once it is recorded (an earlier execution's wins).
+            wake_at, armed = await asyncio.shield(armed), None
+            continue
+        await watch.wait(left)
+        found, value = await attempt()
+        if found:
+            return found, value
