@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack
 
 from dbos_async import handle as handle_module
-from dbos_async import management, messaging, scheduler, streams
+from dbos_async import management, messaging, scheduler, streams, values
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
 from dbos_async import workflow as workflow_module
@@ -209,16 +211,33 @@ class DBOS(metaclass=_DBOSMeta):
         return await handle_module.get_workflow_status(runtime or active_runtime(), workflow_id)
 
     @staticmethod
-    def wait_first(
-        handles: Sequence[WorkflowHandle[Any]],
-    ) -> Coroutine[Any, Any, WorkflowHandle[Any]]:
-        """The first handle whose workflow finishes; inside a workflow the choice is recorded."""
-        return handle_module.wait_first(handles)
+    def wait_first(items: Sequence[handle_module.Waitable]) -> Coroutine[Any, Any, Any]:
+        """The first of some handles, tasks or coroutines to finish; recorded in a workflow.
+
+        Returns the winning handle, or the winning task for a task or coroutine
+        (tasks made from coroutines that lost are cancelled).
+        """
+        return handle_module.wait_first(items)
 
     @staticmethod
     def sleep(seconds: float) -> Coroutine[Any, Any, None]:
         """Durable sleep: a recovered workflow wakes at the originally recorded time."""
         return step_module.sleep(seconds)
+
+    @staticmethod
+    def now() -> Coroutine[Any, Any, datetime]:
+        """The current UTC time; inside a workflow it is recorded, so replay sees the same."""
+        return values.now()
+
+    @staticmethod
+    def random() -> Coroutine[Any, Any, float]:
+        """A float in [0, 1); inside a workflow it is recorded, so replay sees the same."""
+        return values.random()
+
+    @staticmethod
+    def uuid4() -> Coroutine[Any, Any, uuid.UUID]:
+        """A random UUID; inside a workflow it is recorded, so replay sees the same."""
+        return values.uuid4()
 
     @_runtime_method
     async def cancel_workflow(runtime: Runtime | None, workflow_id: str) -> None:

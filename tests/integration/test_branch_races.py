@@ -1,0 +1,262 @@
+"""Races inside workflows: timeouts, first-finished waits, recorded values, stray tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import uuid
+
+import asyncpg
+import pytest
+
+from dbos_async import DBOS, NonDeterministicWorkflowError, NotInWorkflowError, SetWorkflowID
+
+delays: dict[str, float] = {}
+ran: list[str] = []
+
+
+@DBOS.step()
+async def timed_step(label: str) -> str:
+    await asyncio.sleep(delays.get(label, 0.0))
+    ran.append(label)
+    return label
+
+
+# -- a timeout around a durable call ------------------------------------------------------
+
+
+@DBOS.workflow()
+async def with_timeout() -> str:
+    try:
+        async with asyncio.timeout(0.2):
+            return await timed_step("slow")
+    except TimeoutError:
+        return await timed_step("fallback")
+
+
+async def test_a_timeout_that_interrupted_a_step_interrupts_it_again_on_replay(
+    dbos: DBOS,
+) -> None:
+    delays.update(slow=5.0)
+    ran.clear()
+    with SetWorkflowID("timeout"):
+        assert await with_timeout() == "fallback"
+    assert ran == ["fallback"]
+    steps = await DBOS.list_workflow_steps("timeout")
+    assert [(s.step_id, s.name.rsplit(".", 1)[-1], s.error is not None) for s in steps] == [
+        (0, "timed_step", True),  # recorded as interrupted
+        (1, "timed_step", False),
+    ]
+    # Replay with the slow step now instant: it must not return "slow".
+    delays.update(slow=0.0)
+    ran.clear()
+    fork = await DBOS.fork_workflow("timeout", 2)
+    assert await fork.get_result(timeout=10) == "fallback"
+    assert ran == []
+
+
+@DBOS.workflow()
+async def timeout_during_the_write() -> str:
+    try:
+        async with asyncio.timeout(0.3):
+            await timed_step("locked")
+            return "in time"
+    except TimeoutError:
+        return await timed_step("late")
+
+
+async def test_a_timeout_that_lands_while_the_checkpoint_is_written_wins(
+    dbos: DBOS, db_url: str
+) -> None:
+    # The step's body is done, but its checkpoint write waits on a lock the
+    # test holds, so the timeout lands during the write. What the workflow
+    # went on with (the timeout) is what replay must see, whatever the write did.
+    delays.clear()
+    ran.clear()
+    blocker = await asyncpg.connect(db_url, server_settings={"search_path": "dbos_async"})
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE operation_outputs IN SHARE MODE")
+        with SetWorkflowID("write-race"):
+            handle = await DBOS.start_workflow(timeout_during_the_write)
+        with pytest.raises(TimeoutError):
+            await handle.get_result(timeout=1.0)  # it is stuck behind the lock
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    assert await handle.get_result(timeout=10) == "late"
+    assert ran == ["locked", "late"]
+    ran.clear()
+    fork = await DBOS.fork_workflow("write-race", 2)
+    assert await fork.get_result(timeout=10) == "late"
+    assert ran == []
+
+
+# -- waits whose outcome is which task finishes first -------------------------------------
+
+
+async def two_tasks() -> tuple[asyncio.Task[str], asyncio.Task[str]]:
+    return (
+        asyncio.create_task(timed_step("t-fast")),
+        asyncio.create_task(timed_step("t-slow")),
+    )
+
+
+@DBOS.workflow()
+async def asyncio_wait_first() -> str:
+    fast, slow = await two_tasks()
+    done, _ = await asyncio.wait([fast, slow], return_when=asyncio.FIRST_COMPLETED)
+    return done.pop().result()
+
+
+@DBOS.workflow()
+async def asyncio_as_completed() -> list[str]:
+    return [await t for t in asyncio.as_completed(await two_tasks())]
+
+
+@DBOS.workflow()
+async def asyncio_wait_all() -> list[str]:
+    fast, slow = await two_tasks()
+    await asyncio.wait([fast, slow])
+    return [fast.result(), slow.result()]
+
+
+async def test_order_observing_asyncio_waits_are_refused_with_the_construct_named(
+    dbos: DBOS,
+) -> None:
+    delays.update({"t-slow": 0.05})
+    with pytest.raises(NonDeterministicWorkflowError, match=r"asyncio\.wait.*FIRST_COMPLETED"):
+        await asyncio_wait_first()
+    with pytest.raises(NonDeterministicWorkflowError, match=r"asyncio\.as_completed"):
+        await asyncio_as_completed()
+    assert await asyncio_wait_all() == ["t-fast", "t-slow"]  # order-free: allowed
+
+
+async def branch(label: str) -> str:
+    first = await timed_step(f"{label}-1")
+    return first + "+" + await timed_step(f"{label}-2")
+
+
+@DBOS.workflow()
+async def first_of_coroutines() -> tuple[str, list[str]]:
+    winner = await DBOS.wait_first([branch("a"), branch("b")])
+    return winner.result(), sorted(ran_steps_of("a") + ran_steps_of("b"))
+
+
+def ran_steps_of(label: str) -> list[str]:
+    return [r for r in ran if r.startswith(label)]
+
+
+async def test_wait_first_over_coroutines_records_the_winner_and_cancels_the_losers(
+    dbos: DBOS,
+) -> None:
+    delays.clear()
+    delays.update({"a-1": 0.01, "b-1": 0.3})
+    ran.clear()
+    with SetWorkflowID("first"):
+        winner, seen = await first_of_coroutines()
+    assert winner == "a-1+a-2"
+    assert seen == ["a-1", "a-2"]  # b was cancelled in its first step
+    # Replay with the opposite timing: a still wins, and nothing runs again.
+    delays.update({"a-1": 0.3, "b-1": 0.0, "b-2": 0.0})
+    ran.clear()
+    fork = await DBOS.fork_workflow("first", 10)
+    assert (await fork.get_result(timeout=10))[0] == "a-1+a-2"
+    assert ran == []
+
+
+@DBOS.workflow()
+async def first_of_tasks() -> list[str]:
+    fast, slow = await two_tasks()
+    winner = await DBOS.wait_first([slow, fast])
+    assert winner is fast
+    return [winner.result(), await slow]  # the loser was left running: it is ours
+
+
+async def test_wait_first_over_tasks_returns_the_task_and_leaves_the_others(dbos: DBOS) -> None:
+    delays.update({"t-fast": 0.0, "t-slow": 0.05})
+    with SetWorkflowID("first-tasks"):
+        assert await first_of_tasks() == ["t-fast", "t-slow"]
+    delays.update({"t-fast": 0.1, "t-slow": 0.0})
+    fork = await DBOS.fork_workflow("first-tasks", 10)
+    assert await fork.get_result(timeout=10) == ["t-fast", "t-slow"]
+
+
+# -- recorded values -------------------------------------------------------------------------
+
+
+@DBOS.workflow()
+async def draws() -> list[object]:
+    return [await DBOS.now(), await DBOS.random(), await DBOS.uuid4()]
+
+
+async def test_now_random_and_uuid4_are_recorded_inside_workflows(dbos: DBOS) -> None:
+    with SetWorkflowID("draws"):
+        first = await draws()
+    when, number, ident = first
+    assert isinstance(when, datetime.datetime) and when.tzinfo is not None
+    assert isinstance(number, float) and 0 <= number < 1
+    assert isinstance(ident, uuid.UUID)
+    fork = await DBOS.fork_workflow("draws", 3)
+    assert await fork.get_result(timeout=10) == first
+    steps = await DBOS.list_workflow_steps("draws")
+    assert [s.name for s in steps] == ["DBOS.now", "DBOS.random", "DBOS.uuid4"]
+    # Outside a workflow they are plain values, recorded nowhere.
+    assert isinstance(await DBOS.now(), datetime.datetime)
+    assert await DBOS.random() != await DBOS.random()
+
+
+# -- tasks outside the structure ---------------------------------------------------------
+
+
+@DBOS.step()
+async def spawns_inside() -> str:
+    # A task made inside a step body belongs to the step: its calls just run.
+    return await asyncio.create_task(timed_step("inner"))
+
+
+@DBOS.workflow()
+async def step_with_a_task() -> str:
+    return await spawns_inside()
+
+
+async def test_a_task_spawned_in_a_step_body_is_part_of_the_step(dbos: DBOS) -> None:
+    ran.clear()
+    with SetWorkflowID("inner"):
+        assert await step_with_a_task() == "inner"
+    steps = await DBOS.list_workflow_steps("inner")
+    assert [s.name.rsplit(".", 1)[-1] for s in steps] == ["spawns_inside"]
+    ran.clear()
+    fork = await DBOS.fork_workflow("inner", 1)
+    assert await fork.get_result(timeout=10) == "inner"
+    assert ran == []  # the step is recorded: neither it nor its task runs again
+
+
+stray: list[asyncio.Task[str]] = []
+
+
+@DBOS.workflow()
+async def fire_and_forget(gate: str) -> str:
+    async def late() -> str:
+        await asyncio.sleep(delays[gate])
+        return await timed_step("too late")
+
+    stray.append(asyncio.create_task(late()))
+    return "returned"
+
+
+async def test_a_task_that_outlives_its_workflow_cannot_make_durable_calls(
+    dbos: DBOS, caplog: pytest.LogCaptureFixture
+) -> None:
+    delays["gate"] = 0.05
+    stray.clear()
+    ran.clear()
+    with caplog.at_level(logging.WARNING, logger="dbos_async.workflow"):
+        with SetWorkflowID("forgetful"):
+            assert await fire_and_forget("gate") == "returned"
+    with pytest.raises(NotInWorkflowError, match="outlived its workflow 'forgetful'"):
+        await stray[0]
+    assert ran == []
+    assert any("still running" in r.getMessage() for r in caplog.records)
