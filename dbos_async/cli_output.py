@@ -103,28 +103,37 @@ def print_status(status: WorkflowStatus, as_json: bool) -> None:
 
 
 def print_steps(steps: list[StepInfo], as_json: bool) -> None:
-    """Print a workflow's steps as a table, or as JSON."""
+    """Print a workflow's steps as a table, or as JSON.
+
+    The steps come in tree order (see ``list_workflow_steps``). When the
+    workflow ran concurrent branches, a BRANCH column names each step's branch
+    and its name is indented by the branch's depth, so the table reads as the
+    tree: a branch's steps sit just before the step its creator made next.
+    """
     if as_json:
         print_json(steps)
         return
     if not steps:
         click.echo("no steps recorded")
         return
+    branched = any(s.branch for s in steps)
     headers = ["STEP", "NAME", "OUTCOME", "CHILD WORKFLOW", "STARTED (UTC)", "MS"]
+    if branched:
+        headers.insert(0, "BRANCH")
     rows = []
     for s in steps:
         outcome = f"error: {error_text(s.error)}" if s.error is not None else compact(s.output)
         took = (s.completed_at or 0) - (s.started_at or 0) if s.started_at is not None else None
-        rows.append(
-            [
-                str(s.step_id),
-                s.name,
-                outcome,
-                s.child_workflow_id or "",
-                time_text(s.started_at),
-                "" if took is None else str(took),
-            ]
-        )
+        depth = s.branch.count(".") + 1 if s.branch else 0
+        row = [
+            str(s.step_id),
+            "  " * depth + s.name,
+            outcome,
+            s.child_workflow_id or "",
+            time_text(s.started_at),
+            "" if took is None else str(took),
+        ]
+        rows.append([s.branch or "-", *row] if branched else row)
     print_table(headers, rows)
 
 

@@ -222,6 +222,39 @@ async def test_workflow_steps(seeded: str) -> None:
     assert none.code == 0 and none.out.strip() == "no steps recorded"
 
 
+async def fan(tag: str) -> list[str]:
+    return [await note(f"{tag}-1"), await note(f"{tag}-2")]
+
+
+@DBOS.workflow()
+async def branching() -> list[object]:
+    head = await note("head")
+    return [head, await asyncio.gather(fan("x"), fan("y")), await note("tail")]
+
+
+async def test_workflow_steps_shows_the_branch_tree(dbos: DBOS) -> None:
+    with SetWorkflowID("tree"):
+        await branching()
+    run = await dbos_cli("workflow", "steps", "tree", url=dbos.database_url)
+    assert run.code == 0, run
+    lines = run.out.splitlines()
+    assert lines[0].split()[:4] == ["BRANCH", "STEP", "NAME", "OUTCOME"]
+    cells = [line.split()[:3] for line in lines[1:]]
+    name = "test_cli.note"
+    assert cells == [
+        ["-", "0", name],
+        ["0", "0", name],
+        ["0", "1", name],
+        ["1", "0", name],
+        ["1", "1", name],
+        ["-", "1", name],
+    ]
+    # Names are indented by the branch's depth.
+    assert lines[2].index(name) > lines[1].index(name)
+    steps = (await dbos_cli("workflow", "steps", "tree", "--json", url=dbos.database_url)).json()
+    assert [s["branch"] for s in steps] == ["", "0", "0", "1", "1", ""]  # type: ignore[attr-defined, index]
+
+
 # -- workflow cancel / resume / restart / fork ---------------------------------------------
 
 
