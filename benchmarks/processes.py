@@ -36,6 +36,7 @@ class Side:
     name: str
     command: tuple[str, ...]
     workloads: frozenset[str]
+    cwd: Path = ROOT  # another checkout for the "before" side (its own dbos_async)
 
 
 class MeasurementError(Exception):
@@ -74,7 +75,7 @@ async def _spawn(
         args.append("--quick")
     return await asyncio.create_subprocess_exec(
         *args,
-        cwd=ROOT,
+        cwd=side.cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=stderr,

@@ -119,6 +119,28 @@ def markdown_table(rows: list[Row], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def before_after_table(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    """dbos_async against an earlier checkout ("before"), measured in the same run."""
+    lines = [
+        f"Before ({meta['before']}) and after ({meta['git_commit']}), same run, "
+        f"median [min{DASH}max]; change = after / before - 1.",
+        "",
+        "| workload | metric | before | after | change |",
+        "|---|---|---|---|---|",
+    ]
+    for m in METRICS:
+        before = _summary(results, m.workload, "before", m.key)
+        after = _summary(results, m.workload, "dbos_async", m.key)
+        if before is None or after is None:
+            continue
+        change = med(after) / med(before) - 1 if med(before) else None  # type: ignore[operator]
+        lines.append(
+            f"| {m.workload} | {m.label} ({m.unit}) | {_cell(before)} | {_cell(after)} | "
+            f"{'—' if change is None else f'{change:+.1%}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_json(path: Path, record: dict[str, Any]) -> None:
     """The full record: metadata, every run's raw samples, and the summaries."""
     text = json.dumps(record, indent=1, ensure_ascii=False)

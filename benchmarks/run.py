@@ -37,16 +37,20 @@ NEEDS_FLOOR = frozenset({"W2", "W3", "W4", "W5"})
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def sides(compare: bool, baseline_python: str) -> list[Side]:
+def sides(compare: bool, baseline_python: str, before: Path | None = None) -> list[Side]:
     """The sides to measure, in the order they run within a repetition."""
     ours = frozenset(w for w in SIZES if w != FLOOR_WORKLOAD)
+    command = (sys.executable, "-m", "benchmarks.workloads_dbos_async")
     found = [
-        Side("dbos_async", (sys.executable, "-m", "benchmarks.workloads_dbos_async"), ours),
+        Side("dbos_async", command, ours),
         Side("floor", (sys.executable, "-m", "benchmarks.floor"), frozenset({FLOOR_WORKLOAD})),
     ]
     if compare:
         baseline = frozenset(ours - {"W8"})  # W8's target is absolute; dbos has no twin run
         found.insert(1, Side("dbos", (baseline_python, "-m", "benchmarks.baseline_dbos"), baseline))
+    if before is not None:
+        # Run from that checkout, so its own dbos_async (and workloads) are imported.
+        found.insert(1, Side("before", command, ours, cwd=before))
     return found
 
 
@@ -64,6 +68,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--baseline-python", default=str(ROOT / ".venv-dbos" / "bin" / "python"))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per child process")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout (e.g. a git worktree of an earlier commit) measured as the "
+        "side 'before', interleaved with dbos_async, for a change's before/after",
+    )
     ns = parser.parse_args(argv)
     only = [w.strip().upper() for w in ns.only.split(",") if w.strip()]
     unknown = sorted(set(only) - set(WORKLOADS))
@@ -73,6 +83,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--repeat must be at least 1")
     if ns.compare and not Path(ns.baseline_python).exists():
         parser.error(f"{ns.baseline_python} is missing: run bash benchmarks/setup_baseline.sh")
+    if (
+        ns.before is not None
+        and not (ns.before / "benchmarks" / "workloads_dbos_async.py").exists()
+    ):
+        parser.error(f"{ns.before} is not a dbos_async checkout with benchmarks/")
     ns.only = only
     return ns
 
@@ -96,7 +111,7 @@ async def run_all(ns: argparse.Namespace) -> dict[str, Any]:
     plan = [
         (w, side)
         for w in selected(ns.only)
-        for side in sides(ns.compare, ns.baseline_python)
+        for side in sides(ns.compare, ns.baseline_python, ns.before)
         if w in side.workloads
     ]
     total = len(plan) * ns.repeat
@@ -143,19 +158,19 @@ async def run_all(ns: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def git_commit() -> str:
+def git_commit(checkout: Path = ROOT) -> str:
     """The commit measured, marked ``-dirty`` when the tree has changes."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
+            cwd=checkout,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
+            cwd=checkout,
             capture_output=True,
             text=True,
             check=True,
@@ -222,6 +237,9 @@ async def amain(ns: argparse.Namespace) -> int:
     meta["versions"] = versions(results)
     rows = report.build_rows(results)
     table = report.markdown_table(rows, meta)
+    if ns.before is not None:
+        meta["before"] = git_commit(ns.before)
+        table += "\n" + report.before_after_table(results, meta)
     json_path, md_path, png_path = outputs(ns, today)
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary = {

@@ -293,8 +293,10 @@ async def fork_workflow(
 
     The copy gets a new ID (from ``SetWorkflowID``, else a UUID), the same
     inputs, ``forked_from`` set to the original, and the recorded outcomes of
-    the original's steps with ``step_id < start_step``; those steps are not run
-    again, every later one is. The original is not changed. With ``runtime``
+    the original's steps before position ``start_step`` of its own sequence:
+    that sequence's steps with ``step_id < start_step``, and every step of
+    each branch (task) the workflow created before reaching that position.
+    Those are not run again; everything later is. The original is not changed. With ``runtime``
     the copy runs there, unless ``application_version`` names another version:
     then, as without a runtime, it is ENQUEUED on ``INTERNAL_QUEUE`` for a
     runtime of that version (default: the original's version).

@@ -425,3 +425,12 @@ async def test_a_thousand_concurrent_branches_replay_their_own_steps(dbos: DBOS)
     # Reported, not asserted (speed is for the benchmarks): pytest -s shows it.
     ms = f"first run {first * 1000:.0f} ms, replay {replay * 1000:.0f} ms"
     print(f"\n1,000 branches x 2 steps: {ms}")
+
+
+async def test_delete_removes_the_branch_steps_too(dbos: DBOS, conn: asyncpg.Connection) -> None:
+    delays.clear()
+    with SetWorkflowID("doomed"):
+        await two_branches()
+    assert await conn.fetchval("SELECT count(*) FROM branch_outputs") == 4
+    await DBOS.delete_workflow("doomed")
+    assert await conn.fetchval("SELECT count(*) FROM branch_outputs") == 0
