@@ -12,6 +12,9 @@ DO UPDATE SET app_name = excluded.app_name, app_version = excluded.app_version,
 -- old owner can write no further checkpoint, count a recovery attempt, and
 -- announce a:<fence>:<id> so a stale owner that is still running stops.
 -- SKIP LOCKED and the re-checked WHERE make each workflow go to one adopter.
+-- A workflow recorded by an earlier release that has recorded no step yet has
+-- no flat-numbered history to stay compatible with: its claim switches it to
+-- branch IDs (branched_steps, 0006_branches.sql).
 WITH orphans AS (
     SELECT w.workflow_id
     FROM workflow_status AS w
@@ -24,7 +27,9 @@ WITH orphans AS (
 adopted AS (
     UPDATE workflow_status AS w
     SET executor_id = $1, fence = w.fence + 1,
-        recovery_attempts = w.recovery_attempts + 1, updated_at = $4
+        recovery_attempts = w.recovery_attempts + 1, updated_at = $4,
+        branched_steps = w.branched_steps OR NOT EXISTS (
+            SELECT 1 FROM operation_outputs AS o WHERE o.workflow_id = w.workflow_id)
     FROM orphans
     WHERE w.workflow_id = orphans.workflow_id AND w.status = 'PENDING'
     RETURNING w.workflow_id, w.name, w.inputs, w.recovery_attempts,

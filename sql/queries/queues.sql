@@ -65,6 +65,9 @@ SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':queue:' || $1),
 -- and, if $10, a deadline of now + their timeout (or the deadline inherited
 -- from the workflow that enqueued them, if that is earlier). Only workflows named in $11
 -- (registered here) are claimed, so a process never takes work it cannot run.
+-- A workflow recorded by an earlier release that has recorded no step yet has
+-- no flat-numbered history to stay compatible with: its claim switches it to
+-- branch IDs (branched_steps, 0006_branches.sql).
 -- Returns one row per claimed workflow (has_steps: it ran before), or a single
 -- row with a NULL workflow_id; every row carries retry_in_ms, the
 -- milliseconds until the limiter or a delayed row allows another start (NULL:
@@ -104,6 +107,8 @@ claimed AS (
     UPDATE workflow_status AS w
     SET status = 'PENDING', executor_id = $3, app_version = $4, fence = w.fence + 1,
         started_at = clock.now_ms, updated_at = clock.now_ms,
+        branched_steps = w.branched_steps OR NOT EXISTS (
+            SELECT 1 FROM operation_outputs AS o WHERE o.workflow_id = w.workflow_id),
         deadline_epoch_ms = CASE WHEN $10::bool AND w.timeout_ms IS NOT NULL
                                  THEN least(clock.now_ms + w.timeout_ms, w.deadline_epoch_ms)
                                  ELSE w.deadline_epoch_ms END

@@ -89,8 +89,13 @@ SELECT status, name, output, error FROM workflow_status WHERE workflow_id = $1;
 -- Count one more recovery attempt on the PENDING workflows of executor $1 and
 -- app version $2, returning them with their inputs. The fence is bumped: an
 -- earlier process of this executor that is somehow still running is cut off.
-UPDATE workflow_status
-SET recovery_attempts = recovery_attempts + 1, updated_at = $3, fence = fence + 1
+-- A workflow recorded by an earlier release that has recorded no step yet has
+-- no flat-numbered history to stay compatible with: its claim switches it to
+-- branch IDs (branched_steps, 0006_branches.sql).
+UPDATE workflow_status AS w
+SET recovery_attempts = recovery_attempts + 1, updated_at = $3, fence = fence + 1,
+    branched_steps = branched_steps OR NOT EXISTS (
+        SELECT 1 FROM operation_outputs AS o WHERE o.workflow_id = w.workflow_id)
 WHERE executor_id = $1 AND app_version = $2 AND status = 'PENDING'
 RETURNING workflow_id, name, inputs, recovery_attempts, deadline_epoch_ms, fence,
           branched_steps;

@@ -434,3 +434,26 @@ async def test_delete_removes_the_branch_steps_too(dbos: DBOS, conn: asyncpg.Con
     assert await conn.fetchval("SELECT count(*) FROM branch_outputs") == 4
     await DBOS.delete_workflow("doomed")
     assert await conn.fetchval("SELECT count(*) FROM branch_outputs") == 0
+
+
+async def test_work_queued_by_the_previous_release_runs_with_branch_ids(
+    dbos: DBOS, conn: asyncpg.Connection
+) -> None:
+    # Enqueued before the upgrade (branched_steps keeps its default, false) and
+    # never run: with no flat-numbered history to replay, it gets branch IDs.
+    name = two_branches.__dbos_entry__.name  # type: ignore[attr-defined]
+    await conn.execute(
+        "INSERT INTO workflow_status (workflow_id, status, name, inputs, app_version,"
+        " created_at, updated_at, queue_name, enqueue_seq)"
+        " VALUES ('queued-before', 'ENQUEUED', $1, '{\"args\":[],\"kwargs\":{}}', 'test',"
+        " 1, 1, '_dbos_internal', nextval('workflow_enqueue_seq'))",
+        name,
+    )
+    await conn.execute("SELECT pg_notify(current_schema(), 'q:_dbos_internal')")
+    delays.clear()
+    handle = await DBOS.retrieve_workflow("queued-before")
+    assert await handle.get_result(timeout=10) == [["a1", "a2"], ["b1", "b2"]]
+    assert await conn.fetchval(
+        "SELECT branched_steps FROM workflow_status WHERE workflow_id = 'queued-before'"
+    )
+    assert await conn.fetchval("SELECT count(*) FROM branch_outputs") == 4
