@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -16,8 +17,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack
 
+from dbos_async import branches, management, messaging, scheduler, streams, values
 from dbos_async import handle as handle_module
-from dbos_async import management, messaging, scheduler, streams, values
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
 from dbos_async import workflow as workflow_module
@@ -69,11 +70,25 @@ class _runtime_method(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[Concatenate[Runtime | None, P], R]) -> None:
+        if inspect.iscoroutinefunction(fn):
+            # A management call awaited by workflow code is not a checkpoint:
+            # what it does internally (asyncpg's tasks) must take no position
+            # in the workflow's branches.
+            fn = _outside_branches(fn)
         self._fn = fn
         self.__doc__ = fn.__doc__
 
     def __get__(self, obj: DBOS | None, cls: type | None = None) -> Callable[P, R]:
         return functools.partial(self._fn, obj._runtime if obj is not None else None)
+
+
+def _outside_branches(fn: Callable[P, Any]) -> Callable[P, Any]:
+    @functools.wraps(fn)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> Any:
+        with branches.outside():
+            return await fn(*args, **kwargs)
+
+    return run
 
 
 class _WorkflowStarter:

@@ -260,3 +260,47 @@ async def test_a_task_that_outlives_its_workflow_cannot_make_durable_calls(
         await stray[0]
     assert ran == []
     assert any("still running" in r.getMessage() for r in caplog.records)
+
+
+# -- what runtime calls do inside takes no branch position --------------------------------
+
+parked = asyncio.Event()
+gate = asyncio.Event()
+timed_out = asyncio.Event()
+
+
+@DBOS.workflow()
+async def status_under_a_timeout() -> str:
+    parked.set()
+    await gate.wait()  # the test locks workflow_status meanwhile
+    try:
+        async with asyncio.timeout(0.2):
+            await DBOS.get_workflow_status("anything")
+    except TimeoutError:
+        timed_out.set()  # asyncpg created a task to cancel the query: not a branch
+
+    async def after() -> str:
+        return await timed_step("after")
+
+    return await asyncio.create_task(after())
+
+
+async def test_a_cancelled_management_call_takes_no_branch_position(
+    dbos: DBOS, db_url: str
+) -> None:
+    for event in (parked, gate, timed_out):
+        event.clear()
+    with SetWorkflowID("mgmt-timeout"):
+        handle = await DBOS.start_workflow(status_under_a_timeout)
+    await parked.wait()
+    blocker = await asyncpg.connect(db_url, server_settings={"search_path": "dbos_async"})
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE workflow_status IN ACCESS EXCLUSIVE MODE")
+            gate.set()
+            await timed_out.wait()
+    finally:
+        await blocker.close()
+    assert await handle.get_result(timeout=10) == "after"
+    steps = await DBOS.list_workflow_steps("mgmt-timeout")
+    assert [(s.branch, s.step_id) for s in steps] == [("0", 0)]
