@@ -457,3 +457,22 @@ async def test_work_queued_by_the_previous_release_runs_with_branch_ids(
         "SELECT branched_steps FROM workflow_status WHERE workflow_id = 'queued-before'"
     )
     assert await conn.fetchval("SELECT count(*) FROM branch_outputs") == 4
+
+
+@DBOS.workflow()
+async def parent_of_branches() -> list[list[str]]:
+    return await two_branches()
+
+
+async def test_branches_inside_a_child_workflow(dbos: DBOS) -> None:
+    delays.clear()
+    delays.update(a1=0.03)
+    with SetWorkflowID("parent-of-branches"):
+        assert await parent_of_branches() == [["a1", "a2"], ["b1", "b2"]]
+    child = "parent-of-branches-0"
+    assert {s.branch for s in await DBOS.list_workflow_steps(child)} == {"0", "1"}
+    delays.update(a1=0.0, b1=0.03)
+    ran.clear()
+    fork = await DBOS.fork_workflow(child, 1)
+    assert await fork.get_result(timeout=10) == [["a1", "a2"], ["b1", "b2"]]
+    assert ran == []
