@@ -22,9 +22,8 @@ records its winner instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +48,10 @@ class Branch:
     origin: int = 0  # the root's next_step when this branch's top-level ancestor was created
     next_step: int = 0  # the step_id of this branch's next durable call
     tasks_created: int = 0
+    # Above 0 while the branch's task runs something that is not workflow code:
+    # a durable call (a step body, a write) or a runtime call (see outside).
+    # A counter on the branch, not a ContextVar: setting one allocates.
+    busy: int = 0
 
     def child(self) -> Branch:
         """The branch of a task this branch creates now."""
@@ -60,22 +63,36 @@ class Branch:
 
 
 current_branch: ContextVar[Branch | None] = ContextVar("dbos_async_branch", default=None)
-"""The branch of the running workflow code; None outside it (and inside durable calls)."""
+"""The branch of the running task inside a workflow; None outside workflows."""
 
 
-@contextlib.contextmanager
-def outside() -> Iterator[None]:
-    """Run a block outside any branch: tasks it creates (a library's, ours) take no position.
+def workflow_code() -> Branch | None:
+    """The branch of the running workflow code; None outside it or inside a durable call."""
+    branch = current_branch.get()
+    return branch if branch is not None and not branch.busy else None
 
-    The runtime's own calls that workflow code may await (handles, management)
-    use it, so what they create internally, which can depend on timing, never
-    shifts the positions of the workflow's own tasks.
+
+class outside:  # lower case: used like a function, ``with outside():``
+    """Run a block as not workflow code: tasks it creates (a library's, ours) take no position.
+
+    Durable calls run their work this way (``checkpoint.Call``), and so do the
+    runtime's calls that workflow code may await (handles, management): what
+    they do internally, which can depend on timing, never shifts the positions
+    of the workflow's own tasks. It marks the branch of the task running the
+    block, which is not always the branch a call was made in: a coroutine made
+    in one task may run in another (``gather`` wraps it in a task of its own).
     """
-    token = current_branch.set(None)
-    try:
-        yield
-    finally:
-        current_branch.reset(token)
+
+    __slots__ = ("_branch",)
+
+    def __enter__(self) -> None:
+        branch = self._branch = current_branch.get()
+        if branch is not None:
+            branch.busy += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if self._branch is not None:
+            self._branch.busy -= 1
 
 
 class _BranchingFactory:
@@ -91,24 +108,38 @@ class _BranchingFactory:
     ) -> asyncio.Future[Any]:
         parent = current_branch.get()
         if parent is None:
-            if self.previous is not None:
-                return self.previous(loop, coro, **kwargs)
-            return asyncio.Task(coro, loop=loop, **kwargs)
-        branch = parent.child()
-        # Copied, never the caller's own context object: one context may be
-        # handed to several tasks, and each needs its own branch.
-        given: contextvars.Context | None = kwargs.get("context")
-        context = contextvars.copy_context() if given is None else given.copy()
-        context.run(current_branch.set, branch)
-        kwargs["context"] = context
+            return self._create(loop, coro, kwargs)
+        if parent.busy:
+            # Made by a step body or a library inside a durable call: outside
+            # the workflow's structure for good, even after that call returns.
+            kwargs["context"] = _with_branch(kwargs.get("context"), None)
+            return self._create(loop, coro, kwargs)
+        kwargs["context"] = _with_branch(kwargs.get("context"), parent.child())
         if self.previous is not None:
             task = self.previous(loop, coro, **kwargs)
         else:
             task = BranchTask(coro, loop=loop, **kwargs)
-        tasks = parent.workflow.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        ctx = parent.workflow
+        if ctx.tasks is None:
+            ctx.tasks = set()
+        ctx.tasks.add(task)
+        task.add_done_callback(ctx.tasks.discard)
         return task
+
+    def _create(
+        self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], kwargs: Any
+    ) -> asyncio.Future[Any]:
+        if self.previous is not None:
+            return self.previous(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+def _with_branch(given: contextvars.Context | None, branch: Branch | None) -> contextvars.Context:
+    # Copied, never the caller's own context object: one context may be handed
+    # to several tasks, and each needs its own branch.
+    context = contextvars.copy_context() if given is None else given.copy()
+    context.run(current_branch.set, branch)
+    return context
 
 
 def install(loop: asyncio.AbstractEventLoop) -> None:
@@ -146,7 +177,7 @@ class BranchTask(asyncio.Task):  # type: ignore[type-arg]
                 ``asyncio.wait(return_when=FIRST_COMPLETED|FIRST_EXCEPTION)`` or
                 ``asyncio.as_completed``.
         """
-        branch = current_branch.get()
+        branch = workflow_code()
         if branch is not None:
             construct = _order_observer(fn)
             if construct is not None:

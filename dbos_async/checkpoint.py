@@ -11,13 +11,14 @@ goes through this module, in four moves:
    parent had created before it, taken synchronously when the task is created
    (``branches.py`` installs the loop's task factory for that). Neither part
    depends on how tasks interleave, so replay finds each call's own record.
-2. ``with call:`` around the call's execution. Durable calls run outside any
-   branch: what a step body or a library does inside them creates no branch.
+2. ``with call:`` around the call's execution. Durable calls are not workflow
+   code: what a step body or a library does inside them creates no branch.
    A cancellation of the workflow's own making (a timeout, a ``TaskGroup``,
    ``task.cancel()``) that lands in the call marks it interrupted.
-3. ``await replayed(call)``: the recorded outcome, if any, checked against
-   the call's name. An interrupted call waits, on replay, until it is
-   cancelled again, as it was the first time.
+3. ``call.recorded``, looked up when the identity was taken: the outcome an
+   earlier execution recorded, if any; ``await replay(call)`` checks it
+   against the call's name and returns it. An interrupted call waits, on
+   replay, until it is cancelled again, as it was the first time.
 4. ``await record(call, ...)``, or ``call.row(...)`` for statements that write
    their own checkpoint (after ``await settle(call.ctx)``): the first writer
    of a key wins, and the winner's outcome is what the call returns.
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from dbos_async import serialization
-from dbos_async.branches import Branch, current_branch
+from dbos_async.branches import Branch, current_branch, workflow_code
 from dbos_async.clock import now_ms
 from dbos_async.context import FencedOff
 from dbos_async.errors import NonDeterministicWorkflowError, NotInWorkflowError
@@ -48,8 +49,6 @@ from dbos_async.systemdb.pool import run_idempotent
 from dbos_async.systemdb.steps import StepRecord
 
 if TYPE_CHECKING:
-    from contextvars import Token
-
     from dbos_async.context import WorkflowContext
     from dbos_async.notifications import Watch
 
@@ -65,7 +64,7 @@ INTERRUPTED = (
 class Call:
     """One durable call of a workflow: its identity, taken when it was made."""
 
-    __slots__ = ("_token", "branch", "ctx", "name", "origin", "replaying", "step_id")
+    __slots__ = ("_running", "branch", "ctx", "name", "origin", "recorded", "replaying", "step_id")
 
     def __init__(
         self, ctx: WorkflowContext, branch: str, step_id: int, origin: int, name: str
@@ -75,14 +74,22 @@ class Call:
         self.step_id = step_id
         self.origin = origin
         self.name = name
+        recorded = ctx.recorded
+        # Looked up now (records are loaded once, when the workflow starts),
+        # so a fresh call awaits nothing to find out that it must run.
+        self.recorded = recorded.get((branch, step_id)) if recorded else None
         self.replaying = False
-        self._token: Token[Branch | None] | None = None
+        self._running: Branch | None = None
 
     def __repr__(self) -> str:
         return f"Call({self.ctx.workflow_id!r}, {self.branch!r}, {self.step_id}, {self.name!r})"
 
     def __enter__(self) -> Call:
-        self._token = current_branch.set(None)
+        # The branch of the task running the call, which need not be the one
+        # it was made in (gather wraps a coroutine in a task of its own).
+        running = self._running = current_branch.get()
+        if running is not None:
+            running.busy += 1
         return self
 
     def __exit__(
@@ -91,9 +98,9 @@ class Call:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._token is not None:
-            current_branch.reset(self._token)
-            self._token = None
+        if self._running is not None:
+            self._running.busy -= 1
+            self._running = None
         if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
             _interrupted(self)
 
@@ -139,7 +146,7 @@ def take(name: str) -> Call | None:
         NotInWorkflowError: the calling task outlived its workflow, which has
             finished: nothing it does can be recorded any more.
     """
-    branch = current_branch.get()
+    branch = workflow_code()
     if branch is None:
         return None
     ctx = branch.workflow
@@ -156,19 +163,16 @@ def take(name: str) -> Call | None:
     return Call(ctx, branch.path, step_id, branch.origin, name)
 
 
-async def replayed(call: Call) -> StepRecord | None:
-    """The outcome an earlier execution recorded for ``call``, or None if it must run.
+async def replay(call: Call) -> StepRecord:
+    """``call.recorded``, the outcome an earlier execution recorded, once checked.
 
     Reads nothing: a workflow's records are loaded once when it (re)starts.
 
     Raises:
         NonDeterministicWorkflowError: the record was made by another function.
     """
-    recorded = call.ctx.recorded
-    if not recorded:
-        return None
-    found = recorded.get((call.branch, call.step_id))
-    return None if found is None else await earlier(call, found)
+    assert call.recorded is not None
+    return await earlier(call, call.recorded)
 
 
 async def record(
@@ -240,6 +244,8 @@ def _interrupted(call: Call) -> None:
     ctx = call.ctx
     if call.replaying or stopping(ctx):
         return
+    if ctx.interrupts is None:
+        ctx.interrupts = []
     ctx.interrupts.append(call.row(error=INTERRUPTED))
 
 
@@ -256,16 +262,16 @@ def stopping(ctx: WorkflowContext) -> bool:
 
 async def settle(ctx: WorkflowContext) -> None:
     """Record the interruptions noted so far. One round trip; none when there are none."""
-    rows = list(ctx.interrupts)
-    if not rows:
+    if not ctx.interrupts:
         return
+    rows = list(ctx.interrupts)
     await run_idempotent(
         ctx.runtime.pool,
         lambda conn: steps_table.record_interruptions(
             conn, ctx.workflow_id, ctx.fence, rows, INTERRUPTED, now_ms()
         ),
     )
-    ctx.interrupts[:] = [r for r in ctx.interrupts if all(r is not w for w in rows)]
+    ctx.interrupts = [r for r in ctx.interrupts or () if all(r is not w for w in rows)]
 
 
 # -- durable time -----------------------------------------------------------------------
@@ -278,7 +284,7 @@ async def wake_time(call: Call, seconds: float, *, wake_at: float | None = None)
     sleeps and the timeouts of ``recv``/``get_event`` use it, so a recovered
     workflow keeps its original schedule. One round trip, none on replay.
     """
-    found = await replayed(call)
+    found = await replay(call) if call.recorded is not None else None
     if found is None:
         at = time.time() + seconds if wake_at is None else wake_at
         found = await record(call, output=serialization.encode(at))
@@ -326,7 +332,7 @@ async def durable_wait(
     found, value = await attempt()
     if found:
         return found, value
-    recorded = await replayed(timer)
+    recorded = await replay(timer) if timer.recorded is not None else None
     armed: asyncio.Future[float] | None = None
     if recorded is not None:
         wake_at = float(serialization.decode(recorded.output))

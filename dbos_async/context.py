@@ -2,7 +2,7 @@
 
 Everything here lives in ContextVars, so tasks spawned inside a workflow
 (``asyncio.gather``, ``TaskGroup``) share their workflow's context object. Each
-such task also gets its own branch (``checkpoint.current_branch``), which
+such task also gets its own branch (``branches.current_branch``), which
 numbers its durable calls.
 """
 
@@ -43,9 +43,10 @@ class WorkflowContext:
     adopted: bool = False  # another runtime took the workflow over: stop, record nothing
     finished: bool = False  # its function returned: no durable call may follow
     # Calls interrupted by a cancellation of the workflow's own making, recorded
-    # before its next checkpoint (see checkpoint.settle).
-    interrupts: list[StepRecord] = field(default_factory=list)
-    tasks: set[asyncio.Future[Any]] = field(default_factory=set)  # its live branch tasks
+    # before its next checkpoint (see checkpoint.settle). Made on first use,
+    # like ``tasks`` (its live branch tasks): most workflows need neither.
+    interrupts: list[StepRecord] | None = None
+    tasks: set[asyncio.Future[Any]] | None = None
     stream_lock: asyncio.Lock | None = None  # stream writes go one at a time
 
     def take_step_id(self) -> int:

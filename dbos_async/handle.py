@@ -237,7 +237,9 @@ async def _wait_first(
     owned: list[bool],
 ) -> Any:
     with call if call is not None else outside():
-        found = await checkpoint.replayed(call) if call is not None else None
+        found = None
+        if call is not None and call.recorded is not None:
+            found = await checkpoint.replay(call)
         if found is None:
             winner = await _first_finished(racing)
             if call is not None:

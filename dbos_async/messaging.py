@@ -73,7 +73,8 @@ async def _send_from_workflow(
     call: checkpoint.Call, destination_id: str, topic: str, payload: str
 ) -> None:
     with call:
-        if await checkpoint.replayed(call) is not None:
+        if call.recorded is not None:
+            await checkpoint.replay(call)
             return
         runtime = call.ctx.runtime
         await checkpoint.settle(call.ctx)
@@ -149,7 +150,7 @@ async def _recv(
     call: checkpoint.Call, timer: checkpoint.Call, topic: str, wait_seconds: float
 ) -> Any:
     with call:
-        found = await checkpoint.replayed(call)
+        found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is not None:
             return serialization.decode(found.output)
         ctx = call.ctx
@@ -198,7 +199,8 @@ def set_event(key: str, value: Any) -> Coroutine[Any, Any, None]:
 
 async def _set_event(call: checkpoint.Call, key: str, value: str) -> None:
     with call:
-        if await checkpoint.replayed(call) is not None:
+        if call.recorded is not None:
+            await checkpoint.replay(call)
             return
         runtime = call.ctx.runtime
         await checkpoint.settle(call.ctx)
@@ -250,7 +252,7 @@ async def _get_event_in_workflow(
     wait_seconds: float,
 ) -> Any:
     with call:
-        found = await checkpoint.replayed(call)
+        found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is not None:
             return serialization.decode(found.output)
         runtime = call.ctx.runtime
@@ -297,7 +299,7 @@ async def _get_all_events(runtime: HandleSource, workflow_id: str) -> dict[str, 
 
 async def _get_all_events_in_workflow(call: checkpoint.Call, workflow_id: str) -> dict[str, Any]:
     with call:
-        found = await checkpoint.replayed(call)
+        found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is not None:
             events: dict[str, Any] = serialization.decode(found.output)
             return events

@@ -200,7 +200,7 @@ class Queue:
     ) -> WorkflowHandle[Any]:
         with call:
             runtime = call.ctx.runtime
-            found = await checkpoint.replayed(call)
+            found = await checkpoint.replay(call) if call.recorded is not None else None
             if found is None:
                 child_id = workflow_id or call.child_id()
                 error = None

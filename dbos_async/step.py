@@ -101,7 +101,7 @@ async def _run_step(
     kwargs: dict[str, Any],
 ) -> Any:
     with call:
-        found = await checkpoint.replayed(call)
+        found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is not None:
             return outcome(entry, found)
         started = now_ms()

@@ -86,7 +86,7 @@ async def _run(
     kwargs: dict[str, Any],
 ) -> Any:
     with call:
-        found = await checkpoint.replayed(call)
+        found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is not None:
             return outcome(entry, found)
         runtime = call.ctx.runtime

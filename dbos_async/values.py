@@ -51,7 +51,7 @@ async def _fresh(make: Callable[[], T]) -> T:
 
 async def _recorded(call: checkpoint.Call, make: Callable[[], T], kind: type[T]) -> T:
     with call:
-        found = await checkpoint.replayed(call)
+        found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is None:
             value = make()
             found = await checkpoint.record(call, output=serialization.encode(value))

@@ -171,7 +171,7 @@ async def _start_child(
 ) -> WorkflowHandle[Any]:
     with call:
         runtime = call.ctx.runtime
-        found = await checkpoint.replayed(call)
+        found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is None:
             child_id = child_id or call.child_id()
             handle = await _start(
@@ -262,7 +262,8 @@ async def _execute(
 ) -> None:
     # The task inherited its starter's context: clear what must not leak in.
     current_workflow.set(ctx)
-    current_branch.set(Branch(ctx))
+    root = Branch(ctx)
+    current_branch.set(root)
     context.current_step_id.set(None)
     context.current_connection.set(None)
     context.take_next_workflow_id()
@@ -281,7 +282,7 @@ async def _execute(
                 try:
                     value = await entry.fn(*args, **kwargs)
                 finally:
-                    _finish(ctx)
+                    _finish(ctx, root)
                 output = serialization.encode(value, f"the result of workflow {entry.name}")
                 row = wf_table.Outcome(
                     ctx.workflow_id, "SUCCESS", output, None, now_ms(), ctx.fence
@@ -346,15 +347,15 @@ async def _execute(
         logger.debug("workflow task ended", extra={"workflow_id": ctx.workflow_id})
 
 
-def _finish(ctx: WorkflowContext) -> None:
+def _finish(ctx: WorkflowContext, root: Branch) -> None:
     """The workflow's function has returned: no durable call may follow.
 
     Its tasks still running are not awaited (they are the workflow code's):
     their durable calls from now on raise NotInWorkflowError.
     """
     ctx.finished = True
-    current_branch.set(None)
-    left = [task for task in ctx.tasks if not task.done()]
+    root.busy += 1  # what runs from here on in this task is the runtime's
+    left = [task for task in ctx.tasks if not task.done()] if ctx.tasks else None
     if left:
         logger.warning(
             "workflow %s returned while %d task(s) it created were still running (%s); "
