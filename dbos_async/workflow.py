@@ -135,20 +135,24 @@ async def _start(
     future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
     runtime.local[workflow_id] = Running(entry.name, future)
     try:
-        existing = await runtime.workflow_writer.submit(
-            wf_table.NewWorkflow(
-                workflow_id=workflow_id,
-                name=entry.name,
-                inputs=inputs,
-                app_name=runtime.app_name,
-                app_version=runtime.app_version,
-                executor_id=runtime.executor_id,
-                now_ms=created,
-                parent_workflow_id=parent.workflow_id if parent is not None else None,
-                timeout_ms=int(timeout * 1000) if timeout is not None else None,
-                deadline_epoch_ms=deadline,
+        # Shielded: once the row is on its way, a cancellation of the caller
+        # (cancel_workflow of a parent, a shutdown) must not leave it inserted
+        # with no task to run it; the cancellation lands after the spawn.
+        with anyio.CancelScope(shield=True):
+            existing = await runtime.workflow_writer.submit(
+                wf_table.NewWorkflow(
+                    workflow_id=workflow_id,
+                    name=entry.name,
+                    inputs=inputs,
+                    app_name=runtime.app_name,
+                    app_version=runtime.app_version,
+                    executor_id=runtime.executor_id,
+                    now_ms=created,
+                    parent_workflow_id=parent.workflow_id if parent is not None else None,
+                    timeout_ms=int(timeout * 1000) if timeout is not None else None,
+                    deadline_epoch_ms=deadline,
+                )
             )
-        )
     except BaseException:
         _release(runtime, workflow_id, future, Outcome(local=False))
         raise
@@ -174,15 +178,49 @@ async def _start_child(
         found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is None:
             child_id = child_id or call.child_id()
-            handle = await _start(
-                runtime, entry, args, kwargs, workflow_id=child_id, parent=call.ctx
-            )
+            handle = await _start_in_runtime(runtime, entry, args, kwargs, child_id, call.ctx)
             # Recorded after the child's row exists, so replay never names a missing child.
             found = await checkpoint.record(call, child_workflow_id=child_id)
             if found is None:
                 return handle
         assert found.child_workflow_id is not None
         return WorkflowHandle(runtime, found.child_workflow_id)
+
+
+async def _start_in_runtime(
+    runtime: Runtime,
+    entry: registry.Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    workflow_id: str,
+    parent: WorkflowContext,
+) -> WorkflowHandle[Any]:
+    """``_start`` a child in a task of the runtime, which no cancellation of the parent reaches.
+
+    Cancelling a workflow cancels its branch tasks natively (gather and
+    TaskGroup pass it on with ``task.cancel()``), which no anyio shield stops:
+    a child whose row was being written would be left inserted, with no task.
+    """
+    started: asyncio.Future[WorkflowHandle[Any]] = asyncio.get_running_loop().create_future()
+
+    async def start() -> None:
+        try:
+            handle = await _start(
+                runtime, entry, args, kwargs, workflow_id=workflow_id, parent=parent
+            )
+        except BaseException as exc:  # the caller gets it, if it still waits
+            if not started.done():
+                started.set_exception(exc)
+                started.exception()  # retrieved: a cancelled caller never asks
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            if not started.done():
+                started.set_result(handle)
+
+    with branches.outside():
+        runtime.workflow_group.start_soon(start)
+    return await asyncio.shield(started)
 
 
 def _loop_deadline(deadline_epoch_ms: int | None) -> float:

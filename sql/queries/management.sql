@@ -77,7 +77,9 @@ ORDER BY o.origin, o.branch = '', string_to_array(o.branch, '.')::int[], o.step_
 -- forked_from $1) with $1's recorded steps before position $3 of its own
 -- sequence: those of branch '' whose step_id < $3, and those of every branch
 -- created before the workflow reached that position (origin <= $3, see
--- 0006_branches.sql), all of their steps; everything later runs again. The copy is claimed by executor $4 (PENDING) or, when $4 is
+-- 0006_branches.sql), all of their steps; everything later runs again.
+-- Position 0 keeps nothing, not even branches created before the workflow's
+-- first own call: that is a restart, from scratch. The copy is claimed by executor $4 (PENDING) or, when $4 is
 -- NULL, ENQUEUED on queue $6 and announced on q:<queue>. App version $5, else
 -- the original's. $7 is now (epoch ms). Returns no row when $1 does not exist;
 -- else the original's name and inputs, new_id (NULL when ID $2 was already
@@ -111,7 +113,7 @@ copied_branches AS (
     SELECT f.workflow_id, b.branch, b.step_id, b.origin, b.function_name, b.output,
            b.error, b.child_workflow_id, b.started_at, b.completed_at
     FROM branch_outputs AS b, forked AS f
-    WHERE b.workflow_id = $1 AND b.origin <= $3::int4
+    WHERE b.workflow_id = $1 AND b.origin <= $3::int4 AND $3::int4 > 0
     RETURNING step_id)
 SELECT original.name, original.inputs, original.branched_steps, f.workflow_id AS new_id,
        (SELECT name FROM workflow_status WHERE workflow_id = $2) AS taken_name,

@@ -354,6 +354,9 @@ async def test_a_history_recorded_with_flat_step_ids_still_replays(
         *(status[k] for k in ("executor_id", "created_at", "updated_at")),
     )
     for row in golden["operation_outputs"]:
+        if row["function_name"] == "DBOS.sleep":
+            # recv's recorded deadline is absolute (an hour after recording): keep it ahead.
+            row["output"] = json.dumps(time.time() + 3600)
         await conn.execute(
             "INSERT INTO operation_outputs VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", *row.values()
         )
@@ -476,3 +479,54 @@ async def test_branches_inside_a_child_workflow(dbos: DBOS) -> None:
     fork = await DBOS.fork_workflow(child, 1)
     assert await fork.get_result(timeout=10) == [["a1", "a2"], ["b1", "b2"]]
     assert ran == []
+
+
+@DBOS.workflow()
+async def branches_first() -> list[list[str]]:
+    return list(await asyncio.gather(leaf("p", 1), leaf("q", 1)))  # before any call of its own
+
+
+async def test_restart_runs_even_the_first_branches_again(dbos: DBOS) -> None:
+    delays.clear()
+    with SetWorkflowID("branches-first"):
+        assert await branches_first() == [["p/0"], ["q/0"]]
+    for again in (DBOS.restart_workflow, lambda wid: DBOS.fork_workflow(wid, 0)):
+        ran.clear()
+        handle = await again("branches-first")
+        assert await handle.get_result(timeout=10) == [["p/0"], ["q/0"]]
+        assert sorted(ran) == ["p/0", "q/0"]  # from scratch: nothing kept
+    ran.clear()
+    handle = await DBOS.fork_workflow("branches-first", 1)
+    assert await handle.get_result(timeout=10) == [["p/0"], ["q/0"]]
+    assert ran == []  # created before the workflow's first own call: kept
+
+
+@DBOS.workflow()
+async def two_children() -> list[str]:
+    return list(await asyncio.gather(child_wf("c0"), child_wf("c1")))
+
+
+async def test_a_child_whose_start_a_cancel_interrupts_still_runs(dbos: DBOS, db_url: str) -> None:
+    # Both children's rows are held back by uncommitted rows of the same IDs,
+    # so the parent is cancelled while they are being written; one of them is
+    # written by the group commit's drain, after its starter was cancelled.
+    blocker = await asyncpg.connect(db_url, server_settings={"search_path": "dbos_async"})
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        for child in ("two-children-0", "two-children-1"):
+            await blocker.execute(
+                "INSERT INTO workflow_status (workflow_id, status, name, created_at,"
+                " updated_at) VALUES ($1, 'PENDING', 'x', 0, 0)",
+                child,
+            )
+        with SetWorkflowID("two-children"):
+            handle = await DBOS.start_workflow(two_children)
+        with pytest.raises(TimeoutError):  # both starts wait behind the blocker
+            await handle.get_result(timeout=0.5)
+        await DBOS.cancel_workflow("two-children")
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    handle = await DBOS.resume_workflow("two-children")
+    assert await handle.get_result(timeout=10) == ["child:c0", "child:c1"]
