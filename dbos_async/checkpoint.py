@@ -252,12 +252,18 @@ def _interrupted(call: Call) -> None:
 def stopping(ctx: WorkflowContext) -> bool:
     """Whether the workflow is being stopped from outside its code.
 
-    That is cancel_workflow, its deadline, adoption by another runtime, or a
-    shutdown: those cancellations are never recorded, and the workflow
+    That is cancel_workflow, its deadline, adoption by another runtime, a
+    shutdown, or the end of its function (which cancels the tasks it left
+    running): those cancellations are never recorded, and the workflow
     replays from its records.
     """
     scope = ctx.cancel_scope
-    return ctx.adopted or (scope is not None and scope.cancel_called) or ctx.runtime.stopping
+    return (
+        ctx.finished
+        or ctx.adopted
+        or (scope is not None and scope.cancel_called)
+        or ctx.runtime.stopping
+    )
 
 
 async def settle(ctx: WorkflowContext) -> None:

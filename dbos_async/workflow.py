@@ -386,18 +386,25 @@ async def _execute(
 
 
 def _finish(ctx: WorkflowContext, root: Branch) -> None:
-    """The workflow's function has returned: no durable call may follow.
+    """The workflow's function has ended (returned, raised, or was cancelled).
 
-    Its tasks still running are not awaited (they are the workflow code's):
-    their durable calls from now on raise NotInWorkflowError.
+    No durable call may follow: the tasks it created that still run are
+    cancelled, as its own task is, since they are not all in its cancel scope
+    (a task the workflow was not awaiting is in none). Their interrupted calls
+    are not recorded, and a durable call they make anyway raises NotInWorkflowError.
     """
+    stopped = checkpoint.stopping(ctx)
     ctx.finished = True
     root.busy += 1  # what runs from here on in this task is the runtime's
     left = [task for task in ctx.tasks if not task.done()] if ctx.tasks else None
-    if left:
+    if not left:
+        return
+    for task in left:
+        task.cancel()
+    if not stopped:
         logger.warning(
-            "workflow %s returned while %d task(s) it created were still running (%s); "
-            "their durable calls will fail: await every task a workflow creates",
+            "workflow %s ended while %d task(s) it created were still running (%s); "
+            "they were cancelled: await every task a workflow creates",
             ctx.workflow_id,
             len(left),
             ", ".join(getattr(task, "get_name", task.__repr__)() for task in left[:5]),

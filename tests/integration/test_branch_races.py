@@ -7,10 +7,17 @@ import datetime
 import logging
 import uuid
 
+import anyio
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, NonDeterministicWorkflowError, NotInWorkflowError, SetWorkflowID
+from dbos_async import (
+    DBOS,
+    NonDeterministicWorkflowError,
+    NotInWorkflowError,
+    SetWorkflowID,
+    WorkflowCancelledError,
+)
 
 delays: dict[str, float] = {}
 ran: list[str] = []
@@ -235,31 +242,73 @@ async def test_a_task_spawned_in_a_step_body_is_part_of_the_step(dbos: DBOS) -> 
 
 
 stray: list[asyncio.Task[str]] = []
+stray_cancelled = asyncio.Event()
 
 
 @DBOS.workflow()
 async def fire_and_forget(gate: str) -> str:
     async def late() -> str:
-        await asyncio.sleep(delays[gate])
+        try:
+            await asyncio.sleep(delays[gate])
+        except asyncio.CancelledError:
+            stray_cancelled.set()  # swallowed, to show what a durable call does after the end
         return await timed_step("too late")
 
     stray.append(asyncio.create_task(late()))
+    await asyncio.sleep(0)  # let it start
     return "returned"
 
 
-async def test_a_task_that_outlives_its_workflow_cannot_make_durable_calls(
+async def test_a_task_that_outlives_its_workflow_is_cancelled_and_cannot_record(
     dbos: DBOS, caplog: pytest.LogCaptureFixture
 ) -> None:
-    delays["gate"] = 0.05
+    delays["gate"] = 60.0
     stray.clear()
+    stray_cancelled.clear()
     ran.clear()
     with caplog.at_level(logging.WARNING, logger="dbos_async.workflow"):
         with SetWorkflowID("forgetful"):
             assert await fire_and_forget("gate") == "returned"
+    with anyio.fail_after(5):
+        await stray_cancelled.wait()  # cancelled when its workflow returned
     with pytest.raises(NotInWorkflowError, match="outlived its workflow 'forgetful'"):
         await stray[0]
     assert ran == []
     assert any("still running" in r.getMessage() for r in caplog.records)
+
+
+step_cancelled = asyncio.Event()
+
+
+@DBOS.step()
+async def parked_step() -> str:
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        step_cancelled.set()
+        raise
+    return "never"
+
+
+@DBOS.workflow()
+async def unawaited_task() -> str:
+    background = asyncio.create_task(parked_step())
+    await DBOS.recv("never", timeout_seconds=60)  # not awaiting the task
+    return await background
+
+
+async def test_cancel_interrupts_a_step_in_a_task_the_workflow_is_not_awaiting(
+    dbos: DBOS, conn: asyncpg.Connection
+) -> None:
+    step_cancelled.clear()
+    with SetWorkflowID("unawaited"):
+        handle = await DBOS.start_workflow(unawaited_task)
+    await DBOS.cancel_workflow("unawaited")
+    await step_cancelled.wait()  # interrupted, as a step awaited by the workflow is
+    with pytest.raises(WorkflowCancelledError):
+        await handle.get_result(timeout=5)
+    recorded = await conn.fetchval("SELECT count(*) FROM operation_outputs WHERE step_id = 0")
+    assert recorded == 0  # neither its outcome nor an interruption: it replays
 
 
 # -- what runtime calls do inside takes no branch position --------------------------------
