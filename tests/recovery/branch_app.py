@@ -37,7 +37,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from dbos_async import DBOS, SetWorkflowID
+from dbos_async import DBOS, Queue, SetWorkflowID
 
 # Explicit names: run as a script this module is __main__, imported it is branch_app,
 # and the subprocess must record (and recover) the same functions as the test process.
@@ -100,6 +100,9 @@ async def tx(label: str) -> str:
 @DBOS.workflow(name=LEAF)
 async def leaf(label: str) -> str:
     return await leaf_step(f"{label}/s")
+
+
+work_queue = Queue("replay_queue")
 
 
 @DBOS.workflow(name=TREE)
@@ -179,6 +182,8 @@ async def _call(path: str, i: int, op: dict[str, Any], here: str) -> Any:
         return ["uuid", here, str(await DBOS.uuid4())]
     if kind == "child":
         return await leaf(here)
+    if kind == "enqueue":  # the same leaf, run by a queue worker
+        return await (await work_queue.enqueue(leaf, here)).get_result()
     if kind == "send":  # to itself, on a topic no other call uses
         assert DBOS.workflow_id is not None
         await DBOS.send(DBOS.workflow_id, here, topic=f"t{path}_{i}")

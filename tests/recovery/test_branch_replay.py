@@ -53,6 +53,7 @@ NAMES = dict(
     step=branch_app.STEP, tx=branch_app.TX, sleep="DBOS.sleep", event="DBOS.set_event",
     getev="DBOS.get_event", stream="DBOS.write_stream", now="DBOS.now", rand="DBOS.random",
     uuid="DBOS.uuid4", child=branch_app.LEAF, send="DBOS.send", recv="DBOS.recv",
+    enqueue=branch_app.LEAF,
 )  # fmt: skip
 CALLS = tuple(NAMES)
 MODES = ("gather", "task", "taskgroup", "anyio", "anyio_start")
@@ -203,6 +204,7 @@ def model_of(tree: Ops) -> Model:
                 "rand": (WILD, ["rand", label, WILD]),
                 "uuid": (WILD, ["uuid", label, WILD]),
                 "child": (None, f"{label}/s"),
+                "enqueue": (None, f"{label}/s"),
             }.get(kind, (None, label))
             model.calls[(path, step_id)] = Expected(
                 label, kind, path, i, step_id, step_id if path == "" else origin, output
@@ -211,7 +213,7 @@ def model_of(tree: Ops) -> Model:
                 model.timed.append(label)
             if kind in ("step", "tx"):
                 model.ledger[label] = label
-            if kind == "child":
+            if kind in ("child", "enqueue"):
                 model.ledger[f"{label}/s"] = label
                 model.timed.append(f"{label}/s")
             step_id += 1
@@ -345,7 +347,7 @@ async def check_history(
             assert value == captured[call.label], where
         elif call.output is not WILD:
             assert value == call.output, where
-        if call.kind == "child":
+        if call.kind in ("child", "enqueue"):
             assert row["child_workflow_id"], where
             children[row["child_workflow_id"]] = call.label
     extra = {key: r["function_name"] for key, r in own.items()}
