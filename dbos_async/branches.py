@@ -107,13 +107,14 @@ class _BranchingFactory:
         self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Future[Any]:
         parent = current_branch.get()
-        if parent is None:
-            return self._create(loop, coro, kwargs)
-        if parent.busy:
-            # Made by a step body or a library inside a durable call: outside
-            # the workflow's structure for good, even after that call returns.
-            kwargs["context"] = _with_branch(kwargs.get("context"), None)
-            return self._create(loop, coro, kwargs)
+        if parent is None or parent.busy:
+            if parent is not None:
+                # Made by a step body or a library inside a durable call: outside
+                # the workflow's structure for good, even after that call returns.
+                kwargs["context"] = _with_branch(kwargs.get("context"), None)
+            if self.previous is not None:
+                return self.previous(loop, coro, **kwargs)
+            return asyncio.Task(coro, loop=loop, **kwargs)
         kwargs["context"] = _with_branch(kwargs.get("context"), parent.child())
         if self.previous is not None:
             task = self.previous(loop, coro, **kwargs)
@@ -125,13 +126,6 @@ class _BranchingFactory:
         ctx.tasks.add(task)
         task.add_done_callback(ctx.tasks.discard)
         return task
-
-    def _create(
-        self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], kwargs: Any
-    ) -> asyncio.Future[Any]:
-        if self.previous is not None:
-            return self.previous(loop, coro, **kwargs)
-        return asyncio.Task(coro, loop=loop, **kwargs)
 
 
 def _with_branch(given: contextvars.Context | None, branch: Branch | None) -> contextvars.Context:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from dbos_async import serialization
-from dbos_async.branches import Branch, current_branch, workflow_code
+from dbos_async.branches import Branch, current_branch
 from dbos_async.clock import now_ms
 from dbos_async.context import FencedOff
 from dbos_async.errors import NonDeterministicWorkflowError, NotInWorkflowError
@@ -66,20 +66,15 @@ class Call:
 
     __slots__ = ("_running", "branch", "ctx", "name", "origin", "recorded", "replaying", "step_id")
 
-    def __init__(
-        self, ctx: WorkflowContext, branch: str, step_id: int, origin: int, name: str
-    ) -> None:
-        self.ctx = ctx
-        self.branch = branch
-        self.step_id = step_id
-        self.origin = origin
-        self.name = name
-        recorded = ctx.recorded
-        # Looked up now (records are loaded once, when the workflow starts),
-        # so a fresh call awaits nothing to find out that it must run.
-        self.recorded = recorded.get((branch, step_id)) if recorded else None
-        self.replaying = False
-        self._running: Branch | None = None
+    # Made by take() alone, without an __init__ call: it is on every step's path.
+    ctx: WorkflowContext
+    branch: str
+    step_id: int
+    origin: int
+    name: str
+    recorded: StepRecord | None  # what an earlier execution recorded, looked up by take()
+    replaying: bool
+    _running: Branch | None
 
     def __repr__(self) -> str:
         return f"Call({self.ctx.workflow_id!r}, {self.branch!r}, {self.step_id}, {self.name!r})"
@@ -114,18 +109,19 @@ class Call:
     ) -> StepRecord:
         """This call's checkpoint row with the given outcome, completed now."""
         completed = now_ms()
-        return StepRecord(
-            self.ctx.workflow_id,
+        ctx = self.ctx
+        return StepRecord(  # positional: this is on every step's path
+            ctx.workflow_id,
             self.step_id,
             self.name,
-            output=output,
-            error=error,
-            child_workflow_id=child_workflow_id,
-            started_at=completed if started_at is None else started_at,
-            completed_at=completed,
-            fence=self.ctx.fence,
-            branch=self.branch,
-            origin=self.origin,
+            output,
+            error,
+            child_workflow_id,
+            completed if started_at is None else started_at,
+            completed,
+            ctx.fence,
+            self.branch,
+            self.origin,
         )
 
     def child_id(self) -> str:
@@ -146,8 +142,8 @@ def take(name: str) -> Call | None:
         NotInWorkflowError: the calling task outlived its workflow, which has
             finished: nothing it does can be recorded any more.
     """
-    branch = workflow_code()
-    if branch is None:
+    branch = current_branch.get()
+    if branch is None or branch.busy:  # see branches.workflow_code
         return None
     ctx = branch.workflow
     if ctx.finished:
@@ -156,11 +152,25 @@ def take(name: str) -> Call | None:
             "which has finished: it cannot be made durable. Await every task a workflow "
             "creates before the workflow returns."
         )
-    if not ctx.branched:  # a history recorded with one counter for all tasks
-        return Call(ctx, "", ctx.take_step_id(), 0, name)
-    step_id = branch.next_step
-    branch.next_step = step_id + 1
-    return Call(ctx, branch.path, step_id, branch.origin, name)
+    call = Call.__new__(Call)
+    call.ctx = ctx
+    call.name = name
+    call.replaying = False
+    call._running = None
+    if ctx.branched:
+        call.branch = path = branch.path
+        call.step_id = step_id = branch.next_step
+        branch.next_step = step_id + 1
+        call.origin = branch.origin
+    else:  # a history recorded with one counter for all tasks
+        call.branch = path = ""
+        call.step_id = step_id = ctx.take_step_id()
+        call.origin = 0
+    recorded = ctx.recorded
+    # Looked up now (records are loaded once, when the workflow starts), so a
+    # fresh call awaits nothing to find out that it must run.
+    call.recorded = recorded.get((path, step_id)) if recorded else None
+    return call
 
 
 async def replay(call: Call) -> StepRecord:

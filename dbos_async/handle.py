@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union
 import anyio
 
 from dbos_async import checkpoint, registry, serialization
-from dbos_async.branches import outside
+from dbos_async.branches import current_branch, outside
 from dbos_async.errors import (
     MaxRecoveryAttemptsExceededError,
     NonDeterministicWorkflowError,
@@ -84,10 +84,14 @@ class WorkflowHandle(Generic[R]):
             TimeoutError: ``timeout`` seconds passed first (the workflow goes on).
             WorkflowCancelledError: the workflow was cancelled.
         """
-        # outside(): what the read does internally takes no position in the
-        # awaiting workflow's branches (see branches.outside).
-        with anyio.fail_after(timeout), outside():
-            result: R = await await_result(self._source, self.workflow_id)
+        with anyio.fail_after(timeout):
+            if current_branch.get() is None:
+                result: R = await await_result(self._source, self.workflow_id)
+            else:
+                # What the read does internally must take no position in the
+                # awaiting workflow's branches (see branches.outside).
+                with outside():
+                    result = await await_result(self._source, self.workflow_id)
         return result
 
     async def get_status(self) -> WorkflowStatus:

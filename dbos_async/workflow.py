@@ -135,24 +135,20 @@ async def _start(
     future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
     runtime.local[workflow_id] = Running(entry.name, future)
     try:
-        # Shielded: once the row is on its way, a cancellation of the caller
-        # (cancel_workflow of a parent, a shutdown) must not leave it inserted
-        # with no task to run it; the cancellation lands after the spawn.
-        with anyio.CancelScope(shield=True):
-            existing = await runtime.workflow_writer.submit(
-                wf_table.NewWorkflow(
-                    workflow_id=workflow_id,
-                    name=entry.name,
-                    inputs=inputs,
-                    app_name=runtime.app_name,
-                    app_version=runtime.app_version,
-                    executor_id=runtime.executor_id,
-                    now_ms=created,
-                    parent_workflow_id=parent.workflow_id if parent is not None else None,
-                    timeout_ms=int(timeout * 1000) if timeout is not None else None,
-                    deadline_epoch_ms=deadline,
-                )
+        existing = await runtime.workflow_writer.submit(
+            wf_table.NewWorkflow(
+                workflow_id=workflow_id,
+                name=entry.name,
+                inputs=inputs,
+                app_name=runtime.app_name,
+                app_version=runtime.app_version,
+                executor_id=runtime.executor_id,
+                now_ms=created,
+                parent_workflow_id=parent.workflow_id if parent is not None else None,
+                timeout_ms=int(timeout * 1000) if timeout is not None else None,
+                deadline_epoch_ms=deadline,
             )
+        )
     except BaseException:
         _release(runtime, workflow_id, future, Outcome(local=False))
         raise
@@ -287,8 +283,11 @@ def spawn(
     runtime.local[workflow_id].ctx = ctx
     # Before the workflow's first task: a factory set since launch is wrapped too.
     branches.install(asyncio.get_running_loop())
-    with branches.outside():  # its task takes no position in a branch that starts it
+    if current_branch.get() is None:
         runtime.workflow_group.start_soon(_execute, ctx, entry, args, kwargs, future)
+    else:
+        with branches.outside():  # its task takes no position in a branch that starts it
+            runtime.workflow_group.start_soon(_execute, ctx, entry, args, kwargs, future)
 
 
 async def _execute(
@@ -349,7 +348,8 @@ async def _execute(
                         await wf_table.cancel_workflow(conn, ctx.workflow_id, now_ms())
         else:
             assert row is not None
-            await checkpoint.settle(ctx)  # replay must see what the outcome followed
+            if ctx.interrupts:  # replay must see what the outcome followed
+                await checkpoint.settle(ctx)
             await runtime.completion_writer.submit(row)
     except FencedOff:
         # Adopted by another runtime: it owns the row now; waiters here read it.
@@ -393,7 +393,7 @@ def _finish(ctx: WorkflowContext, root: Branch) -> None:
     (a task the workflow was not awaiting is in none). Their interrupted calls
     are not recorded, and a durable call they make anyway raises NotInWorkflowError.
     """
-    stopped = checkpoint.stopping(ctx)
+    stopped = checkpoint.stopping(ctx) if ctx.tasks else True
     ctx.finished = True
     root.busy += 1  # what runs from here on in this task is the runtime's
     left = [task for task in ctx.tasks if not task.done()] if ctx.tasks else None

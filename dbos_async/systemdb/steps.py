@@ -9,6 +9,7 @@ one to read the winners' records.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,13 +17,15 @@ from dbos_async.context import FencedOff
 from dbos_async.systemdb.pool import Connection
 from dbos_async.systemdb.queries import q
 
+_BRANCH = operator.attrgetter("branch")
+
 StepKey = tuple[str, int]
 """A durable call's identity within its workflow: (branch, step_id)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ sets each field with object.__setattr__
 class StepRecord:
-    """A step's checkpoint: exactly one of output/error is meaningful."""
+    """A step's checkpoint: exactly one of output/error is meaningful. Never changed once made."""
 
     workflow_id: str
     step_id: int
@@ -90,7 +93,7 @@ async def insert_steps(
         if await conn.execute(query, *(c[0] for c in args)) == "INSERT 0 1":
             return [row]
     else:
-        if any(r.branch for r in rows):
+        if any(map(_BRANCH, rows)):
             query, args = q("insert_steps"), _columns(rows, branched=True)
         else:
             query, args = q("insert_own_steps"), _columns(rows, branched=False)
