@@ -109,17 +109,27 @@ async def _run_step(
         try:
             value = await _run_body(entry, args, kwargs, call.ctx)
         except Exception as exc:
-            error = serialization.encode_exception(exc)
-            found = await checkpoint.record(call, error=error, started_at=started)
-            if found is None:
-                raise
-            return outcome(entry, found)
+            return await failed(call, entry, exc, started)
         finally:
             current_step_id.reset(token)
         output = serialization.encode(value, f"the result of step {entry.name}")
         found = await checkpoint.record(call, output=output, started_at=started)
         # Another execution of this workflow recorded the step first: its outcome stands.
         return value if found is None else outcome(entry, found)
+
+
+async def failed(
+    call: checkpoint.Call, entry: registry.Registered, exc: Exception, started: int
+) -> Any:
+    """Record the body's error as the call's outcome and raise it again.
+
+    If an earlier execution recorded the call first, its outcome stands instead.
+    """
+    error = serialization.encode_exception(exc)
+    found = await checkpoint.record(call, error=error, started_at=started)
+    if found is None:
+        raise exc
+    return outcome(entry, found)
 
 
 def outcome(entry: registry.Registered, found: StepRecord) -> Any:

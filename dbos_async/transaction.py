@@ -18,7 +18,7 @@ from dbos_async import checkpoint, registry, serialization
 from dbos_async.clock import now_ms
 from dbos_async.context import current_connection, current_step_id
 from dbos_async.runtime import active_runtime
-from dbos_async.step import outcome
+from dbos_async.step import failed, outcome
 from dbos_async.systemdb import steps
 from dbos_async.systemdb.pool import RETRYABLE_ERRORS, Connection, acquire
 
@@ -104,11 +104,7 @@ async def _run(
                 break
             except Exception as exc:
                 # The body failed and rolled back; its error is the step's outcome.
-                error = serialization.encode_exception(exc)
-                found = await checkpoint.record(call, error=error, started_at=started)
-                if found is None:
-                    raise
-                return outcome(entry, found)
+                return await failed(call, entry, exc, started)
         # Our insert conflicted with an earlier execution's checkpoint.
         return outcome(entry, await checkpoint.fetch_recorded(call))
 
