@@ -530,3 +530,26 @@ async def test_a_child_whose_start_a_cancel_interrupts_still_runs(dbos: DBOS, db
         await blocker.close()
     handle = await DBOS.resume_workflow("two-children")
     assert await handle.get_result(timeout=10) == ["child:c0", "child:c1"]
+
+
+def test_branches_replay_on_uvloop(db_url: str) -> None:
+    # uvloop's loop creates tasks in C; its task factory slot is the same.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        async with DBOS(database_url=db_url, app_version="test"):
+            delays.clear()
+            delays.update(a1=0.03)
+            with SetWorkflowID("on-uvloop"):
+                assert await two_branches() == [["a1", "a2"], ["b1", "b2"]]
+            delays.update(a1=0.0, b1=0.03)
+            ran.clear()
+            fork = await DBOS.fork_workflow("on-uvloop", 1)
+            assert await fork.get_result(timeout=10) == [["a1", "a2"], ["b1", "b2"]]
+            assert ran == []
+            steps = await DBOS.list_workflow_steps("on-uvloop")
+            assert {s.branch for s in steps} == {"0", "1"}
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
