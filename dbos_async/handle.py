@@ -166,7 +166,7 @@ def status_from_row(row: dict[str, Any], *, load_input: bool = True) -> Workflow
         workflow_id=row["workflow_id"],
         status=WorkflowStatusString(row["status"]),
         name=row["name"],
-        input=serialization.decode(inputs) if load_input and inputs is not None else None,
+        input=_inputs(inputs) if load_input and inputs is not None else None,
         output=serialization.decode(row.get("output"), annotation),
         error=serialization.decode_exception(error) if error is not None else None,
         created_at=row.get("created_at"),
@@ -182,6 +182,14 @@ def status_from_row(row: dict[str, Any], *, load_input: bool = True) -> Workflow
         timeout_ms=row.get("timeout_ms"),
         deadline_epoch_ms=row.get("deadline_epoch_ms"),
     )
+
+
+def _inputs(raw: str) -> Any:
+    """Recorded inputs as JSON; the raw text when they do not decode (shown, not fatal)."""
+    try:
+        return serialization.decode(raw)
+    except ValueError:  # orjson.JSONDecodeError
+        return raw
 
 
 async def retrieve_workflow(source: HandleSource, workflow_id: str) -> WorkflowHandle[Any]:

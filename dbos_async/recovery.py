@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbos_async import registry, serialization
 from dbos_async.clock import now_ms
+from dbos_async.errors import SerializationError
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.pool import Connection
@@ -89,9 +90,16 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
         return 0
     ran = [row["workflow_id"] for row, _ in runnable if row.get("has_steps", True)]
     recorded = await steps_table.select_steps_of(conn, ran) if ran else {}
+    poisoned: list[wf_table.Outcome] = []
     for row, entry in runnable:
-        args, kwargs = serialization.decode_inputs(row["inputs"], entry.fn)
         wid = row["workflow_id"]
+        try:
+            args, kwargs = serialization.decode_inputs(row["inputs"], entry.fn)
+        except Exception as exc:
+            # One row that cannot run must not stop the others (nor, at launch,
+            # the runtime): it ends as ERROR, saying why.
+            poisoned.append(_cannot_run(row, exc))
+            continue
         spawn(
             runtime,
             entry,
@@ -103,4 +111,23 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
             fence=row.get("fence", 0),
             branched=row.get("branched_steps", True),
         )
-    return len(runnable)
+    for outcome in poisoned:
+        await runtime.completion_writer.submit(outcome)
+    return len(runnable) - len(poisoned)
+
+
+def _cannot_run(row: dict[str, Any], exc: Exception) -> wf_table.Outcome:
+    wid = row["workflow_id"]
+    logger.error(
+        "workflow %s (%s) cannot run: its recorded inputs do not decode (%r)",
+        wid,
+        row["name"],
+        exc,
+        extra={"action": "poison", "workflow_id": wid},
+    )
+    error = SerializationError(
+        f"Workflow {wid!r} ({row['name']}) cannot run: its recorded inputs do not decode: {exc}"
+    )
+    return wf_table.Outcome(
+        wid, "ERROR", None, serialization.encode_exception(error), now_ms(), row.get("fence", 0)
+    )
