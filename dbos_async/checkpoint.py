@@ -32,6 +32,7 @@ outcome while the cancellation was landing.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -303,10 +304,20 @@ async def wake_time(call: Call, seconds: float, *, wake_at: float | None = None)
     found = await replay(call) if call.recorded is not None else None
     if found is None:
         at = time.time() + seconds if wake_at is None else wake_at
-        found = await record(call, output=serialization.encode(at))
+        found = await record(call, output=_encode_time(at))
         if found is None:
             return at
-    return float(serialization.decode(found.output))
+    return _decode_time(found.output)
+
+
+def _encode_time(at: float) -> str:
+    # JSON has no infinity: null is "no deadline" (recv(timeout_seconds=inf)).
+    return serialization.encode(None if math.isinf(at) else at)
+
+
+def _decode_time(raw: str | None) -> float:
+    at = serialization.decode(raw)
+    return math.inf if at is None else float(at)
 
 
 def arm_timer(call: Call, wake_at: float) -> asyncio.Future[float]:
@@ -351,7 +362,7 @@ async def durable_wait(
     recorded = await replay(timer) if timer.recorded is not None else None
     armed: asyncio.Future[float] | None = None
     if recorded is not None:
-        wake_at = float(serialization.decode(recorded.output))
+        wake_at = _decode_time(recorded.output)
     else:
         wake_at = time.time() + seconds
         armed = arm_timer(timer, wake_at)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, Queue, WorkflowStatusString
+from dbos_async import DBOS, Queue, SetWorkflowID, WorkflowStatusString
 from dbos_async.queue import forget_queue
 
 
@@ -77,3 +80,24 @@ async def test_a_poison_row_in_a_queue_claim_fails_alone(
             await (await dbos.retrieve_workflow("q-poison")).get_result(timeout=10)
     finally:
         forget_queue(queue.name)
+
+
+@DBOS.workflow()
+async def waits_forever() -> object:
+    await DBOS.sleep(0)
+    return await DBOS.recv("forever", timeout_seconds=math.inf)
+
+
+async def test_an_infinite_recv_timeout_survives_a_restart(db_url: str) -> None:
+    async with DBOS(database_url=db_url, app_version="test") as dbos:
+        with SetWorkflowID("forever"):
+            await dbos.start_workflow(waits_forever)
+        # The sleep, then the recv's deadline (there is none), written in the background.
+        steps = []
+        while len(steps) < 2:
+            steps = await dbos.list_workflow_steps("forever")
+            await asyncio.sleep(0.01)
+    async with DBOS(database_url=db_url, app_version="test") as dbos:  # recovers it
+        await dbos.send("forever", "at last", topic="forever")
+        handle = await dbos.retrieve_workflow("forever")
+        assert await handle.get_result(timeout=10) == "at last"
