@@ -146,11 +146,11 @@ def migrate(database_url: str | None, schema: str) -> None:
     applied = asyncio.run(run())
     names = {m.version: m.name for m in migrations()}
     if applied:
-        click.echo(f"applied {len(applied)} migrations to schema {schema}:")
+        cli_output.say(f"applied {len(applied)} migrations to schema {schema}:")
         for version in applied:
-            click.echo(f"  {names[version]}")
+            cli_output.say(f"  {names[version]}")
     else:
-        click.echo(f"schema {schema} is up to date ({len(names)} migrations)")
+        cli_output.say(f"schema {schema} is up to date ({len(names)} migrations)")
 
 
 @cli.group()
@@ -260,9 +260,9 @@ def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: st
     if as_json:
         cli_output.print_json(status)
     elif status.status is WorkflowStatusString.CANCELLED:
-        click.echo(f"cancelled {workflow_id}")
+        cli_output.say(f"cancelled {workflow_id}")
     else:
-        click.echo(f"{workflow_id} is {status.status.value}: left as it is")
+        cli_output.say(f"{workflow_id} is {status.status.value}: left as it is")
 
 
 @workflow.command("resume")
@@ -282,9 +282,9 @@ def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: st
         cli_output.print_json(status)
     elif before in _RESUMABLE:
         where = "for any runtime" if status.queue_name == INTERNAL_QUEUE else "again"
-        click.echo(f"resumed {workflow_id} (ENQUEUED on {status.queue_name} {where})")
+        cli_output.say(f"resumed {workflow_id} (ENQUEUED on {status.queue_name} {where})")
     else:
-        click.echo(f"{workflow_id} is {status.status.value}: nothing to resume")
+        cli_output.say(f"{workflow_id} is {status.status.value}: nothing to resume")
 
 
 _RESUMABLE = (
@@ -386,7 +386,7 @@ def list_queued(
 
 
 def _fail(message: str) -> None:
-    click.echo(f"dbos-async: error: {' '.join(message.split())}", err=True)
+    cli_output.say(f"dbos-async: error: {' '.join(message.split())}", err=True)
     sys.exit(1)
 
 

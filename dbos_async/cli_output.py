@@ -1,6 +1,9 @@
 """How ``dbos-async`` prints records.
 
 Aligned tables and ``key: value`` lines for people, JSON for scripts. Times are UTC.
+Everything printed for people goes through ``say`` or ``print_table``, which
+escape control characters: IDs, names and errors come from the database, and
+a terminal would obey an escape sequence hidden in one. JSON escapes them itself.
 """
 
 from __future__ import annotations
@@ -15,6 +18,21 @@ import orjson
 
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.models import StepInfo, WorkflowStatus
+
+# C0 and C1 controls and DEL as \xNN; the bidirectional overrides, which can
+# make text read as something else, as \uNNNN.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES |= {c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character written out, so a terminal only shows it."""
+    return text.translate(_ESCAPES)
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print one line for people, its control characters escaped."""
+    click.echo(escape(text), err=err)
 
 
 def time_text(ms: int | None) -> str:
@@ -53,7 +71,8 @@ def compact(value: Any, width: int = 60) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print rows under headers, each column as wide as its widest cell."""
+    """Print rows under headers, each column as wide as its widest cell (cells escaped)."""
+    rows = [[escape(cell) for cell in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     for line in [headers, *rows]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
@@ -65,7 +84,7 @@ def print_statuses(statuses: list[WorkflowStatus], as_json: bool) -> None:
         print_json(statuses)
         return
     if not statuses:
-        click.echo("no workflows")
+        say("no workflows")
         return
     headers = ["WORKFLOW ID", "STATUS", "NAME", "QUEUE", "EXECUTOR", "CREATED (UTC)"]
     rows = [
@@ -99,7 +118,7 @@ def print_status(status: WorkflowStatus, as_json: bool) -> None:
             text = value.value
         else:
             text = "" if value is None else str(value)
-        click.echo(f"{field.name + ':':<20}{text}".rstrip())
+        say(f"{field.name + ':':<20}{text}".rstrip())
 
 
 def print_steps(steps: list[StepInfo], as_json: bool) -> None:
@@ -114,7 +133,7 @@ def print_steps(steps: list[StepInfo], as_json: bool) -> None:
         print_json(steps)
         return
     if not steps:
-        click.echo("no steps recorded")
+        say("no steps recorded")
         return
     branched = any(s.branch for s in steps)
     headers = ["STEP", "NAME", "OUTCOME", "CHILD WORKFLOW", "STARTED (UTC)", "MS"]
@@ -147,4 +166,4 @@ def started(verb: str, original_id: str, status: WorkflowStatus, as_json: bool) 
         if status.queue_name == INTERNAL_QUEUE
         else status.status.value
     )
-    click.echo(f"{verb} {original_id} as {status.workflow_id} ({where})")
+    say(f"{verb} {original_id} as {status.workflow_id} ({where})")

@@ -128,6 +128,12 @@ def _epoch_ms(value: int | datetime | None, what: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            # Python would read it as local time, the CLI as UTC: refuse to guess.
+            raise ValueError(
+                f"{what} is a naive datetime: give it a time zone "
+                "(datetime.now(UTC), or .replace(tzinfo=...))"
+            )
         return int(value.timestamp() * 1000)
     if isinstance(value, int) and not isinstance(value, bool):
         return value

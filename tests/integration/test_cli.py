@@ -387,3 +387,37 @@ async def test_help_everywhere(args: list[str]) -> None:
     run = await dbos_cli(*args, "--help")
     assert run.code == 0 and run.err == "", run
     assert run.out.startswith(f"Usage: dbos-async {' '.join(args)}".rstrip()), run.out
+
+
+# -- terminal escapes in recorded text --------------------------------------------------
+
+ESCAPING = "evil\x1b]0;owned\x07\x1b[2J\r\nID\u202e"
+
+
+@DBOS.workflow()
+async def fails_loudly(note: str) -> None:
+    raise RuntimeError(f"boom {note}")
+
+
+async def test_human_output_never_carries_raw_control_characters(dbos: DBOS) -> None:
+    with SetWorkflowID(ESCAPING), pytest.raises(RuntimeError):
+        await fails_loudly("\x1b[31mred\x9b")
+    url = dbos.database_url
+    for argv in (
+        ("workflow", "list"),
+        ("workflow", "get", ESCAPING),
+        ("workflow", "steps", ESCAPING),
+        ("workflow", "cancel", ESCAPING),
+        ("workflow", "resume", ESCAPING),
+        ("workflow", "get", "nope\x1b[2J"),  # an error line naming the ID
+    ):
+        run = await dbos_cli(*argv, url=url)
+        for text in (run.out, run.err):
+            controls = [c for c in text if c != "\n" and (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0)]
+            assert not controls, (argv, text)
+            assert "\u202e" not in text, (argv, text)
+    listed = await dbos_cli("workflow", "list", url=url)
+    assert "evil\\x1b]0;owned\\x07" in listed.out  # escaped, still recognisable
+    # JSON keeps the exact text, escaped by JSON itself.
+    as_json = (await dbos_cli("workflow", "get", ESCAPING, "--json", url=url)).json()
+    assert as_json["workflow_id"] == ESCAPING  # type: ignore[index]

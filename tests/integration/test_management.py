@@ -474,3 +474,12 @@ async def test_hostile_ids_round_trip_as_data(dbos: DBOS, wid: str) -> None:
     await DBOS.delete_workflow(wid)
     assert await DBOS.get_workflow_status(wid) is None
     assert (await DBOS.get_workflow_status(fork.workflow_id)) is not None
+
+
+async def test_a_naive_datetime_filter_is_refused(dbos: DBOS) -> None:
+    naive = datetime(2026, 1, 1)
+    with pytest.raises(ValueError, match=r"start_time.*time zone"):
+        await DBOS.list_workflows(start_time=naive)
+    with pytest.raises(ValueError, match=r"end_time.*time zone"):
+        await DBOS.list_queued_workflows(end_time=naive)
+    assert await DBOS.list_workflows(start_time=naive.replace(tzinfo=UTC)) == []
