@@ -53,20 +53,19 @@ async def heartbeat_and_adopt(
 async def _heartbeat(runtime: Runtime) -> None:
     async with runtime.connection() as conn:
         await executors_table.upsert_heartbeat(
-            conn, runtime.executor_id, runtime.app_name, runtime.app_version, now_ms()
+            conn, runtime.executor_id, runtime.app_name, runtime.app_version
         )
 
 
 async def adopt_orphans(runtime: Runtime) -> int:
     """Adopt one batch of orphaned workflows and run them here; returns how many were claimed."""
-    now = now_ms()
     async with runtime.connection() as conn:
         rows = await executors_table.adopt_orphaned_workflows(
             conn,
             runtime.executor_id,
             runtime.app_version,
-            now - int(runtime.config.lease_seconds * 1000),
-            now,
+            int(runtime.config.lease_seconds * 1000),
+            now_ms(),
             ADOPT_BATCH,
         )
         if not rows:

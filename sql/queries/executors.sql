@@ -1,14 +1,17 @@
 -- name: upsert_heartbeat
--- Executor $1 of app $2, version $3, is alive at $4.
+-- Executor $1 of app $2, version $3, is alive now. Now is the database's
+-- clock, as in adopt_orphaned_workflows: hosts' clocks differ, and one
+-- running ahead would take every other host's workflows for orphans.
 INSERT INTO executors (executor_id, app_name, app_version, heartbeat_at)
-VALUES ($1, $2, $3, $4)
+VALUES ($1, $2, $3, (extract(epoch FROM clock_timestamp()) * 1000)::int8)
 ON CONFLICT (executor_id)
 DO UPDATE SET app_name = excluded.app_name, app_version = excluded.app_version,
               heartbeat_at = excluded.heartbeat_at;
 
 -- name: adopt_orphaned_workflows
 -- Claim for executor $1 up to $5 PENDING workflows of app version $2 whose
--- executor last heartbeat before $3 (or never), at $4: bump their fence so the
+-- executor has not heartbeat for $3 ms by the database's clock (or never),
+-- at $4: bump their fence so the
 -- old owner can write no further checkpoint, count a recovery attempt, and
 -- announce a:<fence>:<id> so a stale owner that is still running stops.
 -- SKIP LOCKED and the re-checked WHERE make each workflow go to one adopter.
@@ -20,7 +23,8 @@ WITH orphans AS (
     FROM workflow_status AS w
     LEFT JOIN executors AS e ON e.executor_id = w.executor_id
     WHERE w.status = 'PENDING' AND w.app_version = $2 AND w.executor_id <> $1
-      AND (e.heartbeat_at IS NULL OR e.heartbeat_at < $3)
+      AND (e.heartbeat_at IS NULL
+           OR e.heartbeat_at < (extract(epoch FROM clock_timestamp()) * 1000)::int8 - $3)
     ORDER BY w.created_at
     LIMIT $5
     FOR UPDATE OF w SKIP LOCKED),

@@ -6,7 +6,8 @@ MODE ``start:N`` starts N workflows ``fw-<i>`` and prints ``ready`` once every
 one of them is inside its second step; ``serve`` only runs (and so adopts).
 Steps append ``(workflow_id, entry, executor)`` to ``public.ledger``. With
 ``HANG=1`` the second step never finishes here; with ``SLOW=1`` it finishes
-only after a 3 s thread sleep that a SIGSTOP cannot shorten.
+only after a 3 s thread sleep that a SIGSTOP cannot shorten. With
+``SKEW=<seconds>`` this host's wall clock runs that much ahead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ import logging
 import os
 import sys
 import time
+
+if os.environ.get("SKEW"):  # before anything reads the clock: a host whose clock is off
+    _skew_ns = int(float(os.environ["SKEW"]) * 1e9)
+    _time_ns, _time = time.time_ns, time.time
+    time.time_ns = lambda: _time_ns() + _skew_ns
+    time.time = lambda: _time() + _skew_ns / 1e9
 
 import anyio
 import asyncpg

@@ -7,6 +7,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import anyio
 import asyncpg
 import pytest
 from child import Child
@@ -107,3 +108,23 @@ async def test_a_paused_owner_cannot_write_after_its_workflow_was_adopted(
         "SELECT step_id, output FROM operation_outputs WHERE workflow_id = 'fw-0' ORDER BY 1"
     )
     assert [(r[0], r[1]) for r in outputs] == [(0, "0"), (1, '"b:0"'), (2, '"b:0"')]
+
+
+async def test_a_host_whose_clock_runs_ahead_adopts_no_live_workflow(
+    conn: asyncpg.Connection, fleet: Callable[..., Awaitable[Child]]
+) -> None:
+    a = await fleet("a", "start:1", HANG="1", LEASE="2")
+    await a.wait_for("ready")
+    b = await fleet("b", "serve", SKEW="10", LEASE="2")  # its clock is 10 s ahead
+    await b.wait_for("up")
+    # b looks for orphans after each heartbeat (every lease/3): let it do so a few times.
+    beats: set[object] = set()
+    with anyio.fail_after(10):
+        while len(beats) < 4:  # the heartbeats are another process's rows: poll them
+            beats.add(
+                await conn.fetchval("SELECT heartbeat_at FROM executors WHERE executor_id = 'b'")
+            )
+            await anyio.sleep(0.05)
+    owner = await conn.fetchrow("SELECT executor_id, fence FROM workflow_status")
+    assert (owner["executor_id"], owner["fence"]) == ("a", 0)
+    assert await _ledger(conn, "fw-0") == [("s1", "a"), ("s2:start", "a")]
