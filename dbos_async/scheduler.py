@@ -58,6 +58,7 @@ class Schedule:
 
 
 _schedules: dict[str, Schedule] = {}
+_on_declare: list[Callable[[Schedule], None]] = []
 
 
 def check_cron(cron: str) -> str:
@@ -97,7 +98,9 @@ def scheduled(cron: str, catch_up: bool = False) -> Callable[[F], F]:
         entry = entry_of(fn)
         if entry.kind != "workflow":
             raise TypeError("@DBOS.scheduled goes above @DBOS.workflow()")
-        _schedules[entry.name] = Schedule(entry, cron, bool(catch_up))
+        schedule = _schedules[entry.name] = Schedule(entry, cron, bool(catch_up))
+        for callback in list(_on_declare):  # runtimes already running serve it too
+            callback(schedule)
         return fn
 
     return decorator
@@ -120,11 +123,34 @@ class Scheduler:
         self._runtime = runtime
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """One task per schedule until cancelled; ``started()`` once they all exist."""
+        """One task per schedule until cancelled; ``started()`` once they all exist.
+
+        A schedule declared later starts here too; one declared again under
+        the same name replaces the one running.
+        """
+        serving: dict[str, anyio.CancelScope] = {}
+
+        async def serve(schedule: Schedule) -> None:
+            with anyio.CancelScope() as scope:
+                old = serving.get(schedule.name)
+                serving[schedule.name] = scope
+                if old is not None:
+                    old.cancel()
+                await self._serve(schedule)
+
         async with anyio.create_task_group() as tg:
-            for schedule in schedules():
-                tg.start_soon(self._serve, schedule)
-            task_status.started()
+
+            def declared(schedule: Schedule) -> None:
+                tg.start_soon(serve, schedule)
+
+            _on_declare.append(declared)
+            try:
+                for schedule in schedules():
+                    tg.start_soon(serve, schedule)
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                _on_declare.remove(declared)
 
     async def _serve(self, schedule: Schedule) -> None:
         after = datetime.now(UTC)

@@ -88,3 +88,18 @@ async def test_missed_ticks_run_once_each_with_catch_up(
         assert ticks[: len(missed)] == missed  # each missed tick, once, oldest first
     else:
         assert all(t > launched - timedelta(seconds=1) for t in ticks), (ticks, launched)
+
+
+async def test_a_schedule_declared_after_launch_runs(dbos: DBOS) -> None:
+    ticked = asyncio.Event()
+
+    @DBOS.workflow(name="tests.late_schedule")
+    async def late(scheduled_at: datetime, actual_at: datetime) -> None:
+        ticked.set()
+
+    DBOS.scheduled("* * * * * *")(late)  # every second, declared while running
+    try:
+        with anyio.fail_after(5):
+            await ticked.wait()
+    finally:
+        forget_schedule("tests.late_schedule")
