@@ -8,7 +8,6 @@ numbers its durable calls.
 
 from __future__ import annotations
 
-import math
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -102,7 +101,7 @@ class EnqueueOptions:
     delay_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        from dbos_async.validation import check_identifier
+        from dbos_async.validation import check_identifier, check_seconds
 
         for name in ("deduplication_id", "app_version", "queue_partition_key"):
             value = getattr(self, name)
@@ -115,11 +114,8 @@ class EnqueueOptions:
             or not _INT32[0] <= priority <= _INT32[1]
         ):
             raise ValueError(f"priority must be a 32-bit int, got {priority!r}")
-        delay = self.delay_seconds
-        if delay is not None and not (
-            isinstance(delay, int | float) and math.isfinite(delay) and delay >= 0
-        ):
-            raise ValueError(f"delay_seconds must be a finite number >= 0, got {delay!r}")
+        if self.delay_seconds is not None:
+            check_seconds(self.delay_seconds, "delay_seconds", zero_ok=True)
 
 
 _NO_OPTIONS = EnqueueOptions()
@@ -190,8 +186,10 @@ class SetWorkflowTimeout(_Setter):
     _var = _workflow_timeout
 
     def __init__(self, timeout_seconds: float | None) -> None:
-        if timeout_seconds is not None and not timeout_seconds > 0:
-            raise ValueError(f"workflow timeout must be positive, got {timeout_seconds!r}")
+        from dbos_async.validation import check_seconds
+
+        if timeout_seconds is not None:
+            check_seconds(timeout_seconds, "the workflow timeout")
         super().__init__(timeout_seconds)
 
 

@@ -25,7 +25,7 @@ from dbos_async.handle import WorkflowHandle
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.systemdb import queues as queues_table
 from dbos_async.systemdb.pool import Pool, acquire
-from dbos_async.validation import check_identifier, check_workflow_id
+from dbos_async.validation import INT4_MAX, check_identifier, check_seconds, check_workflow_id
 from dbos_async.workflow import workflow
 
 if TYPE_CHECKING:
@@ -105,10 +105,8 @@ class Queue:
             limit = _positive_int(limiter["limit"], "limiter limit")
             if limit is None:
                 raise ValueError("limiter limit must be an int >= 1, got None")
-            period = limiter["period"]
-            if not isinstance(period, int | float) or not (math.isfinite(period) and period > 0):
-                raise ValueError(f"limiter period must be a number > 0, got {period!r}")
-            self.limiter = {"limit": limit, "period": float(period)}
+            period = check_seconds(limiter["period"], "limiter period")
+            self.limiter = {"limit": limit, "period": period}
         self.priority_enabled = bool(priority_enabled)
         self.partition_queue = bool(partition_queue)
 
@@ -316,8 +314,8 @@ def queued_row(
     check_identifier(queue_name, "queue name")
     check_identifier(workflow_name, "workflow name")
     EnqueueOptions(deduplication_id, priority, app_version, queue_partition_key, delay_seconds)
-    if timeout_seconds is not None and not timeout_seconds > 0:
-        raise ValueError(f"timeout_seconds must be positive, got {timeout_seconds!r}")
+    if timeout_seconds is not None:
+        check_seconds(timeout_seconds, "timeout_seconds")
     inputs = serialization.encode_inputs(tuple(args), dict(kwargs or {}), workflow_name)
     workflow_id = check_workflow_id(workflow_id) if workflow_id else str(uuid.uuid4())
     return queues_table.NewQueued(
@@ -373,8 +371,8 @@ def forget_queue(name: str) -> None:
 def _positive_int(value: object, what: str) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{what} must be an int >= 1, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INT4_MAX:
+        raise ValueError(f"{what} must be an int from 1 to {INT4_MAX}, got {value!r}")
     return value
 
 

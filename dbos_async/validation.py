@@ -7,6 +7,12 @@ import re
 MAX_ID_LENGTH = 1024
 """Longest workflow ID or registered name accepted (characters)."""
 
+MAX_DURATION_SECONDS = 1e9
+"""Longest timeout, delay or limiter period accepted (about 31 years); stored in ms."""
+
+INT4_MAX = 2**31 - 1
+"""Largest count (concurrency, limit) a claim statement takes."""
+
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -29,6 +35,23 @@ def check_identifier(value: object, what: str) -> str:
     except UnicodeEncodeError as exc:  # lone surrogates cannot be stored
         raise ValueError(f"{what} is not valid Unicode text: {exc.reason}") from exc
     return value
+
+
+def check_seconds(value: object, what: str, *, zero_ok: bool = False) -> float:
+    """Return ``value`` if it is a usable duration in seconds, else raise ValueError.
+
+    Finite, positive (or zero with ``zero_ok``), and at most
+    ``MAX_DURATION_SECONDS``: a longer one would overflow the millisecond
+    columns, and fail every batch it joined.
+    """
+    seconds = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else -1
+    # NaN fails both comparisons; inf fails the bound.
+    if not (seconds >= 0 if zero_ok else seconds > 0) or not seconds <= MAX_DURATION_SECONDS:
+        raise ValueError(
+            f"{what} must be a number {'>= 0' if zero_ok else '> 0'} and at most "
+            f"{MAX_DURATION_SECONDS:.0e} seconds, got {value!r}"
+        )
+    return seconds
 
 
 def check_workflow_id(value: object) -> str:

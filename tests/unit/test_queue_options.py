@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dbos_async import Queue, SetEnqueueOptions
+from dbos_async import Queue, SetEnqueueOptions, SetWorkflowTimeout
 from dbos_async.context import enqueue_options
 from dbos_async.queue import forget_queue
 
@@ -43,6 +43,11 @@ def test_a_queue_registers_its_name_once(name: str) -> None:
         {"limiter": {"limit": 0, "period": 1.0}},
         {"limiter": {"limit": 5}},
         {"limiter": {"limit": 5, "period": 1.0, "burst": 2}},
+        # Beyond what the claim's int4 and millisecond columns hold.
+        {"concurrency": 2**31},
+        {"worker_concurrency": 2**31},
+        {"limiter": {"limit": 2**31, "period": 1.0}},
+        {"limiter": {"limit": 5, "period": 1e300}},
     ],
 )
 def test_bad_options_raise_at_construction_and_register_nothing(
@@ -68,6 +73,7 @@ def test_bad_or_reserved_names_raise(bad: str) -> None:
         {"priority": True},
         {"delay_seconds": -1},
         {"delay_seconds": float("nan")},
+        {"delay_seconds": 1e17},
         {"deduplication_id": ""},
         {"queue_partition_key": ""},
         {"app_version": "a\x00"},
@@ -87,3 +93,9 @@ def test_enqueue_options_nest_and_reset() -> None:
             assert enqueue_options().delay_seconds == 1.5
         assert enqueue_options().priority == 3
     assert enqueue_options().priority is None
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), 1e17])
+def test_a_workflow_timeout_out_of_range_raises_at_the_with(bad: float) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        SetWorkflowTimeout(bad)
