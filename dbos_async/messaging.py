@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dbos_async import checkpoint, context, serialization
 from dbos_async.clock import now_ms
-from dbos_async.errors import NotInWorkflowError, WorkflowNotFoundError
+from dbos_async.errors import DBOSError, NotInWorkflowError, WorkflowNotFoundError
 from dbos_async.systemdb import messages as msg_table
 from dbos_async.systemdb.pool import run_idempotent
 from dbos_async.validation import check_identifier, check_workflow_id
@@ -106,19 +106,27 @@ async def _send(
     runtime: HandleSource, destination_id: str, topic: str, payload: str, key: str | None
 ) -> None:
     here = _runs_here(runtime, destination_id)
+    # Scoped to the destination (length-prefixed, so no two pairs collide): the
+    # same key may serve sends to different workflows.
+    scoped = None if key is None else f"{len(destination_id)}:{destination_id}:{key}"
 
-    async def statement(conn: Any) -> bool:
+    async def statement(conn: Any) -> tuple[bool, bool | None]:
         return await msg_table.send_message(
-            conn, destination_id, topic, payload, now_ms(), key, notify=not here
+            conn, destination_id, topic, payload, now_ms(), scoped, notify=not here
         )
 
-    if key is not None:  # idempotent: safe to send again after a lost acknowledgement
-        exists = await run_idempotent(runtime.pool, statement)
+    if scoped is not None:  # idempotent: safe to send again after a lost acknowledgement
+        exists, same = await run_idempotent(runtime.pool, statement)
     else:
         async with runtime.connection() as conn:
-            exists = await statement(conn)
+            exists, same = await statement(conn)
     if not exists:
         raise _no_destination(destination_id)
+    if same is False:
+        raise DBOSError(
+            f"Idempotency key {key!r} already sent a different message to "
+            f"{destination_id!r}: nothing was sent; use a new key for a new message"
+        )
     if here:
         runtime.listener.fire("m", destination_id)
 

@@ -48,13 +48,17 @@ async def send_message(
     now_ms: int,
     idempotency_key: str | None,
     notify: bool,
-) -> bool:
-    """Send from outside a workflow; False if the destination does not exist."""
+) -> tuple[bool, bool | None]:
+    """Send from outside a workflow.
+
+    Returns whether the destination exists and, when the idempotency key was
+    used before, whether that send had the same topic and payload (else None).
+    """
     row = await conn.fetchrow(
         q("send_message"), destination_id, topic, payload, now_ms, idempotency_key, notify
     )
     assert row is not None
-    return bool(row["destination_exists"])
+    return bool(row["destination_exists"]), row["same"]
 
 
 class AlreadyRecorded(Exception):

@@ -35,8 +35,11 @@ SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
 
 -- name: send_message
 -- Send message $3 to workflow $1 on topic $2 from outside a workflow, at $4.
--- $5 is an optional idempotency key: a second send under it sends nothing.
--- Nothing is written if $1 does not exist. Announces m:<destination> when $6.
+-- $5 is an optional idempotency key (scoped to the destination by the
+-- caller): a second send under it sends nothing. `same` says whether the
+-- message sent before under it had this topic and payload (NULL: nothing was
+-- sent before, or it committed after this statement began). Nothing is
+-- written if $1 does not exist. Announces m:<destination> when $6.
 WITH dest AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1),
 msg AS (
     INSERT INTO messages (destination_id, topic, payload, created_at, idempotency_key)
@@ -45,7 +48,10 @@ msg AS (
     RETURNING destination_id)
 SELECT EXISTS (SELECT 1 FROM dest) AS destination_exists,
        (SELECT count(pg_notify(current_schema(), 'm:' || destination_id)) FROM msg WHERE $6)
-           AS notified;
+           AS notified,
+       (SELECT p.topic = $2 AND p.payload = $3 FROM messages AS p
+        WHERE $5::text IS NOT NULL AND p.idempotency_key = $5
+          AND NOT EXISTS (SELECT 1 FROM msg)) AS same;
 
 -- name: receive_message
 -- Consume the oldest unconsumed message of workflow $1 on topic $2 and record

@@ -11,6 +11,7 @@ import pytest
 
 from dbos_async import (
     DBOS,
+    DBOSError,
     NotInWorkflowError,
     SerializationError,
     SetWorkflowID,
@@ -235,3 +236,23 @@ async def test_get_event_in_a_workflow_records_the_value(
     await conn.execute("UPDATE workflow_status SET status = 'PENDING' WHERE workflow_id = 'reader'")
     async with DBOS(database_url=db_url, app_version="test") as dbos:
         assert await (await dbos.retrieve_workflow("reader")).get_result(timeout=5) == 1
+
+
+async def test_an_idempotency_key_is_scoped_to_its_destination_and_refuses_another_message(
+    dbos: DBOS, conn: asyncpg.Connection
+) -> None:
+    for wid in ("k1", "k2"):
+        with SetWorkflowID(wid):
+            await dbos.start_workflow(receiver, None, 1, 5)
+    with SetWorkflowID("same-key"):
+        await dbos.send("k1", "hello")
+    with SetWorkflowID("same-key"):
+        await dbos.send("k2", "hello")  # another destination: its own message
+    with SetWorkflowID("same-key"):
+        await dbos.send("k1", "hello")  # a retry: sends nothing
+    with SetWorkflowID("same-key"), pytest.raises(DBOSError, match="same-key"):
+        await dbos.send("k1", "something else")
+    with SetWorkflowID("same-key"), pytest.raises(DBOSError, match="same-key"):
+        await dbos.send("k1", "hello", topic="other")
+    counts = await conn.fetch("SELECT destination_id, count(*) FROM messages GROUP BY 1 ORDER BY 1")
+    assert [(r[0], r[1]) for r in counts] == [("k1", 1), ("k2", 1)]
