@@ -79,7 +79,10 @@ ORDER BY o.origin, o.branch = '', string_to_array(o.branch, '.')::int[], o.step_
 -- created before the workflow reached that position (origin <= $3, see
 -- 0006_branches.sql), all of their steps; everything later runs again.
 -- Position 0 keeps nothing, not even branches created before the workflow's
--- first own call: that is a restart, from scratch. The copy is claimed by executor $4 (PENDING) or, when $4 is
+-- first own call: that is a restart, from scratch. The events and stream
+-- entries the copied steps wrote are copied too (their checkpoints name them;
+-- a stream entry of a release before 0.2 has its step's ID as its offset),
+-- each event at the value of its latest copied set_event. The copy is claimed by executor $4 (PENDING) or, when $4 is
 -- NULL, ENQUEUED on queue $6 and announced on q:<queue>. App version $5, else
 -- the original's. $7 is now (epoch ms). Returns no row when $1 does not exist;
 -- else the original's name and inputs, new_id (NULL when ID $2 was already
@@ -105,7 +108,7 @@ copied AS (
            o.child_workflow_id, o.started_at, o.completed_at
     FROM operation_outputs AS o, forked AS f
     WHERE o.workflow_id = $1 AND o.step_id < $3::int4
-    RETURNING step_id),
+    RETURNING '' AS branch, step_id, function_name, output, completed_at),
 copied_branches AS (
     INSERT INTO branch_outputs (
         workflow_id, branch, step_id, origin, function_name, output, error,
@@ -114,10 +117,36 @@ copied_branches AS (
            b.error, b.child_workflow_id, b.started_at, b.completed_at
     FROM branch_outputs AS b, forked AS f
     WHERE b.workflow_id = $1 AND b.origin <= $3::int4 AND $3::int4 > 0
-    RETURNING step_id)
+    RETURNING branch, step_id, function_name, output, completed_at),
+copied_calls AS (
+    SELECT * FROM copied UNION ALL SELECT * FROM copied_branches),
+copied_events AS (
+    INSERT INTO workflow_events (workflow_id, key, value, updated_at)
+    SELECT DISTINCT ON (e.key) f.workflow_id, e.key, e.value, e.at
+    FROM forked AS f, (
+        SELECT c.output::json ->> 'key' AS key, (c.output::json -> 'value')::text AS value,
+               c.completed_at AS at
+        FROM copied_calls AS c
+        WHERE c.function_name = 'DBOS.set_event' AND c.output IS NOT NULL) AS e
+    ORDER BY e.key, e.at DESC
+    RETURNING 1),
+copied_entries AS (
+    INSERT INTO streams (workflow_id, key, "offset", value, closed, created_at)
+    SELECT f.workflow_id, s.key, s."offset", s.value, s.closed, s.created_at
+    FROM forked AS f, streams AS s
+    WHERE s.workflow_id = $1 AND EXISTS (
+        SELECT 1 FROM copied_calls AS c
+        WHERE c.function_name IN ('DBOS.write_stream', 'DBOS.close_stream')
+          AND CASE WHEN c.output IS NULL
+                   THEN c.branch = '' AND c.step_id = s."offset"
+                   ELSE c.output::json ->> 'key' = s.key
+                        AND (c.output::json ->> 'offset')::int = s."offset" END)
+    RETURNING 1)
 SELECT original.name, original.inputs, original.branched_steps, f.workflow_id AS new_id,
        (SELECT name FROM workflow_status WHERE workflow_id = $2) AS taken_name,
-       (SELECT count(*) FROM copied) + (SELECT count(*) FROM copied_branches) AS copied_steps,
+       (SELECT count(*) FROM copied_calls) AS copied_steps,
+       (SELECT count(*) FROM copied_events) + (SELECT count(*) FROM copied_entries)
+           AS copied_effects,
        (SELECT count(pg_notify(current_schema(), 'q:' || $6::text))
         FROM forked WHERE $4::text IS NULL) AS notified
 FROM original LEFT JOIN forked AS f ON true;

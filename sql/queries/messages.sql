@@ -89,20 +89,25 @@ SELECT output FROM branched;
 -- name: set_event
 -- Set event $3 of workflow $1 to $4 as its step $2 of branch $7 (origin $8),
 -- at $5, with fence $6: the value is written only together with the step's
--- checkpoint, so replay writes nothing. The latest value wins. Announces
--- e:<workflow>. Commits asynchronously, like send_message_from_workflow.
+-- checkpoint, so replay writes nothing. The checkpoint's output records
+-- {"key", "value"}, so a fork that copies the step can set the event too.
+-- The latest value wins. Announces e:<workflow>. Commits asynchronously, like
+-- send_message_from_workflow.
 WITH owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $6),
 own AS (
     INSERT INTO operation_outputs (
-        workflow_id, step_id, function_name, started_at, completed_at)
-    SELECT $1, $2, 'DBOS.set_event', $5, $5
+        workflow_id, step_id, function_name, output, started_at, completed_at)
+    SELECT $1, $2, 'DBOS.set_event', json_build_object('key', $3::text, 'value', $4::json),
+           $5, $5
     WHERE $7 = '' AND EXISTS (SELECT 1 FROM owner)
     ON CONFLICT (workflow_id, step_id) DO NOTHING
     RETURNING 1),
 branched AS (
     INSERT INTO branch_outputs (
-        workflow_id, branch, step_id, origin, function_name, started_at, completed_at)
-    SELECT $1, $7, $2, $8, 'DBOS.set_event', $5, $5
+        workflow_id, branch, step_id, origin, function_name, output, started_at,
+        completed_at)
+    SELECT $1, $7, $2, $8, 'DBOS.set_event',
+           json_build_object('key', $3::text, 'value', $4::json), $5, $5
     WHERE $7 <> '' AND EXISTS (SELECT 1 FROM owner)
     ON CONFLICT (workflow_id, branch, step_id) DO NOTHING
     RETURNING 1),

@@ -331,6 +331,27 @@ async def test_fork_reuses_the_steps_before_start_step(
     assert len(calls) == 4
 
 
+@DBOS.workflow()
+async def publishes() -> None:
+    await DBOS.set_event("early", 1)  # step 0
+    await DBOS.write_stream("log", "first")  # step 1
+    await note("published")  # step 2
+    await DBOS.set_event("late", 2)
+    await DBOS.write_stream("log", "second")
+    await DBOS.close_stream("log")
+
+
+async def test_fork_keeps_the_events_and_stream_entries_of_the_steps_it_copies(
+    dbos: DBOS,
+) -> None:
+    with SetWorkflowID("publisher"):
+        await publishes()
+    fork = await DBOS.fork_workflow("publisher", 2)
+    await fork.get_result(timeout=10)
+    assert await DBOS.get_all_events(fork.workflow_id) == {"early": 1, "late": 2}
+    assert [v async for v in DBOS.read_stream(fork.workflow_id, "log")] == ["first", "second"]
+
+
 async def test_fork_under_a_chosen_id_is_idempotent(dbos: DBOS) -> None:
     await _run("orig", "i")
     with SetWorkflowID("fork-1"):
