@@ -246,7 +246,9 @@ async def resume_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None 
     from its last completed step, with no deadline. A workflow of a queue is
     enqueued there again, so the queue's limits hold; any other runs on
     ``runtime`` if given, else (a client) it is enqueued on the internal queue
-    for any runtime to pick up. Any other status is left as it is.
+    for any runtime to pick up. An ENQUEUED workflow starts now, bypassing its
+    queue (it leaves the queue, taking none of its slots), as DBOS does. Any
+    other status is left as it is.
 
     Raises:
         WorkflowNotFoundError: no workflow has this ID.

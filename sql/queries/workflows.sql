@@ -111,24 +111,29 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 -- work from its last completed step, with its deadline and recovery count
 -- cleared. A workflow of a user queue goes back to ENQUEUED on that queue, so
 -- the queue's limits still hold; any other is claimed by executor $2 (PENDING,
--- app version $3) or, when $2 is NULL, ENQUEUED on the internal queue $4.
+-- app version $3) or, when $2 is NULL, ENQUEUED on the internal queue $4. An
+-- ENQUEUED workflow starts now, bypassing its queue (as DBOS does): it leaves
+-- its queue (so it holds none of its slots) and is claimed like the others.
 -- Announces q:<queue> when it enqueues. Returns the status it had and, if it
 -- changed, its name, inputs, fence and new status; no row if absent.
 WITH old AS (
     SELECT workflow_id, status, queue_name FROM workflow_status WHERE workflow_id = $1
     FOR UPDATE),
 target AS (
-    SELECT old.workflow_id,
-           CASE WHEN old.queue_name IS NOT NULL AND old.queue_name <> $4 THEN old.queue_name
+    SELECT old.workflow_id, old.status = 'ENQUEUED' AS bypass,
+           CASE WHEN old.status <> 'ENQUEUED' AND old.queue_name IS NOT NULL
+                     AND old.queue_name <> $4 THEN old.queue_name
                 WHEN $2::text IS NULL THEN $4
            END AS queue_name  -- NULL: claimed by $2
-    FROM old WHERE old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED')),
+    FROM old
+    WHERE old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', 'ENQUEUED')),
 changed AS (
     UPDATE workflow_status AS w
     SET status = CASE WHEN t.queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END,
         executor_id = CASE WHEN t.queue_name IS NULL THEN $2 END,
         app_version = COALESCE($3, w.app_version),
-        queue_name = COALESCE(t.queue_name, w.queue_name),
+        queue_name = CASE WHEN t.bypass THEN t.queue_name
+                          ELSE COALESCE(t.queue_name, w.queue_name) END,
         recovery_attempts = 0, deadline_epoch_ms = NULL, output = NULL, error = NULL,
         updated_at = $5, fence = w.fence + 1
     FROM target AS t

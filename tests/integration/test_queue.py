@@ -438,3 +438,21 @@ async def test_enqueue_by_name_needs_no_runtime(
         )
         == "from-client"
     )
+
+
+async def test_resume_starts_an_enqueued_workflow_now_bypassing_its_queue(
+    dbos: DBOS, make_queue: MakeQueue, conn: asyncpg.Connection
+) -> None:
+    q = make_queue(concurrency=1)
+    gates["holder"] = asyncio.Event()
+    arrived["holder"] = asyncio.Event()
+    holder = await q.enqueue(tracked, "holder", "bypass", 0.0)
+    await arrived["holder"].wait()  # it holds the queue's only slot
+    waiting = await q.enqueue(tracked, "waiting", "bypass", 0.0)
+    assert (await status_of(conn, waiting.workflow_id))["status"] == "ENQUEUED"
+    resumed = await DBOS.resume_workflow(waiting.workflow_id)
+    assert await resumed.get_result(timeout=5) == "waiting"  # the slot is still held
+    row = await status_of(conn, waiting.workflow_id)
+    assert (row["status"], row["queue_name"]) == ("SUCCESS", None)  # it left its queue
+    gates["holder"].set()
+    assert await holder.get_result(timeout=5) == "holder"
