@@ -50,6 +50,11 @@ def _order(customer: str = "ada", amount: int = 1200) -> dict[str, object]:
     return {"customer": customer, "amount_cents": amount}
 
 
+def _as(customer: str, key: str) -> dict[str, str]:
+    """Headers of a request by ``customer`` (the example's stand-in for authentication)."""
+    return {"X-Customer": customer, "Idempotency-Key": key}
+
+
 async def test_the_lifespan_launches_and_stops_the_runtime(db_url: str) -> None:
     dbos = DBOS(database_url=db_url, app_version="test")
     app = shop.create_app(dbos)
@@ -61,7 +66,7 @@ async def test_the_lifespan_launches_and_stops_the_runtime(db_url: str) -> None:
 
 
 async def test_a_retried_checkout_charges_once(http: httpx.AsyncClient) -> None:
-    first = await http.post("/checkout", json=_order(), headers={"Idempotency-Key": "k1"})
+    first = await http.post("/checkout", json=_order(), headers=_as("ada", "k1"))
     assert first.status_code == 200, first.text
     receipt = first.json()
     assert receipt == {
@@ -70,19 +75,42 @@ async def test_a_retried_checkout_charges_once(http: httpx.AsyncClient) -> None:
         "amount_cents": 1200,
         "charge_id": "ch_1",
     }
-    again = await http.post("/checkout", json=_order(), headers={"Idempotency-Key": "k1"})
+    again = await http.post("/checkout", json=_order(), headers=_as("ada", "k1"))
     assert again.status_code == 200 and again.json() == receipt
-    other = await http.post("/checkout", json=_order("bob"), headers={"Idempotency-Key": "k2"})
+    other = await http.post("/checkout", json=_order("bob"), headers=_as("bob", "k2"))
     assert other.json()["charge_id"] == "ch_2"
     assert shop.CHARGES == [("ada", 1200), ("bob", 1200)]
 
 
+async def test_keys_are_scoped_to_the_caller_and_bound_to_their_order(
+    http: httpx.AsyncClient,
+) -> None:
+    ada = await http.post("/checkout", json=_order("ada"), headers=_as("ada", "shared"))
+    bob = await http.post("/checkout", json=_order("bob", 500), headers=_as("bob", "shared"))
+    assert bob.status_code == 200, bob.text
+    assert bob.json()["customer"] == "bob"  # bob's own checkout, not ada's receipt
+    assert ada.json()["charge_id"] != bob.json()["charge_id"]
+    changed = await http.post("/checkout", json=_order("ada", 999), headers=_as("ada", "shared"))
+    assert changed.status_code == 409, changed.text  # same key, another order
+    someone_else = await http.post("/checkout", json=_order("ada"), headers=_as("eve", "k"))
+    assert someone_else.status_code == 403  # paying as another customer
+    assert shop.CHARGES == [("ada", 1200), ("bob", 500)]
+    assert (await http.get("/checkout/shared", headers={"X-Customer": "eve"})).status_code == 404
+
+
+async def test_the_status_endpoint_shows_only_checkouts(
+    http: httpx.AsyncClient, shop_dbos: DBOS
+) -> None:
+    other = await shop_dbos.start_workflow(shop.internal_audit)
+    await other.get_result()
+    for path in (f"/checkout/{quote(other.workflow_id)}", "/checkout/anything"):
+        response = await http.get(path, headers={"X-Customer": "ada"})
+        assert response.status_code == 404, response.text
+
+
 async def test_concurrent_retries_charge_once(http: httpx.AsyncClient) -> None:
     responses = await asyncio.gather(
-        *(
-            http.post("/checkout", json=_order(), headers={"Idempotency-Key": "race"})
-            for _ in range(8)
-        )
+        *(http.post("/checkout", json=_order(), headers=_as("ada", "race")) for _ in range(8))
     )
     assert {r.status_code for r in responses} == {200}
     assert len({r.text for r in responses}) == 1
@@ -90,22 +118,22 @@ async def test_concurrent_retries_charge_once(http: httpx.AsyncClient) -> None:
 
 
 async def test_status_endpoint(http: httpx.AsyncClient) -> None:
-    await http.post("/checkout", json=_order(), headers={"Idempotency-Key": HOSTILE_KEY})
-    got = await http.get("/checkout/" + quote(HOSTILE_KEY, safe=""))
+    await http.post("/checkout", json=_order(), headers=_as("ada", HOSTILE_KEY))
+    got = await http.get("/checkout/" + quote(HOSTILE_KEY, safe=""), headers={"X-Customer": "ada"})
     assert got.status_code == 200, got.text
     body = got.json()
     assert body["order_id"] == HOSTILE_KEY and body["status"] == WorkflowStatusString.SUCCESS
     assert body["receipt"]["charge_id"] == "ch_1" and body["error"] is None
-    missing = await http.get("/checkout/nope")
+    missing = await http.get("/checkout/nope", headers={"X-Customer": "ada"})
     assert missing.status_code == 404
 
 
 async def test_a_declined_payment_stays_declined_without_charging(http: httpx.AsyncClient) -> None:
     big = _order(amount=shop.DECLINE_ABOVE_CENTS + 1)
     for _ in range(2):
-        declined = await http.post("/checkout", json=big, headers={"Idempotency-Key": "big"})
+        declined = await http.post("/checkout", json=big, headers=_as("ada", "big"))
         assert declined.status_code == 402 and "limit" in declined.json()["detail"]
-    status = (await http.get("/checkout/big")).json()
+    status = (await http.get("/checkout/big", headers={"X-Customer": "ada"})).json()
     assert status["status"] == "ERROR" and "limit" in status["error"]
     assert shop.CHARGES == []
 
@@ -113,10 +141,11 @@ async def test_a_declined_payment_stays_declined_without_charging(http: httpx.As
 @pytest.mark.parametrize(
     ("headers", "body", "code"),
     [
-        ({}, _order(), 422),  # no idempotency key
-        ({"Idempotency-Key": ""}, _order(), 422),
-        ({"Idempotency-Key": "k" * 1025}, _order(), 422),
-        ({"Idempotency-Key": "k"}, {"customer": "ada", "amount_cents": -5}, 422),
+        ({"X-Customer": "ada"}, _order(), 422),  # no idempotency key
+        ({"Idempotency-Key": "k"}, _order(), 422),  # no caller
+        (_as("ada", ""), _order(), 422),
+        (_as("ada", "k" * 1025), _order(), 422),
+        (_as("ada", "k"), {"customer": "ada", "amount_cents": -5}, 422),
     ],
 )
 async def test_bad_requests_are_rejected_before_anything_runs(
