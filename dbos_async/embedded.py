@@ -9,6 +9,14 @@ server died too) is removed before starting again.
 
 Postgres refuses to run as root, so under root every server command runs as
 the unprivileged ``nobody`` user, which owns only the data directory.
+
+The server listens on 127.0.0.1 only, and asks for a password (scram-sha-256):
+with trust, any local user would be its superuser, and could run programs as
+its OS user. The password is generated once and kept in ``<data dir>/password``
+(mode 0600); a cluster made by a release that used trust gets one on its next
+start. Before trusting ``postmaster.pid`` (which names the port to connect
+to), its owner is checked. ``pg_ctl`` hands the data directory to a shell, so
+a path the shell would interpret is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -42,6 +51,7 @@ _TEST_SETTINGS = {
     "full_page_writes": "off",
 }
 _START_TIMEOUT = 60
+_SHELL_SPECIAL = frozenset('"$`\\\n')  # what a double-quoted shell word still interprets
 
 
 def wheel_bin_dir() -> Path | None:
@@ -102,18 +112,30 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        """The URL of the running server."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        """The URL of the running server, with its password."""
+        return f"postgresql://postgres:{self._password()}@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> str:
-        """Start the server (or find it running) and return its URL. Blocking."""
+        """Start the server (or find it running) and return its URL. Blocking.
+
+        Raises:
+            RuntimeError: the data directory is unsafe to use, or the server failed.
+        """
+        special = sorted(_SHELL_SPECIAL & set(str(self.data_dir)))
+        if special:
+            raise RuntimeError(
+                f"The embedded Postgres cannot use {self.data_dir}: pg_ctl passes it to a "
+                f"shell, which would interpret the character(s) {''.join(special)!r}"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.data_dir / "start.lock", "w") as lock:
             # Two processes starting the same cluster at once must not both start it.
             fcntl.flock(lock, fcntl.LOCK_EX)
+            self._check_owners()
             running = self._running_port()
             if running is not None:
                 self.port = running
+                self._require_password()
                 return self.url
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
@@ -147,6 +169,7 @@ class LocalCluster:
                     f"\n--- server log ---\n{tail}"
                 )
             logger.info("started Postgres in %s on port %s", self.pgdata, self.port)
+            self._require_password()
             return self.url
 
     def stop(self) -> None:
@@ -177,19 +200,91 @@ class LocalCluster:
         if self._user is not None:
             self._check_traversable()
             os.chown(self.pgdata, self._user.pw_uid, self._user.pw_gid)
-        done = self._run(
-            "initdb",
-            "-D",
-            str(self.pgdata),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-instructions",
-        )
+        # initdb reads the password from a file the server's user can read.
+        with tempfile.NamedTemporaryFile("w", prefix="pw_", dir=self.data_dir) as pwfile:
+            pwfile.write(self._password(create=True) + "\n")
+            pwfile.flush()
+            if self._user is not None:
+                os.chown(pwfile.name, self._user.pw_uid, self._user.pw_gid)
+            done = self._run(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile.name}",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed in {self.pgdata}: {done.stdout}{done.stderr}")
+
+    def _password(self, *, create: bool = False) -> str:
+        """The superuser's password, from ``<data dir>/password`` (made 0600 when asked)."""
+        path = self.data_dir / "password"
+        if create and not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(24) + "\n")
+        return path.read_text().strip()
+
+    def _require_password(self) -> None:
+        """Give a running cluster made by a release that used trust its password.
+
+        Its pg_hba.conf trusts every local user: set the password (over that
+        trust, one last time), switch the host lines to scram-sha-256, reload.
+        """
+        if (self.data_dir / "password").exists():
+            return
+        password = self._password(create=True)
+        set_it = self._run(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            f"pw={password}",
+            # Through stdin: psql quotes :'pw' there, not in -c.
+            input="ALTER ROLE postgres PASSWORD :'pw';\n",
+        )
+        if set_it.returncode != 0:
+            (self.data_dir / "password").unlink(missing_ok=True)
+            raise RuntimeError(f"could not set the embedded Postgres password: {set_it.stderr}")
+        hba = self.pgdata / "pg_hba.conf"
+        lines = hba.read_text().splitlines()
+        switched = [
+            line if line.lstrip().startswith("#") else line.replace("trust", "scram-sha-256")
+            for line in lines
+        ]
+        hba.write_text("\n".join(switched) + "\n")
+        self._run("pg_ctl", "-D", str(self.pgdata), "reload")
+        logger.warning("the embedded Postgres in %s now asks for a password", self.pgdata)
+
+    def _check_owners(self) -> None:
+        """Refuse a data directory or pid file that someone else could have planted."""
+        server_uid = self._user.pw_uid if self._user is not None else os.geteuid()
+        expected = [(self.data_dir, {os.geteuid()})]
+        for path in (self.pgdata, self.pgdata / "postmaster.pid"):
+            expected.append((path, {server_uid}))
+        for path, owners in expected:
+            try:
+                owner = path.stat().st_uid
+            except FileNotFoundError:
+                continue
+            if owner not in owners:
+                raise RuntimeError(
+                    f"{path} is owned by uid {owner}, not by this user (uid "
+                    f"{sorted(owners)[0]}): it will not be used"
+                )
 
     def _check_traversable(self) -> None:
         for parent in self.pgdata.parents:
@@ -200,11 +295,14 @@ class LocalCluster:
                     "or set DBOS_DATABASE_URL."
                 )
 
-    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, tool: str, *args: str, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         user = self._user
         return subprocess.run(
             [str(self.bin_dir / tool), *args],
+            input=input,
             capture_output=True,
             text=True,
             env=env,

@@ -306,7 +306,8 @@ async def fork_workflow(
     each branch (task) the workflow created before reaching that position.
     Those are not run again; everything later is. The events and stream
     entries those steps wrote are copied with them (events set by releases
-    before 0.2 are not: their checkpoints do not name the event). The original is not changed. With ``runtime``
+    before 0.2 are not: their checkpoints do not name the event). The
+    original is not changed. With ``runtime``
     the copy runs there, unless ``application_version`` names another version:
     then, as without a runtime, it is ENQUEUED on ``INTERNAL_QUEUE`` for a
     runtime of that version (default: the original's version).
