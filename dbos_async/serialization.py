@@ -1,19 +1,24 @@
 """JSON encoding of arguments, results and exceptions (orjson + pydantic).
 
 Values are encoded with orjson; the types orjson does not know (Decimal,
-bytes, sets, pydantic models) are lowered to JSON by ``_lower``. Decoding is
-plain JSON unless an annotation is known, in which case pydantic rebuilds the
-annotated type (datetimes, UUIDs, dataclasses, models, tuples, sets...).
+bytes, sets, pydantic models) are lowered to JSON by ``_lower``. NaN and the
+infinities are refused, since JSON has no such numbers. Decoding is plain JSON
+unless an annotation is known, in which case pydantic rebuilds the annotated
+type (datetimes, UUIDs, dataclasses, models, tuples, sets...).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import enum
 import functools
 import importlib
 import inspect
+import math
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any, get_type_hints
 
@@ -46,12 +51,70 @@ def encode(value: Any, what: str = "value") -> str:
     """Encode ``value`` as JSON text.
 
     Raises:
-        SerializationError: the value (or something inside it) cannot be encoded.
+        SerializationError: the value (or something inside it) cannot be encoded,
+            or is a NaN or an infinity, which JSON cannot hold.
     """
     try:
-        return orjson.dumps(value, default=_lower, option=_OPTIONS).decode()
+        raw = orjson.dumps(value, default=_lower, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise SerializationError(f"Cannot serialize {what}: {exc}") from exc
+    # orjson writes NaN and the infinities as null, which replay would read as
+    # None: look for one, only when a null was written (rare on the hot path).
+    if b"null" in raw:
+        found = _non_finite(value)
+        if found is not None:
+            place, number = found
+            where = f"the value at {place}" if place else "it"
+            raise SerializationError(
+                f"Cannot serialize {what}: {where} is {number!r}, and JSON has no NaN or infinity"
+            )
+    return raw.decode()
+
+
+def _non_finite(value: Any) -> tuple[str, float] | None:
+    """Where ``value`` holds a NaN or an infinity (an index path), and that number.
+
+    Walks what orjson encodes: containers, dataclasses, enums, pydantic models
+    (as ``_lower`` dumps them) and numpy values, if numpy is loaded.
+    """
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", value)
+    if value is None or isinstance(value, str | int):
+        return None
+    items: Iterable[tuple[str, Any]]
+    if isinstance(value, dict):
+        items = ((f"[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, set | frozenset):
+        items = (("[*]", v) for v in value)
+    elif isinstance(value, BaseModel):
+        return _non_finite(_lower(value))  # as it was encoded (a RootModel need not be a dict)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = ((f".{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value))
+    elif isinstance(value, enum.Enum):
+        items = ((".value", value.value),)
+    else:
+        return _non_finite_numpy(value)
+    for step, item in items:
+        found = _non_finite(item)
+        if found is not None:
+            return step + found[0], found[1]
+    return None
+
+
+def _non_finite_numpy(value: Any) -> tuple[str, float] | None:
+    np: Any = sys.modules.get("numpy")  # only loaded numpy can have made the value
+    if np is None:
+        return None
+    if isinstance(value, np.floating):
+        return None if np.isfinite(value) else ("", float(value))
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        bad = np.argwhere(~np.isfinite(value))
+        if len(bad):
+            index = tuple(int(i) for i in bad[0])
+            return "".join(f"[{i}]" for i in index), float(value[index])
+    return None
 
 
 def _box(annotation: Any) -> type[BaseModel]:
