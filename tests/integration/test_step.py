@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, MaxStepRetriesExceeded, SetWorkflowID, WorkflowStatusString
+from dbos_async import (
+    DBOS,
+    MaxStepRetriesExceeded,
+    SerializationError,
+    SetWorkflowID,
+    WorkflowStatusString,
+)
 
 attempts: list[float] = []
 
@@ -121,3 +128,35 @@ async def test_durable_sleep_records_its_wake_up_time(dbos: DBOS, conn: asyncpg.
 async def test_sleep_rejects_negative_seconds(dbos: DBOS) -> None:
     with pytest.raises(ValueError, match="seconds"):
         await DBOS.sleep(-1)
+
+
+# -- results that cannot be recorded --------------------------------------------------------
+
+body_runs: list[str] = []
+
+
+@DBOS.step()
+async def measures() -> float:
+    body_runs.append("measures")
+    return math.nan
+
+
+@DBOS.workflow()
+async def measuring() -> str:
+    try:
+        await measures()
+    except SerializationError as exc:
+        return f"refused: {exc}"
+    return "stored"
+
+
+async def test_a_step_returning_nan_fails_with_a_recorded_serialization_error(dbos: DBOS) -> None:
+    body_runs.clear()
+    with SetWorkflowID("nan"):
+        first = await measuring()
+    assert first.startswith("refused: Cannot serialize the result of step") and "nan" in first
+    (step,) = await DBOS.list_workflow_steps("nan")
+    assert isinstance(step.error, SerializationError) and step.output is None
+    # Replay raises the recorded error without running the body again.
+    assert await (await DBOS.fork_workflow("nan", 1)).get_result(timeout=10) == first
+    assert body_runs == ["measures"]
