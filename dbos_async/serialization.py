@@ -22,6 +22,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable
 from decimal import Decimal
+from types import GetSetDescriptorType, MemberDescriptorType
 from typing import Any, get_type_hints
 
 import orjson
@@ -205,7 +206,8 @@ def encode_exception(exc: BaseException) -> str:
     forever, running its step again each time. Lone surrogates are escaped
     (``\ud800``); long texts are cut in the middle; attributes JSON cannot
     hold (unencodable, cyclic, too deep) are left out, and positional args
-    become their ``repr``.
+    become their ``repr``. The C-level fields of built-in exceptions
+    (``errno``, ``filename``...), which are not in ``__dict__``, are recorded too.
     """
     try:
         record = _Recorder().record(exc, 0, with_traceback=True)
@@ -245,6 +247,9 @@ class _Recorder:
             record["message"] = _text(_str(exc))
             record["args"] = self.items(exc.args, depth + 1)
             record["attrs"] = self.mapping(_attrs(exc), depth + 1)
+            fields = _fields(exc)
+            if fields:
+                record["fields"] = fields
             if with_traceback:
                 record["traceback"] = _traceback(exc)
             else:
@@ -350,6 +355,33 @@ def _traceback(exc: BaseException) -> str:
         return "<the traceback could not be formatted>"
 
 
+def _field_names(cls: type) -> list[str]:
+    """The fields built-in exception classes keep in C slots (``errno``...), not in ``__dict__``."""
+    return [
+        name
+        for base in cls.__mro__
+        if base.__module__ == "builtins"
+        for name, attr in vars(base).items()
+        if isinstance(attr, MemberDescriptorType | GetSetDescriptorType)
+        and not name.startswith("__")
+        and name != "args"
+    ]
+
+
+def _fields(exc: BaseException) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name in _field_names(type(exc)):
+        try:
+            value = getattr(exc, name)
+        except Exception:
+            continue
+        if isinstance(value, str):
+            fields[name] = _text(value)
+        elif value is not None and _plain(value):
+            fields[name] = value
+    return fields
+
+
 def _rebuild(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"__exception__"}:
@@ -375,6 +407,12 @@ def _exception_from_record(record: dict[str, Any]) -> BaseException:
             exc: BaseException = cls.__new__(cls)
             exc.args = tuple(_rebuild(record.get("args", [])))
             vars(exc).update(_rebuild(record.get("attrs", {})))
+            fields = record.get("fields", {})
+            for name in set(fields).intersection(_field_names(cls)):
+                try:
+                    setattr(exc, name, fields[name])
+                except Exception:  # a value its slot refuses: the field stays unset
+                    pass
             return exc
         except Exception:
             pass

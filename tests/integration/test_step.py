@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import math
@@ -222,3 +223,32 @@ async def test_a_step_returning_nan_fails_with_a_recorded_serialization_error(db
     # Replay raises the recorded error without running the body again.
     assert await (await DBOS.fork_workflow("nan", 1)).get_result(timeout=10) == first
     assert body_runs == ["measures"]
+
+
+@DBOS.step()
+async def opens(path: str) -> None:
+    body_runs.append("opens")
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+
+
+@DBOS.workflow()
+async def opening() -> list[Any]:
+    try:
+        await opens("missing.txt")
+    except OSError as exc:
+        return [type(exc).__name__, exc.errno, exc.strerror, exc.filename, str(exc)]
+    return []
+
+
+async def test_a_replayed_os_error_keeps_errno_and_filename(dbos: DBOS) -> None:
+    body_runs.clear()
+    with SetWorkflowID("enoent"):
+        first = await opening()
+    assert first[:4] == [
+        "FileNotFoundError",
+        errno.ENOENT,
+        "No such file or directory",
+        "missing.txt",
+    ]
+    assert await (await DBOS.fork_workflow("enoent", 1)).get_result(timeout=10) == first
+    assert body_runs == ["opens"]

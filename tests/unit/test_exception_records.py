@@ -1,4 +1,4 @@
-"""Exception records: encoding never fails."""
+"""Exception records: encoding never fails, replays keep C-level fields."""
 
 from __future__ import annotations
 
@@ -174,3 +174,40 @@ def test_huge_texts_are_cut_in_the_middle() -> None:
     assert record["traceback"].rstrip().endswith("x")
     chain = orjson.loads(encode_exception(_long_chain()))["traceback"]
     assert "characters cut" in chain and chain.rstrip().endswith("link 2999")
+
+
+# -- fields that live in C slots -----------------------------------------------------------
+
+
+def test_os_errors_keep_errno_and_filenames() -> None:
+    original = FileNotFoundError(2, "No such file or directory", "a.txt")
+    rebuilt = decode_exception(encode_exception(original))
+    assert type(rebuilt) is FileNotFoundError
+    assert (rebuilt.errno, rebuilt.strerror, rebuilt.filename, rebuilt.filename2) == (
+        2,
+        "No such file or directory",
+        "a.txt",
+        None,
+    )
+    assert str(rebuilt) == str(original)
+    two = OSError(18, "Invalid cross-device link", "src", None, "dst")
+    rebuilt = decode_exception(encode_exception(two))
+    assert (rebuilt.filename, rebuilt.filename2, str(rebuilt)) == ("src", "dst", str(two))
+
+
+def test_other_builtin_fields_survive() -> None:
+    imp = decode_exception(encode_exception(ImportError("no", name="pkg", path="/p")))
+    assert (imp.name, imp.path, imp.msg) == ("pkg", "/p", "no")  # type: ignore[attr-defined]
+    stop = decode_exception(encode_exception(StopIteration(5)))
+    assert stop.value == 5  # type: ignore[attr-defined]
+    syntax = decode_exception(encode_exception(SyntaxError("bad", ("f.py", 3, 4, "x = (", 3, 5))))
+    assert (syntax.filename, syntax.lineno, syntax.text) == ("f.py", 3, "x = (")  # type: ignore[attr-defined]
+
+
+def test_old_records_without_fields_still_decode() -> None:
+    old = (
+        '{"type":"FileNotFoundError","module":"builtins","message":"[Errno 2] gone: \'a\'",'
+        '"args":[2,"gone"],"attrs":{},"traceback":"Traceback..."}'
+    )
+    rebuilt = decode_exception(old)
+    assert type(rebuilt) is FileNotFoundError and rebuilt.args == (2, "gone")
