@@ -6,7 +6,9 @@ infinities are refused, since JSON has no such numbers. Decoding is plain JSON
 unless an annotation is known, in which case pydantic rebuilds the annotated
 type (datetimes, UUIDs, dataclasses, models, tuples, sets...).
 
-Exceptions are recorded as JSON records that encoding can always produce.
+Exceptions are recorded as JSON records that encoding can always produce, and
+are rebuilt as their own type only from modules already imported: a record is
+data from the database, never a reason to import code.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import base64
 import dataclasses
 import enum
 import functools
-import importlib
 import inspect
 import math
 import sys
@@ -394,14 +395,8 @@ def _rebuild(value: Any) -> Any:
 
 def _exception_from_record(record: dict[str, Any]) -> BaseException:
     qualname, module = record.get("type", "Exception"), record.get("module", "builtins")
-    cls: Any
-    try:
-        cls = importlib.import_module(module)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-    except (ImportError, AttributeError):
-        cls = None
-    if isinstance(cls, type) and issubclass(cls, Exception):
+    cls = _recorded_class(module, qualname)
+    if cls is not None:
         try:
             # Like unpickling: no __init__ call, so any constructor signature works.
             exc: BaseException = cls.__new__(cls)
@@ -418,6 +413,23 @@ def _exception_from_record(record: dict[str, Any]) -> BaseException:
             pass
     name = f"{module}.{qualname}"
     return WorkflowError(f"{name}: {record.get('message', '')}", original_type=name)
+
+
+def _recorded_class(module: Any, qualname: Any) -> type[Exception] | None:
+    """The exception class a record names, if its module is already imported.
+
+    Never imports: a record comes from the database, and importing the module
+    it names would run that module's code in the runtime, the client or the CLI.
+    """
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        if found is None:
+            return None
+        # Static: a module's __getattr__ (PEP 562) may import on demand.
+        found = inspect.getattr_static(found, part, None)
+    return found if isinstance(found, type) and issubclass(found, Exception) else None
 
 
 def decode_exception(raw: str) -> BaseException:

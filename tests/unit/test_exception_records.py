@@ -1,8 +1,13 @@
-"""Exception records: encoding never fails, replays keep C-level fields."""
+"""Exception records: encoding never fails, replays keep C-level fields, decoding never imports."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import sys
+import types
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -211,3 +216,62 @@ def test_old_records_without_fields_still_decode() -> None:
     )
     rebuilt = decode_exception(old)
     assert type(rebuilt) is FileNotFoundError and rebuilt.args == (2, "gone")
+
+
+# -- decoding never imports ----------------------------------------------------------------
+
+
+@pytest.fixture
+def planted_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """A module on sys.path, not imported yet, that leaves a marker file when imported."""
+    name = f"planted_{uuid.uuid4().hex}"
+    marker = tmp_path / "imported"
+    (tmp_path / f"{name}.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n\nclass PlantedError(Exception):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        yield name, marker
+    finally:
+        sys.modules.pop(name, None)
+
+
+def _record(module: str, qualname: str) -> str:
+    return orjson.dumps(
+        {"type": qualname, "module": module, "message": "boom", "args": ["boom"], "attrs": {}}
+    ).decode()
+
+
+def test_a_record_naming_a_module_not_imported_does_not_import_it(
+    planted_module: tuple[str, Path],
+) -> None:
+    name, marker = planted_module
+    rebuilt = decode_exception(_record(name, "PlantedError"))
+    assert isinstance(rebuilt, WorkflowError)
+    assert rebuilt.original_type == f"{name}.PlantedError"
+    assert "boom" in str(rebuilt)
+    assert not marker.exists() and name not in sys.modules
+    # Once the application has imported it, its exceptions rebuild as their own type.
+    module = importlib.import_module(name)
+    assert marker.exists()
+    rebuilt = decode_exception(_record(name, "PlantedError"))
+    assert type(rebuilt) is module.PlantedError and rebuilt.args == ("boom",)
+
+
+def test_a_module_level_getattr_is_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+    lazy = types.ModuleType("lazy_planted")
+
+    def __getattr__(attr: str) -> Any:  # PEP 562: would import submodules on demand
+        asked.append(attr)
+        raise AttributeError(attr)
+
+    lazy.__getattr__ = __getattr__  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "lazy_planted", lazy)
+    rebuilt = decode_exception(_record("lazy_planted", "LazyError"))
+    assert isinstance(rebuilt, WorkflowError) and asked == []
+
+
+def test_builtins_rebuild_as_their_own_type() -> None:
+    rebuilt = decode_exception(_record("builtins", "KeyError"))
+    assert type(rebuilt) is KeyError and rebuilt.args == ("boom",)
