@@ -20,7 +20,7 @@ import anyio
 from dbos_async import checkpoint, registry, serialization
 from dbos_async.clock import now_ms
 from dbos_async.context import WorkflowContext, current_step_id
-from dbos_async.errors import MaxStepRetriesExceeded
+from dbos_async.errors import MaxStepRetriesExceeded, SerializationError
 from dbos_async.systemdb.steps import StepRecord
 
 P = ParamSpec("P")
@@ -112,7 +112,12 @@ async def _run_step(
             return await failed(call, entry, exc, started)
         finally:
             current_step_id.reset(token)
-        output = serialization.encode(value, f"the result of step {entry.name}")
+        try:
+            output = serialization.encode(value, f"the result of step {entry.name}")
+        except SerializationError as exc:
+            # The body ran: its error is recorded like any other, so replay
+            # raises it without running the body again.
+            return await failed(call, entry, exc, started)
         found = await checkpoint.record(call, output=output, started_at=started)
         # Another execution of this workflow recorded the step first: its outcome stands.
         return value if found is None else outcome(entry, found)

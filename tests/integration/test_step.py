@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+import logging
+import math
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, MaxStepRetriesExceeded, SetWorkflowID, WorkflowStatusString
+from dbos_async import (
+    DBOS,
+    MaxStepRetriesExceeded,
+    SerializationError,
+    SetWorkflowID,
+    WorkflowStatusString,
+)
 
 attempts: list[float] = []
 
@@ -121,3 +132,123 @@ async def test_durable_sleep_records_its_wake_up_time(dbos: DBOS, conn: asyncpg.
 async def test_sleep_rejects_negative_seconds(dbos: DBOS) -> None:
     with pytest.raises(ValueError, match="seconds"):
         await DBOS.sleep(-1)
+
+
+# -- errors and results that are hard to record --------------------------------------------
+
+body_runs: list[str] = []
+
+
+class StrFailsError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+def _cyclic() -> Exception:
+    exc = ValueError("cyclic")
+    loop: dict[str, Any] = {}
+    loop["me"] = loop
+    exc.loop = loop  # type: ignore[attr-defined]
+    exc.me = exc  # type: ignore[attr-defined]
+    return exc
+
+
+HARD_TO_RECORD: dict[str, Callable[[], Exception]] = {
+    "surrogate": lambda: ValueError("bad \ud800 input"),
+    "cyclic": _cyclic,
+    "str-fails": StrFailsError,
+    "huge": lambda: ValueError("x" * 5_000_000),
+}
+
+
+@DBOS.step()
+async def raises_hard_to_record(kind: str) -> None:
+    body_runs.append(kind)
+    raise HARD_TO_RECORD[kind]()
+
+
+@DBOS.workflow()
+async def fails_hard_to_record(kind: str) -> None:
+    await raises_hard_to_record(kind)
+
+
+@pytest.mark.parametrize("kind", list(HARD_TO_RECORD))
+async def test_an_error_that_is_hard_to_record_ends_the_workflow_once(
+    dbos: DBOS, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    body_runs.clear()
+    expected = type(HARD_TO_RECORD[kind]())
+    with caplog.at_level(logging.WARNING, logger="dbos_async.workflow"):
+        with SetWorkflowID(f"hard-{kind}"):
+            handle = await DBOS.start_workflow(fails_hard_to_record, kind)
+        # Before the fix this never ended: the workflow replayed every second.
+        with pytest.raises(expected):
+            await handle.get_result(timeout=10)
+    status = await handle.get_status()
+    assert status.status is WorkflowStatusString.ERROR
+    assert type(status.error) is expected
+    notes = "".join(status.error.__notes__)
+    assert "Recorded traceback" in notes and "raises_hard_to_record" in notes
+    if kind == "surrogate":
+        assert str(status.error) == "bad \\ud800 input"
+    (step,) = await DBOS.list_workflow_steps(f"hard-{kind}")
+    assert type(step.error) is expected
+    assert body_runs == [kind]
+    # A workflow that replays later logs why; this one ended.
+    assert not [r for r in caplog.records if getattr(r, "action", None) == "replay_later"]
+
+
+@DBOS.step()
+async def measures() -> float:
+    body_runs.append("measures")
+    return math.nan
+
+
+@DBOS.workflow()
+async def measuring() -> str:
+    try:
+        await measures()
+    except SerializationError as exc:
+        return f"refused: {exc}"
+    return "stored"
+
+
+async def test_a_step_returning_nan_fails_with_a_recorded_serialization_error(dbos: DBOS) -> None:
+    body_runs.clear()
+    with SetWorkflowID("nan"):
+        first = await measuring()
+    assert first.startswith("refused: Cannot serialize the result of step") and "nan" in first
+    (step,) = await DBOS.list_workflow_steps("nan")
+    assert isinstance(step.error, SerializationError) and step.output is None
+    # Replay raises the recorded error without running the body again.
+    assert await (await DBOS.fork_workflow("nan", 1)).get_result(timeout=10) == first
+    assert body_runs == ["measures"]
+
+
+@DBOS.step()
+async def opens(path: str) -> None:
+    body_runs.append("opens")
+    raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+
+
+@DBOS.workflow()
+async def opening() -> list[Any]:
+    try:
+        await opens("missing.txt")
+    except OSError as exc:
+        return [type(exc).__name__, exc.errno, exc.strerror, exc.filename, str(exc)]
+    return []
+
+
+async def test_a_replayed_os_error_keeps_errno_and_filename(dbos: DBOS) -> None:
+    body_runs.clear()
+    with SetWorkflowID("enoent"):
+        first = await opening()
+    assert first[:4] == [
+        "FileNotFoundError",
+        errno.ENOENT,
+        "No such file or directory",
+        "missing.txt",
+    ]
+    assert await (await DBOS.fork_workflow("enoent", 1)).get_result(timeout=10) == first
+    assert body_runs == ["opens"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, NotInWorkflowError, SetWorkflowID
+from dbos_async import DBOS, NotInWorkflowError, SerializationError, SetWorkflowID
 
 
 @pytest.fixture
@@ -82,3 +84,24 @@ async def test_transaction_outside_a_workflow_runs_in_a_transaction(
 async def test_connection_outside_a_transaction_raises() -> None:
     with pytest.raises(NotInWorkflowError):
         _ = DBOS.connection
+
+
+@DBOS.transaction()
+async def reserve_and_measure(ticket: int) -> float:
+    await DBOS.connection.execute("UPDATE tickets SET holder = 'nan' WHERE id = $1", ticket)
+    return math.nan
+
+
+@DBOS.workflow()
+async def book_and_measure(ticket: int) -> None:
+    await reserve_and_measure(ticket)
+
+
+async def test_a_result_that_cannot_be_encoded_rolls_back_and_is_recorded(
+    dbos: DBOS, tickets: asyncpg.Connection
+) -> None:
+    with SetWorkflowID("book-nan"), pytest.raises(SerializationError, match="is nan"):
+        await book_and_measure(3)
+    assert await tickets.fetchval("SELECT holder FROM public.tickets WHERE id = 3") is None
+    (step,) = await DBOS.list_workflow_steps("book-nan")
+    assert isinstance(step.error, SerializationError) and step.output is None

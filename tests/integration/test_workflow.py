@@ -314,12 +314,14 @@ async def bad_step_output() -> object:
     return await returns_object()
 
 
-async def test_unserializable_step_output_records_nothing_for_the_step(
+async def test_unserializable_step_output_is_recorded_as_the_steps_error(
     dbos: DBOS, conn: asyncpg.Connection
 ) -> None:
     with SetWorkflowID("bad-out"), pytest.raises(SerializationError, match="returns_object"):
         await bad_step_output()
-    assert await conn.fetchval("SELECT count(*) FROM operation_outputs") == 0
+    # Not the value: the error, so replay raises it without running the body again.
+    (step,) = await DBOS.list_workflow_steps("bad-out")
+    assert step.output is None and isinstance(step.error, SerializationError)
     status = await DBOS.get_workflow_status("bad-out")
     assert status is not None and status.status is WorkflowStatusString.ERROR
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -74,6 +75,52 @@ def test_without_an_annotation_values_are_plain_json() -> None:
 def test_unencodable_values_raise_serialization_error(bad: Any) -> None:
     with pytest.raises(SerializationError, match="Cannot serialize the result of s"):
         encode(bad, "the result of s")
+
+
+@dataclasses.dataclass
+class Reading:
+    value: float
+
+
+class Gauge(pydantic.BaseModel):
+    readings: list[float]
+
+
+class Series(pydantic.RootModel[list[float]]):
+    pass
+
+
+NON_FINITE: list[tuple[Any, str]] = [
+    (math.nan, "it is nan"),
+    (-math.inf, "it is -inf"),
+    ([1.0, math.inf], r"the value at \[1\] is inf"),
+    ({"a": {"b": [0.5, math.nan]}}, r"the value at \['a'\]\['b'\]\[1\] is nan"),
+    ((None, "null", Reading(math.inf)), r"the value at \[2\]\.value is inf"),
+    ({"g": Gauge(readings=[1.0, -math.inf])}, r"the value at \['g'\]\['readings'\]\[1\] is -inf"),
+    ({math.nan}, r"the value at \[\*\] is nan"),
+    (Series([0.0, math.nan]), r"the value at \[1\] is nan"),
+]
+
+
+@pytest.mark.parametrize(("bad", "where"), NON_FINITE)
+def test_nan_and_infinity_raise_naming_their_place(bad: Any, where: str) -> None:
+    with pytest.raises(SerializationError, match=rf"Cannot serialize the result of s: {where}"):
+        encode(bad, "the result of s")
+
+
+def test_numpy_nan_and_infinity_raise_naming_their_place() -> None:
+    np = pytest.importorskip("numpy")
+    with pytest.raises(SerializationError, match=r"the value at \['x'\] is nan"):
+        encode({"x": np.float32("nan")})
+    with pytest.raises(SerializationError, match=r"the value at \[1\]\[0\] is inf"):
+        encode(np.array([[1.0, 2.0], [np.inf, 3.0]]))
+    assert encode(np.array([1.5, 2.5])) == "[1.5,2.5]"
+
+
+def test_null_and_finite_floats_still_encode() -> None:
+    assert encode({"a": None, "b": "null", "c": [1.5, -0.0, 1e308]}) == (
+        '{"a":null,"b":"null","c":[1.5,-0.0,1e+308]}'
+    )
 
 
 def test_inputs_rebuild_each_parameter_including_varargs() -> None:
