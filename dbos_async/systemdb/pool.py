@@ -176,7 +176,8 @@ def record_dict(record: Any) -> dict[str, Any]:
     return dict(record.items())
 
 
-_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+"""Seconds between the tries of a statement that lost its connection (about 4 s in all)."""
 
 
 async def run_idempotent(pool: Pool, statement: Callable[[Connection], Awaitable[T]]) -> T:
@@ -188,7 +189,7 @@ async def run_idempotent(pool: Pool, statement: Callable[[Connection], Awaitable
     Raises:
         DatabaseUnavailableError: the connection was lost on every try.
     """
-    for delay in (*_RETRY_DELAYS, None):
+    for delay in (*RETRY_DELAYS, None):
         try:
             async with acquire(pool) as conn:
                 return await statement(conn)

@@ -1,0 +1,122 @@
+"""A lost database connection is never a durable call's outcome.
+
+Connections are lost for real: a test terminates the backend of a running
+transaction or step with ``pg_terminate_backend``, or makes the server refuse
+connections for a while. The workflow must go on once the database answers,
+with the outcome it would have had without the outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import asyncpg
+import pytest
+
+from dbos_async import DBOS, SetWorkflowID
+
+
+@dataclass
+class Scene:
+    """What a test and the bodies it runs share; made per test (events bind to its loop)."""
+
+    runs: list[str] = field(default_factory=list)
+    body_pid: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    killed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+scene: Scene
+
+
+@pytest.fixture
+async def ledger(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """A ledger table whose rows die with their backend at COMMIT when asked to."""
+    global scene
+    scene = Scene()
+    await conn.execute(
+        """
+        CREATE TABLE public.ledger (
+            id serial PRIMARY KEY, entry text NOT NULL, die_at_commit bool NOT NULL);
+        CREATE FUNCTION public.die() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_terminate_backend(pg_backend_pid());
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT ON public.ledger
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+            WHEN (NEW.die_at_commit) EXECUTE FUNCTION public.die();
+        """
+    )
+    yield conn
+
+
+async def terminate(conn: asyncpg.Connection, pid: int) -> None:
+    """Terminate backend ``pid`` and wait until it is gone."""
+    assert await conn.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
+
+
+# -- transactions ----------------------------------------------------------------------
+
+
+@DBOS.transaction()
+async def post_lost_mid_body(entry: str) -> int:
+    scene.runs.append(entry)
+    conn = DBOS.connection
+    await conn.execute("INSERT INTO ledger (entry, die_at_commit) VALUES ($1, false)", entry)
+    if len(scene.runs) == 1:
+        scene.body_pid.set_result(await conn.fetchval("SELECT pg_backend_pid()"))
+        await scene.killed.wait()
+    return int(await conn.fetchval("SELECT count(*) FROM ledger"))
+
+
+@DBOS.transaction()
+async def post_lost_at_commit(entry: str) -> int:
+    scene.runs.append(entry)
+    first = len(scene.runs) == 1
+    conn = DBOS.connection
+    await conn.execute("INSERT INTO ledger (entry, die_at_commit) VALUES ($1, $2)", entry, first)
+    return int(await conn.fetchval("SELECT count(*) FROM ledger"))
+
+
+@DBOS.workflow()
+async def posts(entry: str, at_commit: bool) -> int:
+    if at_commit:
+        return await post_lost_at_commit(entry)
+    return await post_lost_mid_body(entry)
+
+
+async def assert_no_error_recorded(conn: asyncpg.Connection, workflow_id: str) -> None:
+    errors = await conn.fetch(
+        "SELECT function_name, error FROM operation_outputs "
+        "WHERE workflow_id = $1 AND error IS NOT NULL",
+        workflow_id,
+    )
+    assert errors == []
+
+
+async def test_a_transaction_whose_connection_is_lost_mid_body_commits_once(
+    dbos: DBOS, ledger: asyncpg.Connection
+) -> None:
+    with SetWorkflowID("lost-mid-body"):
+        handle = await dbos.start_workflow(posts, "rent", False)
+    await terminate(ledger, await scene.body_pid)
+    scene.killed.set()
+    assert await handle.get_result(timeout=20) == 1
+    assert scene.runs == ["rent", "rent"]  # retried once the connection was gone
+    assert await ledger.fetchval("SELECT count(*) FROM public.ledger") == 1
+    await assert_no_error_recorded(ledger, "lost-mid-body")
+
+
+async def test_a_transaction_whose_connection_is_lost_at_commit_commits_once(
+    dbos: DBOS, ledger: asyncpg.Connection
+) -> None:
+    with SetWorkflowID("lost-at-commit"):
+        handle = await dbos.start_workflow(posts, "rent", True)
+    assert await handle.get_result(timeout=20) == 1
+    assert scene.runs == ["rent", "rent"]
+    assert await ledger.fetchval("SELECT count(*) FROM public.ledger") == 1
+    await assert_no_error_recorded(ledger, "lost-at-commit")
