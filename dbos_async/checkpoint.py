@@ -45,7 +45,7 @@ from dbos_async.clock import now_ms
 from dbos_async.context import FencedOff
 from dbos_async.errors import NonDeterministicWorkflowError, NotInWorkflowError
 from dbos_async.systemdb import steps as steps_table
-from dbos_async.systemdb.pool import run_idempotent
+from dbos_async.systemdb.pool import is_lost_connection, run_idempotent
 from dbos_async.systemdb.steps import StepRecord
 
 if TYPE_CHECKING:
@@ -247,6 +247,15 @@ async def fetch_recorded(call: Call) -> StepRecord:
     if found is None:
         raise FencedOff(call.ctx.workflow_id)
     return await earlier(call, found)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database was lost, which is never a call's outcome.
+
+    A durable call that raises it records nothing; its workflow replays from
+    its records once the database answers.
+    """
+    return is_lost_connection(exc)
 
 
 def _interrupted(call: Call) -> None:

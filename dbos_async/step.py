@@ -20,7 +20,7 @@ import anyio
 from dbos_async import checkpoint, registry, serialization
 from dbos_async.clock import now_ms
 from dbos_async.context import WorkflowContext, current_step_id
-from dbos_async.errors import MaxStepRetriesExceeded
+from dbos_async.errors import DatabaseUnavailableError, MaxStepRetriesExceeded
 from dbos_async.systemdb.steps import StepRecord
 
 P = ParamSpec("P")
@@ -125,7 +125,18 @@ async def failed(
     """Record the body's error as the call's outcome and raise it again.
 
     If an earlier execution recorded the call first, its outcome stands instead.
+
+    Raises:
+        DatabaseUnavailableError: the body lost a database connection. That is
+            no outcome: nothing is recorded, and the workflow replays from its
+            records once the database answers, running the body again.
     """
+    if checkpoint.is_outage(exc):
+        if isinstance(exc, DatabaseUnavailableError):
+            raise exc
+        raise DatabaseUnavailableError(
+            f"Step {entry.name!r} lost its database connection: {exc!r}"
+        ) from exc
     error = serialization.encode_exception(exc)
     found = await checkpoint.record(call, error=error, started_at=started)
     if found is None:
@@ -158,7 +169,7 @@ async def _run_body(
         except Exception as exc:
             last = exc
     assert last is not None
-    if options["retries_allowed"]:
+    if options["retries_allowed"] and not checkpoint.is_outage(last):  # no outcome: see failed
         raise MaxStepRetriesExceeded(entry.name, options["attempts"], last) from last
     raise last
 

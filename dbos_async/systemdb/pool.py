@@ -171,6 +171,26 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (*CONNECTION_ERRORS, DatabaseUnavailableError))
 
 
+# What user code (a step's body) raises when a database connection is gone.
+# Narrower than CONNECTION_ERRORS, which classify our own statements: any
+# network call raises OSError or TimeoutError (a step's HTTP request that
+# timed out is the step's outcome), and the subclasses of asyncpg's
+# InterfaceError and InternalClientError are misuse, bad query input or a
+# stale statement cache, not a lost connection.
+_EXACTLY = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+_BODY_CONNECTION_ERRORS = tuple(
+    e for e in CONNECTION_ERRORS if e not in (OSError, TimeoutError, *_EXACTLY)
+)
+
+
+def is_lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by user code, means a database connection was lost."""
+    return (
+        isinstance(exc, (DatabaseUnavailableError, *_BODY_CONNECTION_ERRORS))
+        or type(exc) in _EXACTLY
+    )
+
+
 def record_dict(record: Any) -> dict[str, Any]:
     """An asyncpg record as a plain dict."""
     return dict(record.items())

@@ -120,3 +120,50 @@ async def test_a_transaction_whose_connection_is_lost_at_commit_commits_once(
     assert scene.runs == ["rent", "rent"]
     assert await ledger.fetchval("SELECT count(*) FROM public.ledger") == 1
     await assert_no_error_recorded(ledger, "lost-at-commit")
+
+
+# -- steps -----------------------------------------------------------------------------
+
+
+@DBOS.transaction()
+async def count_in_a_transaction() -> int:
+    conn = DBOS.connection
+    if len(scene.runs) == 1:
+        scene.body_pid.set_result(await conn.fetchval("SELECT pg_backend_pid()"))
+        await scene.killed.wait()
+    return int(await conn.fetchval("SELECT count(*) FROM ledger"))
+
+
+@DBOS.step()
+async def count_entries(db_url: str, via_transaction: bool) -> int:
+    scene.runs.append("count")
+    if via_transaction:  # inside a step, a plain transaction: its lost connection raises
+        return await count_in_a_transaction()
+    conn = await asyncpg.connect(db_url)
+    try:
+        if len(scene.runs) == 1:
+            scene.body_pid.set_result(await conn.fetchval("SELECT pg_backend_pid()"))
+            await scene.killed.wait()
+        return int(await conn.fetchval("SELECT count(*) FROM public.ledger"))
+    finally:
+        conn.terminate()
+
+
+@DBOS.workflow()
+async def counts(db_url: str, via_transaction: bool) -> int:
+    return await count_entries(db_url, via_transaction) + 1
+
+
+@pytest.mark.parametrize("via_transaction", [False, True], ids=["asyncpg", "transaction"])
+async def test_a_step_whose_connection_is_lost_runs_again(
+    dbos: DBOS, db_url: str, ledger: asyncpg.Connection, via_transaction: bool
+) -> None:
+    # The body's own asyncpg connection (an asyncpg error), or a transaction it
+    # calls (DatabaseUnavailableError): either way the step's body raises it.
+    with SetWorkflowID("step-lost"):
+        handle = await dbos.start_workflow(counts, db_url, via_transaction)
+    await terminate(ledger, await scene.body_pid)
+    scene.killed.set()
+    assert await handle.get_result(timeout=20) == 1
+    assert scene.runs == ["count", "count"]
+    await assert_no_error_recorded(ledger, "step-lost")
