@@ -42,6 +42,7 @@ class WorkflowContext:
     fence: int = 0  # the fencing token this runtime holds on the workflow's row
     adopted: bool = False  # another runtime took the workflow over: stop, record nothing
     finished: bool = False  # its function returned: no durable call may follow
+    replay_delay: float = 0.0  # the wait before replaying it if it loses the database (0: first)
     # Calls interrupted by a cancellation of the workflow's own making, recorded
     # before its next checkpoint (see checkpoint.settle). Made on first use,
     # like ``tasks`` (its live branch tasks): most workflows need neither.

@@ -268,11 +268,12 @@ def spawn(
     future: asyncio.Future[Outcome] | None = None,
     fence: int = 0,
     branched: bool = True,
-) -> None:
-    """Run a recorded PENDING workflow as a task of the runtime.
+) -> WorkflowContext:
+    """Run a recorded PENDING workflow as a task of the runtime; return its context.
 
     ``fence`` is the token this runtime holds on the row (from its claim);
-    ``branched`` is False for a history recorded with flat step IDs.
+    ``branched`` is False for a history recorded with flat step IDs. The
+    task starts later: the context may be adjusted until the caller awaits.
     """
     if future is None:
         future = asyncio.get_running_loop().create_future()
@@ -288,6 +289,7 @@ def spawn(
     else:
         with branches.outside():  # its task takes no position in a branch that starts it
             runtime.workflow_group.start_soon(_execute, ctx, entry, args, kwargs, future)
+    return ctx
 
 
 async def _execute(
@@ -419,8 +421,15 @@ async def _replay_later(
     kwargs: dict[str, Any],
     future: asyncio.Future[Outcome],
 ) -> None:
-    """Replay a workflow that lost the database, once it answers again."""
-    delay = 1.0
+    """Replay a workflow that lost the database, once it answers again.
+
+    The wait doubles, up to the runtime's longest, for as long as its
+    executions record nothing new: a step whose database stays away is run
+    again less and less often, not every second forever. An execution that
+    recorded something starts over from the shortest wait.
+    """
+    first, longest = ctx.runtime.replay_backoff
+    delay = ctx.replay_delay or first
     while True:
         await anyio.sleep(delay)
         try:
@@ -428,16 +437,18 @@ async def _replay_later(
                 recorded = await steps_table.select_steps_of(conn, [ctx.workflow_id])
             break
         except Exception:  # still unreachable: wait longer
-            delay = min(delay * 2, 30.0)
-    spawn(
+            delay = min(delay * 2, longest)
+    steps = recorded[ctx.workflow_id]
+    again = spawn(
         ctx.runtime,
         entry,
         ctx.workflow_id,
         args,
         kwargs,
-        recorded[ctx.workflow_id],
+        steps,
         ctx.deadline_epoch_ms,
         future,
         fence=ctx.fence,
         branched=ctx.branched,
     )
+    again.replay_delay = first if len(steps) > len(ctx.recorded) else min(delay * 2, longest)

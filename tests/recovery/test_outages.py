@@ -9,6 +9,8 @@ with the outcome it would have had without the outage.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -167,3 +169,47 @@ async def test_a_step_whose_connection_is_lost_runs_again(
     assert await handle.get_result(timeout=20) == 1
     assert scene.runs == ["count", "count"]
     await assert_no_error_recorded(ledger, "step-lost")
+
+
+# -- replays ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def gone_url(db_url: str, conn: asyncpg.Connection) -> AsyncIterator[str]:
+    """The URL of a database that stays away: its role may open no connection at all."""
+    role = f"gone_{db_url.rsplit('/', 1)[1]}"
+    await conn.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+    url = urllib.parse.urlsplit(db_url)
+    yield url._replace(netloc=f"{role}@{url.hostname}:{url.port}").geturl()
+    await conn.execute(f'DROP ROLE "{role}"')
+
+
+@DBOS.step()
+async def read_payments(url: str) -> int:
+    scene.runs.append(f"{asyncio.get_running_loop().time()}")
+    if len(scene.runs) == 5:
+        scene.killed.set()
+    conn = await asyncpg.connect(url)  # TooManyConnectionsError, every time
+    conn.terminate()
+    return 0
+
+
+@DBOS.workflow()
+async def pays(url: str) -> int:
+    return await read_payments(url)
+
+
+async def test_replays_that_record_nothing_new_back_off(
+    dbos: DBOS, gone_url: str, ledger: asyncpg.Connection
+) -> None:
+    first = 0.02
+    dbos._runtime.replay_backoff = (first, 30.0)
+    with SetWorkflowID("backs-off"):
+        await dbos.start_workflow(pays, gone_url)
+    await scene.killed.wait()  # the fifth run
+    times = [float(t) for t in scene.runs]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # Each replay found nothing new recorded: each wait is twice the last,
+    # not the same short wait again and again.
+    assert all(gap >= first * 2**k for k, gap in enumerate(gaps)), gaps
+    await assert_no_error_recorded(ledger, "backs-off")
