@@ -427,18 +427,33 @@ async def _replay_later(
     executions record nothing new: a step whose database stays away is run
     again less and less often, not every second forever. An execution that
     recorded something starts over from the shortest wait.
+
+    cancel_workflow and adoption by another runtime end the wait at once,
+    and the workflow with it: nothing runs again here.
     """
     first, longest = ctx.runtime.replay_backoff
     delay = ctx.replay_delay or first
-    while True:
-        await anyio.sleep(delay)
-        try:
-            async with ctx.runtime.connection() as conn:
-                recorded = await steps_table.select_steps_of(conn, [ctx.workflow_id])
-            break
-        except Exception:  # still unreachable: wait longer
-            delay = min(delay * 2, longest)
-    steps = recorded[ctx.workflow_id]
+    steps: dict[StepKey, StepRecord] = {}
+    with anyio.CancelScope() as waiting:
+        ctx.cancel_scope = waiting  # what cancel_local and stop_adopted cancel
+        if ctx.cancelled or ctx.adopted:
+            waiting.cancel()
+        while True:
+            await anyio.sleep(delay)
+            try:
+                async with ctx.runtime.connection() as conn:
+                    recorded = await steps_table.select_steps_of(conn, [ctx.workflow_id])
+                steps = recorded[ctx.workflow_id]
+                break
+            except Exception:  # still unreachable: wait longer
+                delay = min(delay * 2, longest)
+    if ctx.adopted:  # the other runtime owns it now: waiters here read its row
+        _release(ctx.runtime, ctx.workflow_id, future, Outcome(local=False))
+        return
+    if ctx.cancelled:  # its row is CANCELLED already
+        error = WorkflowCancelledError(ctx.workflow_id)
+        _release(ctx.runtime, ctx.workflow_id, future, Outcome(error=error))
+        return
     again = spawn(
         ctx.runtime,
         entry,

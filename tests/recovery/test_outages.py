@@ -9,15 +9,17 @@ with the outcome it would have had without the outage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, SetWorkflowID
+from dbos_async import DBOS, SetWorkflowID, WorkflowCancelledError, WorkflowStatusString
 
 
 @dataclass
@@ -54,6 +56,24 @@ async def ledger(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
         """
     )
     yield conn
+
+
+@contextlib.contextmanager
+def logged(action: str) -> Iterator[asyncio.Event]:
+    """An event set once dbos_async logs a record whose ``action`` is ``action``."""
+    seen = asyncio.Event()
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "action", None) == action:
+                seen.set()
+
+    handler = Handler()
+    logging.getLogger("dbos_async").addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logging.getLogger("dbos_async").removeHandler(handler)
 
 
 async def terminate(conn: asyncpg.Connection, pid: int) -> None:
@@ -213,3 +233,18 @@ async def test_replays_that_record_nothing_new_back_off(
     # not the same short wait again and again.
     assert all(gap >= first * 2**k for k, gap in enumerate(gaps)), gaps
     await assert_no_error_recorded(ledger, "backs-off")
+
+
+async def test_cancelling_a_workflow_that_waits_to_replay_ends_it_at_once(
+    dbos: DBOS, gone_url: str, ledger: asyncpg.Connection
+) -> None:
+    dbos._runtime.replay_backoff = (30.0, 30.0)
+    with logged("replay_later") as waiting, SetWorkflowID("cancelled-while-waiting"):
+        handle = await dbos.start_workflow(pays, gone_url)
+        await waiting.wait()
+    await dbos.cancel_workflow("cancelled-while-waiting")
+    with pytest.raises(WorkflowCancelledError):
+        await handle.get_result(timeout=5)
+    assert len(scene.runs) == 1  # it did not run again after its cancellation
+    status = await handle.get_status()
+    assert status.status is WorkflowStatusString.CANCELLED
