@@ -253,9 +253,10 @@ def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means the database was lost, which is never a call's outcome.
 
     A durable call that raises it records nothing; its workflow replays from
-    its records once the database answers.
+    its records once the database answers. One rebuilt from a record (an
+    earlier release recorded outages) is that call's outcome, and replays as such.
     """
-    return is_lost_connection(exc)
+    return is_lost_connection(exc) and not serialization.is_recorded(exc)
 
 
 def _interrupted(call: Call) -> None:

@@ -24,7 +24,6 @@ from dbos_async.branches import Branch, current_branch
 from dbos_async.clock import now_ms
 from dbos_async.context import FencedOff, Running, WorkflowContext, current_workflow
 from dbos_async.errors import (
-    DatabaseUnavailableError,
     DBOSError,
     WorkflowCancelledError,
     WorkflowConflictError,
@@ -327,9 +326,9 @@ async def _execute(
                     ctx.workflow_id, "SUCCESS", output, None, now_ms(), ctx.fence
                 )
                 outcome.value = value
-            except DatabaseUnavailableError:
-                raise  # not the workflow's outcome: it replays once the database is back
             except Exception as exc:
+                if checkpoint.is_outage(exc):
+                    raise  # not the workflow's outcome: it replays once the database is back
                 row = wf_table.Outcome(
                     ctx.workflow_id,
                     "ERROR",

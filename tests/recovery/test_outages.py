@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, SetWorkflowID, WorkflowCancelledError, WorkflowStatusString
+from dbos_async import (
+    DBOS,
+    DatabaseUnavailableError,
+    SetWorkflowID,
+    WorkflowCancelledError,
+    WorkflowStatusString,
+    serialization,
+)
 
 
 @dataclass
@@ -248,3 +255,29 @@ async def test_cancelling_a_workflow_that_waits_to_replay_ends_it_at_once(
     assert len(scene.runs) == 1  # it did not run again after its cancellation
     status = await handle.get_status()
     assert status.status is WorkflowStatusString.CANCELLED
+
+
+@DBOS.step()
+async def fails_once_recorded() -> None:
+    raise LookupError("recorded")
+
+
+@DBOS.workflow()
+async def replays_a_recorded_outage() -> None:
+    await fails_once_recorded()
+
+
+async def test_an_outage_recorded_by_an_earlier_release_is_an_outcome_not_an_outage(
+    dbos: DBOS, ledger: asyncpg.Connection
+) -> None:
+    with SetWorkflowID("recorded-outage"), pytest.raises(LookupError):
+        await replays_a_recorded_outage()
+    # Earlier releases recorded a lost connection as the step's outcome.
+    recorded = serialization.encode_exception(DatabaseUnavailableError("Lost the connection"))
+    await ledger.execute("UPDATE operation_outputs SET error = $1", recorded)
+    handle = await dbos.resume_workflow("recorded-outage")
+    # Replay returns what was recorded: an error, not an outage to wait out forever.
+    with pytest.raises(DatabaseUnavailableError, match="Lost the connection"):
+        await handle.get_result(timeout=10)
+    status = await handle.get_status()
+    assert status.status is WorkflowStatusString.ERROR
