@@ -24,6 +24,7 @@ from dbos_async.branches import Branch, current_branch
 from dbos_async.clock import now_ms
 from dbos_async.context import FencedOff, Running, WorkflowContext, current_workflow
 from dbos_async.errors import (
+    DatabaseUnavailableError,
     DBOSError,
     WorkflowCancelledError,
     WorkflowConflictError,
@@ -321,13 +322,15 @@ async def _execute(
                     value = await entry.fn(*args, **kwargs)
                 finally:
                     _finish(ctx, root)
+                if ctx.lost:  # it caught an outage and went on: not an outcome either
+                    raise DatabaseUnavailableError(f"{ctx.workflow_id!r} lost the database")
                 output = serialization.encode(value, f"the result of workflow {entry.name}")
                 row = wf_table.Outcome(
                     ctx.workflow_id, "SUCCESS", output, None, now_ms(), ctx.fence
                 )
                 outcome.value = value
             except Exception as exc:
-                if checkpoint.is_outage(exc):
+                if ctx.lost or checkpoint.is_outage(exc):
                     raise  # not the workflow's outcome: it replays once the database is back
                 row = wf_table.Outcome(
                     ctx.workflow_id,

@@ -281,3 +281,38 @@ async def test_an_outage_recorded_by_an_earlier_release_is_an_outcome_not_an_out
         await handle.get_result(timeout=10)
     status = await handle.get_status()
     assert status.status is WorkflowStatusString.ERROR
+
+
+@DBOS.step()
+async def take_path(path: str) -> str:
+    scene.runs.append(path)
+    return path
+
+
+@DBOS.workflow()
+async def falls_back(url: str) -> str:
+    try:
+        await read_payments(url)
+    except Exception:  # swallows the outage too, as workflow code may
+        return await take_path("fallback")
+    return await take_path("main")
+
+
+async def test_a_workflow_that_swallows_an_outage_records_nothing_more_and_replays(
+    dbos: DBOS, gone_url: str, ledger: asyncpg.Connection
+) -> None:
+    dbos._runtime.replay_backoff = (0.2, 30.0)
+    with logged("replay_later") as waiting, SetWorkflowID("falls-back"):
+        handle = await dbos.start_workflow(falls_back, gone_url)
+        result = asyncio.ensure_future(handle.get_result(timeout=20))
+        replays = asyncio.ensure_future(waiting.wait())
+        await asyncio.wait([result, replays], return_when=asyncio.FIRST_COMPLETED)
+        replays.cancel()
+    # The payments database answers again.
+    role = urllib.parse.urlsplit(gone_url).username
+    await ledger.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+    # What the workflow did after the outage went unrecorded: its replay takes the main path.
+    assert await result == "main"
+    assert "fallback" not in scene.runs
+    names = await ledger.fetch("SELECT function_name FROM operation_outputs ORDER BY step_id")
+    assert [r[0].rsplit(".", 1)[1] for r in names] == ["read_payments", "take_path"]
