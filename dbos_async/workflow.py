@@ -50,6 +50,7 @@ class Outcome:
     value: Any = None
     error: BaseException | None = None
     local: bool = True  # False: the workflow is not running here; read the database
+    ended: bool = True  # False: this runtime stopped it unfinished (``error`` says so)
 
 
 def workflow(
@@ -380,7 +381,8 @@ async def _execute(
             error=DBOSError(
                 f"Workflow {ctx.workflow_id!r} was interrupted; "
                 "it stays PENDING and resumes on recovery"
-            )
+            ),
+            ended=False,
         )
         raise
     finally:

@@ -16,12 +16,14 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+import anyio
 import asyncpg
 import pytest
 
 from dbos_async import (
     DBOS,
     DatabaseUnavailableError,
+    DBOSError,
     SetWorkflowID,
     WorkflowCancelledError,
     WorkflowStatusString,
@@ -38,16 +40,22 @@ class Scene:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     killed: asyncio.Event = field(default_factory=asyncio.Event)
+    later: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 scene: Scene
 
 
+@pytest.fixture(autouse=True)
+async def fresh_scene() -> None:
+    global scene
+    scene = Scene()
+
+
 @pytest.fixture
 async def ledger(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
     """A ledger table whose rows die with their backend at COMMIT when asked to."""
-    global scene
-    scene = Scene()
     await conn.execute(
         """
         CREATE TABLE public.ledger (
@@ -316,3 +324,108 @@ async def test_a_workflow_that_swallows_an_outage_records_nothing_more_and_repla
     assert "fallback" not in scene.runs
     names = await ledger.fetch("SELECT function_name FROM operation_outputs ORDER BY step_id")
     assert [r[0].rsplit(".", 1)[1] for r in names] == ["read_payments", "take_path"]
+
+
+# -- wait_first ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def refused(pg_server_url: str, db_url: str, keep: asyncpg.Connection) -> AsyncIterator[None]:
+    """An outage: every connection to the test database but ``keep`` is cut, new ones refused."""
+    database = db_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(pg_server_url)  # ALTER DATABASE runs from another one
+    try:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> $2",
+            database,
+            keep.get_server_pid(),
+        )
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+@pytest.fixture
+async def there(db_url: str, dbos: DBOS) -> AsyncIterator[DBOS]:
+    """A second runtime: what runs there, ``dbos`` knows only from the database."""
+    async with DBOS(database_url=db_url, app_version="test", executor_id="there") as runtime:
+        yield runtime
+
+
+@DBOS.workflow()
+async def held() -> str:
+    await scene.killed.wait()
+    return "held"
+
+
+@DBOS.step()
+async def finishes_later() -> str:
+    scene.started.set()  # wait_first is watching the handle by now
+    await scene.later.wait()
+    return "later"
+
+
+@DBOS.workflow()
+async def first_of(held_id: str) -> str:
+    handle = await DBOS.retrieve_workflow(held_id)
+    winner = await DBOS.wait_first([handle, finishes_later()])
+    return "held" if winner is handle else str(await winner)
+
+
+async def test_wait_first_does_not_take_an_outage_for_an_ending(
+    dbos: DBOS, there: DBOS, db_url: str, pg_server_url: str, ledger: asyncpg.Connection
+) -> None:
+    with SetWorkflowID("held"):
+        await there.start_workflow(held)
+    handle = await dbos.retrieve_workflow("held")  # running there: read from its row
+    later = asyncio.ensure_future(scene.later.wait())
+    race = asyncio.ensure_future(DBOS.wait_first([handle, later]))
+    with logged("wait_reread") as reread:
+        async with refused(pg_server_url, db_url, ledger):
+            failed = asyncio.ensure_future(reread.wait())
+            await asyncio.wait([race, failed], return_when=asyncio.FIRST_COMPLETED)
+            failed.cancel()
+            assert not race.done(), "a failed read of the handle's status won"
+    scene.later.set()
+    assert await race is later
+    scene.killed.set()
+    assert await handle.get_result(timeout=20) == "held"
+
+
+async def test_wait_first_in_a_workflow_records_a_winner_that_finished(
+    dbos: DBOS, there: DBOS, db_url: str, pg_server_url: str, ledger: asyncpg.Connection
+) -> None:
+    with SetWorkflowID("held"):
+        await there.start_workflow(held)
+    with SetWorkflowID("first-of"):
+        handle = await dbos.start_workflow(first_of, "held")
+    await scene.started.wait()
+    with logged("wait_reread") as reread:
+        async with refused(pg_server_url, db_url, ledger):
+            # Bounded only so that a run that never logs one still ends the outage.
+            with anyio.move_on_after(5):
+                await reread.wait()
+    scene.later.set()
+    assert await handle.get_result(timeout=20) == "later"
+    assert reread.is_set()
+    output = await ledger.fetchval(
+        "SELECT output FROM operation_outputs WHERE function_name = 'DBOS.wait_first'"
+    )
+    assert output == "1"  # the second item, recorded for replay
+    scene.killed.set()
+
+
+async def test_wait_first_does_not_take_a_shutdown_for_an_ending(db_url: str) -> None:
+    runtime = DBOS(database_url=db_url, app_version="test", executor_id="stops")
+    await runtime.launch()
+    with SetWorkflowID("held"):
+        handle = await runtime.start_workflow(held)
+    later = asyncio.ensure_future(scene.later.wait())
+    race = asyncio.ensure_future(DBOS.wait_first([handle, later]))
+    await runtime.shutdown()  # the workflow stays PENDING: it has not ended
+    with pytest.raises(DBOSError, match="stays PENDING"):
+        await race
+    later.cancel()
