@@ -159,13 +159,14 @@ async def _run_body(
 ) -> Any:
     """Run the body of a checkpointed step with its retry policy."""
     options = entry.options
-    limiter = ctx.runtime.thread_limiter
     last: Exception | None = None
     for attempt in range(options["attempts"]):
         if attempt:
             await anyio.sleep(options["interval"] * options["backoff"] ** (attempt - 1))
         try:
-            return await _call_body(entry, args, kwargs, limiter)
+            if options["is_async"]:  # inline: every async step's path
+                return await entry.fn(*args, **kwargs)
+            return await _call_body(entry, args, kwargs, ctx.runtime.thread_limiter)
         except Exception as exc:
             last = exc
     assert last is not None
