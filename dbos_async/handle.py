@@ -265,7 +265,9 @@ def wait_first(items: Sequence[Waitable]) -> Coroutine[Any, Any, Any]:
     tasks now, in order, so inside a workflow each is a branch with a fixed
     position. Returns the winning handle, or the winning task (for a task or
     a coroutine). The tasks made from coroutines that lost are cancelled;
-    handles and tasks given as such are left running.
+    handles and tasks given as such are left running. A handle finishes when
+    its workflow reaches a final status (or is deleted): a read of its status
+    that fails because the database is unreachable is made again.
 
     Inside a workflow the choice is a checkpoint, taken now like every
     checkpoint's identity: replay returns the same winner (once it has
@@ -274,6 +276,8 @@ def wait_first(items: Sequence[Waitable]) -> Coroutine[Any, Any, Any]:
     Raises:
         ValueError: ``items`` is empty.
         TypeError: an item is neither a handle nor awaitable.
+        DBOSError: (when awaited) a handle's workflow runs on a runtime that is
+            shutting down: it stays PENDING, unfinished.
     """
     items = list(items)
     if not items:
