@@ -39,7 +39,9 @@ class Scene:
     body_pid: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    killed: asyncio.Event = field(default_factory=asyncio.Event)
+    killed: asyncio.Event = field(default_factory=asyncio.Event)  # the test killed body_pid
+    fifth_run: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # `held` may end
     later: asyncio.Event = field(default_factory=asyncio.Event)
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -223,7 +225,7 @@ async def gone_url(db_url: str, conn: asyncpg.Connection) -> AsyncIterator[str]:
 async def read_payments(url: str) -> int:
     scene.runs.append(f"{asyncio.get_running_loop().time()}")
     if len(scene.runs) == 5:
-        scene.killed.set()
+        scene.fifth_run.set()
     conn = await asyncpg.connect(url)  # TooManyConnectionsError, every time
     conn.terminate()
     return 0
@@ -241,7 +243,7 @@ async def test_replays_that_record_nothing_new_back_off(
     dbos._runtime.replay_backoff = (first, 30.0)
     with SetWorkflowID("backs-off"):
         await dbos.start_workflow(pays, gone_url)
-    await scene.killed.wait()  # the fifth run
+    await scene.fifth_run.wait()
     times = [float(t) for t in scene.runs]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # Each replay found nothing new recorded: each wait is twice the last,
@@ -357,7 +359,7 @@ async def there(db_url: str, dbos: DBOS) -> AsyncIterator[DBOS]:
 
 @DBOS.workflow()
 async def held() -> str:
-    await scene.killed.wait()
+    await scene.released.wait()
     return "held"
 
 
@@ -391,7 +393,7 @@ async def test_wait_first_does_not_take_an_outage_for_an_ending(
             assert not race.done(), "a failed read of the handle's status won"
     scene.later.set()
     assert await race is later
-    scene.killed.set()
+    scene.released.set()
     assert await handle.get_result(timeout=20) == "held"
 
 
@@ -415,7 +417,7 @@ async def test_wait_first_in_a_workflow_records_a_winner_that_finished(
         "SELECT output FROM operation_outputs WHERE function_name = 'DBOS.wait_first'"
     )
     assert output == "1"  # the second item, recorded for replay
-    scene.killed.set()
+    scene.released.set()
 
 
 async def test_wait_first_does_not_take_a_shutdown_for_an_ending(db_url: str) -> None:
