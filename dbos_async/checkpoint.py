@@ -44,9 +44,13 @@ from dbos_async import serialization
 from dbos_async.branches import Branch, current_branch
 from dbos_async.clock import now_ms
 from dbos_async.context import FencedOff
-from dbos_async.errors import NonDeterministicWorkflowError, NotInWorkflowError
+from dbos_async.errors import (
+    DatabaseUnavailableError,
+    NonDeterministicWorkflowError,
+    NotInWorkflowError,
+)
 from dbos_async.systemdb import steps as steps_table
-from dbos_async.systemdb.pool import run_idempotent
+from dbos_async.systemdb.pool import is_lost_connection, run_idempotent
 from dbos_async.systemdb.steps import StepRecord
 
 if TYPE_CHECKING:
@@ -97,8 +101,14 @@ class Call:
         if self._running is not None:
             self._running.busy -= 1
             self._running = None
-        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+        if exc_type is None or exc is None:
+            return
+        if issubclass(exc_type, asyncio.CancelledError):
             _interrupted(self)
+        elif is_outage(exc):
+            # Workflow code may catch it and go on, down a path that replay,
+            # once the call succeeds, would not take: record nothing more.
+            self.ctx.lost = self.ctx.finished = True
 
     def row(
         self,
@@ -142,12 +152,20 @@ def take(name: str) -> Call | None:
     Raises:
         NotInWorkflowError: the calling task outlived its workflow, which has
             finished: nothing it does can be recorded any more.
+        DatabaseUnavailableError: an earlier call of this execution lost the
+            database: nothing more is recorded until it replays.
     """
     branch = current_branch.get()
     if branch is None or branch.busy:  # see branches.workflow_code
         return None
     ctx = branch.workflow
     if ctx.finished:
+        if ctx.lost:
+            raise DatabaseUnavailableError(
+                f"{name} cannot be recorded: workflow {ctx.workflow_id!r} lost the database "
+                "in an earlier call of this execution, which replays from its records "
+                "once the database answers"
+            )
         raise NotInWorkflowError(
             f"{name} was called from a task that outlived its workflow {ctx.workflow_id!r}, "
             "which has finished: it cannot be made durable. Await every task a workflow "
@@ -248,6 +266,16 @@ async def fetch_recorded(call: Call) -> StepRecord:
     if found is None:
         raise FencedOff(call.ctx.workflow_id)
     return await earlier(call, found)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database was lost, which is never a call's outcome.
+
+    A durable call that raises it records nothing; its workflow replays from
+    its records once the database answers. One rebuilt from a record (an
+    earlier release recorded outages) is that call's outcome, and replays as such.
+    """
+    return is_lost_connection(exc) and not serialization.is_recorded(exc)
 
 
 def _interrupted(call: Call) -> None:

@@ -40,7 +40,11 @@ class WorkflowContext:
     cancelled: bool = False  # cancel_workflow or the deadline, never a shutdown
     fence: int = 0  # the fencing token this runtime holds on the workflow's row
     adopted: bool = False  # another runtime took the workflow over: stop, record nothing
-    finished: bool = False  # its function returned: no durable call may follow
+    finished: bool = False  # its function returned, or it lost: no durable call may follow
+    # A durable call lost the database: this execution records nothing more, and
+    # replays from its records once the database answers (see checkpoint.is_outage).
+    lost: bool = False
+    replay_delay: float = 0.0  # the wait before replaying it if it loses the database (0: first)
     # Calls interrupted by a cancellation of the workflow's own making, recorded
     # before its next checkpoint (see checkpoint.settle). Made on first use,
     # like ``tasks`` (its live branch tasks): most workflows need neither.

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union
 
@@ -20,6 +22,7 @@ import anyio
 from dbos_async import checkpoint, registry, serialization
 from dbos_async.branches import current_branch, outside
 from dbos_async.errors import (
+    DatabaseUnavailableError,
     MaxRecoveryAttemptsExceededError,
     NonDeterministicWorkflowError,
     WorkflowCancelledError,
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
     from dbos_async.context import Running
     from dbos_async.notifications import Listener
     from dbos_async.systemdb.pool import Pool, PooledConnection
+
+logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
@@ -108,30 +113,79 @@ async def await_result(source: HandleSource, workflow_id: str) -> Any:
 
     A workflow running elsewhere is re-read only when its ``w`` notification
     arrives (or the listener's safety net fires): one round trip per wake-up.
+
+    Raises:
+        DatabaseUnavailableError: its row could not be read.
+    """
+    return (await _await_end(source, workflow_id, patient=False))()
+
+
+async def await_end(source: HandleSource, workflow_id: str) -> None:
+    """Return once a workflow has ended: reached a terminal status, or been deleted.
+
+    A read that fails because the database is unreachable is no ending: it
+    is made again once the listener reconnects (or after a backoff).
+
+    Raises:
+        DBOSError: the workflow runs here and this runtime is shutting down.
+    """
+    with contextlib.suppress(WorkflowNotFoundError):  # deleted: it will not end otherwise
+        await _await_end(source, workflow_id, patient=True)
+
+
+async def _await_end(source: HandleSource, workflow_id: str, *, patient: bool) -> Callable[[], Any]:
+    """Wait for a workflow to end; return what returns its result (or raises its error).
+
+    ``patient``: see ``await_end``; else a failed read raises.
     """
     running = source.local.get(workflow_id)
     if running is not None:
         outcome = await asyncio.shield(running.future)
         if outcome.local:
-            if outcome.error is not None:
+            if not outcome.ended:  # this runtime stops: the workflow stays PENDING
                 raise outcome.error
-            return outcome.value
+            return functools.partial(_local_outcome, outcome.value, outcome.error)
     # Running elsewhere: its completion is announced on ``w:<id>``.
     with source.listener.watch("w", workflow_id) as changed:
+        pause = _REREAD_PAUSES[0]
         while True:
-            async with source.connection() as conn:
-                row = await wf_table.select_workflow_outcome(conn, workflow_id)
+            try:
+                async with source.connection() as conn:
+                    row = await wf_table.select_workflow_outcome(conn, workflow_id)
+            except DatabaseUnavailableError as exc:
+                if not patient:
+                    raise
+                logger.warning(
+                    "cannot read the status of workflow %s (%r); reading it again in %ss",
+                    workflow_id,
+                    exc,
+                    pause,
+                    extra={"action": "wait_reread", "workflow_id": workflow_id},
+                )
+                await changed.wait(pause)  # the listener's reconnection fires it
+                pause = min(pause * 2, _REREAD_PAUSES[1])
+                continue
+            pause = _REREAD_PAUSES[0]
             if row is None:
                 raise WorkflowNotFoundError(workflow_id)
             status = WorkflowStatusString(row["status"])
             if status.is_terminal:
-                return _decode_outcome(workflow_id, status, row)
+                return functools.partial(_decode_outcome, workflow_id, status, row)
             if workflow_id in source.local:  # it started here meanwhile (recovery, resume)
-                return await await_result(source, workflow_id)
+                return await _await_end(source, workflow_id, patient=patient)
             await changed.wait()
             # A dequeue here fires w:<id> locally: switch to the task without a read.
             if workflow_id in source.local:
-                return await await_result(source, workflow_id)
+                return await _await_end(source, workflow_id, patient=patient)
+
+
+_REREAD_PAUSES = (0.05, 5.0)  # seconds: the first and longest pause after a failed read
+
+
+def _local_outcome(value: Any, error: BaseException | None) -> Any:
+    if error is not None:
+        raise error
+    return value
 
 
 def _decode_outcome(workflow_id: str, status: WorkflowStatusString, row: dict[str, Any]) -> Any:
@@ -219,7 +273,9 @@ def wait_first(items: Sequence[Waitable]) -> Coroutine[Any, Any, Any]:
     tasks now, in order, so inside a workflow each is a branch with a fixed
     position. Returns the winning handle, or the winning task (for a task or
     a coroutine). The tasks made from coroutines that lost are cancelled;
-    handles and tasks given as such are left running.
+    handles and tasks given as such are left running. A handle finishes when
+    its workflow reaches a final status (or is deleted): a read of its status
+    that fails because the database is unreachable is made again.
 
     Inside a workflow the choice is a checkpoint, taken now like every
     checkpoint's identity: replay returns the same winner (once it has
@@ -228,6 +284,8 @@ def wait_first(items: Sequence[Waitable]) -> Coroutine[Any, Any, Any]:
     Raises:
         ValueError: ``items`` is empty.
         TypeError: an item is neither a handle nor awaitable.
+        DBOSError: (when awaited) a handle's workflow runs on a runtime that is
+            shutting down: it stays PENDING, unfinished.
     """
     items = list(items)
     if not items:
@@ -299,8 +357,8 @@ async def _first_finished(racing: list[WorkflowHandle[Any] | asyncio.Future[Any]
             done.set_result(None)
 
     async def watch(handle: WorkflowHandle[Any]) -> None:
-        with contextlib.suppress(Exception):  # an error or a cancellation is an ending too
-            await handle.get_result()
+        # Only an ending counts: its own error or cancellation do, an outage does not.
+        await await_end(handle._source, handle.workflow_id)
 
     futures: list[asyncio.Future[Any]] = []
     for item in racing:
@@ -316,4 +374,7 @@ async def _first_finished(racing: list[WorkflowHandle[Any] | asyncio.Future[Any]
             future.remove_done_callback(finished)
         for watcher in watchers:
             watcher.cancel()
-    return next(i for i, f in enumerate(futures) if f.done())
+    first = next(i for i, f in enumerate(futures) if f.done())
+    if futures[first] in watchers and not futures[first].cancelled():
+        futures[first].result()  # a watcher fails only when the runtime stops: no winner
+    return first

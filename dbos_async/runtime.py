@@ -140,6 +140,9 @@ class Runtime:
         self.embedded: Any = None
         self._listener: Listener | None = None
         self.stream_announcer = Announcer()
+        # Seconds before replaying a workflow that lost the database: the first
+        # wait, and the longest (see workflow._replay_later).
+        self.replay_backoff = (1.0, 30.0)
 
     # -- resources ------------------------------------------------------------------
 

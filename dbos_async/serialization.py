@@ -14,6 +14,7 @@ data from the database, never a reason to import code.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -432,10 +433,20 @@ def _recorded_class(module: Any, qualname: Any) -> type[Exception] | None:
     return found if isinstance(found, type) and issubclass(found, Exception) else None
 
 
+_RECORDED = "__dbos_recorded__"  # a dunder: never encoded again (see _jsonable)
+
+
 def decode_exception(raw: str) -> BaseException:
     """Rebuild a recorded exception as its own type when possible, else WorkflowError."""
     record = orjson.loads(raw)
     exc = _exception_from_record(record)
     if not isinstance(exc, DBOSError) or isinstance(exc, WorkflowError):
         exc.add_note(f"Recorded traceback:\n{record.get('traceback', '')}")
+    with contextlib.suppress(AttributeError, TypeError):  # an extension type may refuse
+        setattr(exc, _RECORDED, True)
     return exc
+
+
+def is_recorded(exc: BaseException) -> bool:
+    """Whether ``exc`` was rebuilt from a record: an earlier outcome, not raised now."""
+    return getattr(exc, _RECORDED, False) is True

@@ -13,14 +13,14 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 import anyio
 
 from dbos_async import checkpoint, registry, serialization
 from dbos_async.clock import now_ms
 from dbos_async.context import WorkflowContext, current_step_id
-from dbos_async.errors import MaxStepRetriesExceeded, SerializationError
+from dbos_async.errors import DatabaseUnavailableError, MaxStepRetriesExceeded, SerializationError
 from dbos_async.systemdb.steps import StepRecord
 
 P = ParamSpec("P")
@@ -85,8 +85,9 @@ class _StepDecorator:
             # Taken now, before any await: see checkpoint.take.
             call = checkpoint.take(entry.name)
             if call is None:
-                # Outside a workflow, or nested in a step: just run it.
-                return _run_body(entry, args, kwargs, None)
+                # Outside a workflow, or nested in a step: a plain call, run once,
+                # without the retry policy (the enclosing step's own applies).
+                return _call_body(entry, args, kwargs, None)
             return _run_step(call, entry, args, kwargs)
 
         wrapper.__dbos_entry__ = entry  # type: ignore[attr-defined]
@@ -129,7 +130,18 @@ async def failed(
     """Record the body's error as the call's outcome and raise it again.
 
     If an earlier execution recorded the call first, its outcome stands instead.
+
+    Raises:
+        DatabaseUnavailableError: the body lost a database connection. That is
+            no outcome: nothing is recorded, and the workflow replays from its
+            records once the database answers, running the body again.
     """
+    if checkpoint.is_outage(exc):
+        if isinstance(exc, DatabaseUnavailableError):
+            raise exc
+        raise DatabaseUnavailableError(
+            f"Step {entry.name!r} lost its database connection: {exc!r}"
+        ) from exc
     error = serialization.encode_exception(exc)
     found = await checkpoint.record(call, error=error, started_at=started)
     if found is None:
@@ -148,31 +160,42 @@ async def _run_body(
     entry: registry.Registered,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    ctx: WorkflowContext | None,
+    ctx: WorkflowContext,
 ) -> Any:
-    """Run the body with the step's retry policy; sync bodies go to a worker thread."""
+    """Run the body of a checkpointed step with its retry policy."""
     options = entry.options
     last: Exception | None = None
     for attempt in range(options["attempts"]):
         if attempt:
             await anyio.sleep(options["interval"] * options["backoff"] ** (attempt - 1))
         try:
-            if options["is_async"]:
+            if options["is_async"]:  # inline: every async step's path
                 return await entry.fn(*args, **kwargs)
-            limiter = ctx.runtime.thread_limiter if ctx is not None else None
-            # A thread cannot be interrupted: on cancellation the workflow moves
-            # on at once and the body finishes unrecorded in the background.
-            return await anyio.to_thread.run_sync(
-                functools.partial(entry.fn, *args, **kwargs),
-                limiter=limiter,
-                abandon_on_cancel=True,
-            )
+            return await _call_body(entry, args, kwargs, ctx.runtime.thread_limiter)
         except Exception as exc:
             last = exc
     assert last is not None
-    if options["retries_allowed"]:
+    if options["retries_allowed"] and not checkpoint.is_outage(last):  # no outcome: see failed
         raise MaxStepRetriesExceeded(entry.name, options["attempts"], last) from last
     raise last
+
+
+def _call_body(
+    entry: registry.Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    limiter: anyio.CapacityLimiter | None,
+) -> Coroutine[Any, Any, Any]:
+    """Run the body once; a sync body goes to a worker thread."""
+    if entry.options["is_async"]:
+        return cast(Coroutine[Any, Any, Any], entry.fn(*args, **kwargs))
+    # A thread cannot be interrupted: on cancellation the workflow moves on at
+    # once and the body finishes unrecorded in the background.
+    return anyio.to_thread.run_sync(
+        functools.partial(entry.fn, *args, **kwargs),
+        limiter=limiter,
+        abandon_on_cancel=True,
+    )
 
 
 def sleep(seconds: float) -> Coroutine[Any, Any, None]:

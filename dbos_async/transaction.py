@@ -3,6 +3,11 @@
 If the checkpoint row already exists (another execution committed this
 transaction first), inserting it fails, the whole transaction rolls back, and
 the recorded outcome is returned instead: the body's effects commit exactly once.
+
+That is also why a transaction that lost its connection (in its body, or at
+COMMIT, which may or may not have happened) is simply run again: if it did
+commit, the second run finds its checkpoint and rolls back. A lost connection
+is never the transaction's outcome.
 """
 
 from __future__ import annotations
@@ -12,15 +17,17 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
+import anyio
 import asyncpg
 
 from dbos_async import checkpoint, registry, serialization
 from dbos_async.clock import now_ms
 from dbos_async.context import current_connection, current_step_id
+from dbos_async.errors import DatabaseUnavailableError
 from dbos_async.runtime import active_runtime
 from dbos_async.step import failed, outcome
 from dbos_async.systemdb import steps
-from dbos_async.systemdb.pool import RETRYABLE_ERRORS, Connection, acquire
+from dbos_async.systemdb.pool import RETRY_DELAYS, RETRYABLE_ERRORS, Connection, acquire
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,7 +74,11 @@ def transaction(
 async def _run_unrecorded(
     entry: registry.Registered, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """Outside a workflow (or inside a step): just a transaction, retried on conflicts."""
+    """Outside a workflow (or inside a step): just a transaction, retried on conflicts.
+
+    Not after a lost connection: without a checkpoint to find, running it
+    again after a COMMIT whose acknowledgement was lost would commit it twice.
+    """
     pool = await active_runtime().app_pool()
     for attempt in range(_MAX_TRIES):
         try:
@@ -93,15 +104,26 @@ async def _run(
         await checkpoint.settle(call.ctx)  # interruptions before this commit's checkpoint
         pool = await runtime.app_pool()
         started = now_ms()
-        for attempt in range(_MAX_TRIES):
+        conflicts = 0
+        lost = iter(RETRY_DELAYS)
+        while True:
             try:
                 async with acquire(pool) as conn:
                     return await _attempt(conn, entry, args, kwargs, call, started)
             except RETRYABLE_ERRORS:
-                if attempt == _MAX_TRIES - 1:
+                conflicts += 1
+                if conflicts == _MAX_TRIES:
                     raise
             except _AlreadyRecorded:
                 break
+            except DatabaseUnavailableError:
+                # Not an outcome: run it again (see the module docstring). If the
+                # database stays away, nothing is recorded and the workflow
+                # replays once it answers.
+                delay = next(lost, None)
+                if delay is None:
+                    raise
+                await anyio.sleep(delay)
             except Exception as exc:
                 # The body failed and rolled back; its error is the step's outcome.
                 return await failed(call, entry, exc, started)

@@ -50,6 +50,7 @@ class Outcome:
     value: Any = None
     error: BaseException | None = None
     local: bool = True  # False: the workflow is not running here; read the database
+    ended: bool = True  # False: this runtime stopped it unfinished (``error`` says so)
 
 
 def workflow(
@@ -268,11 +269,12 @@ def spawn(
     future: asyncio.Future[Outcome] | None = None,
     fence: int = 0,
     branched: bool = True,
-) -> None:
-    """Run a recorded PENDING workflow as a task of the runtime.
+) -> WorkflowContext:
+    """Run a recorded PENDING workflow as a task of the runtime; return its context.
 
     ``fence`` is the token this runtime holds on the row (from its claim);
-    ``branched`` is False for a history recorded with flat step IDs.
+    ``branched`` is False for a history recorded with flat step IDs. The
+    task starts later: the context may be adjusted until the caller awaits.
     """
     if future is None:
         future = asyncio.get_running_loop().create_future()
@@ -288,6 +290,7 @@ def spawn(
     else:
         with branches.outside():  # its task takes no position in a branch that starts it
             runtime.workflow_group.start_soon(_execute, ctx, entry, args, kwargs, future)
+    return ctx
 
 
 async def _execute(
@@ -320,14 +323,16 @@ async def _execute(
                     value = await entry.fn(*args, **kwargs)
                 finally:
                     _finish(ctx, root)
+                if ctx.lost:  # it caught an outage and went on: not an outcome either
+                    raise DatabaseUnavailableError(f"{ctx.workflow_id!r} lost the database")
                 output = serialization.encode(value, f"the result of workflow {entry.name}")
                 row = wf_table.Outcome(
                     ctx.workflow_id, "SUCCESS", output, None, now_ms(), ctx.fence
                 )
                 outcome.value = value
-            except DatabaseUnavailableError:
-                raise  # not the workflow's outcome: it replays once the database is back
             except Exception as exc:
+                if ctx.lost or checkpoint.is_outage(exc):
+                    raise  # not the workflow's outcome: it replays once the database is back
                 row = wf_table.Outcome(
                     ctx.workflow_id,
                     "ERROR",
@@ -376,7 +381,8 @@ async def _execute(
             error=DBOSError(
                 f"Workflow {ctx.workflow_id!r} was interrupted; "
                 "it stays PENDING and resumes on recovery"
-            )
+            ),
+            ended=False,
         )
         raise
     finally:
@@ -419,25 +425,49 @@ async def _replay_later(
     kwargs: dict[str, Any],
     future: asyncio.Future[Outcome],
 ) -> None:
-    """Replay a workflow that lost the database, once it answers again."""
-    delay = 1.0
-    while True:
-        await anyio.sleep(delay)
-        try:
-            async with ctx.runtime.connection() as conn:
-                recorded = await steps_table.select_steps_of(conn, [ctx.workflow_id])
-            break
-        except Exception:  # still unreachable: wait longer
-            delay = min(delay * 2, 30.0)
-    spawn(
+    """Replay a workflow that lost the database, once it answers again.
+
+    The wait doubles, up to the runtime's longest, for as long as its
+    executions record nothing new: a step whose database stays away is run
+    again less and less often, not every second forever. An execution that
+    recorded something starts over from the shortest wait.
+
+    cancel_workflow and adoption by another runtime end the wait at once,
+    and the workflow with it: nothing runs again here.
+    """
+    first, longest = ctx.runtime.replay_backoff
+    delay = ctx.replay_delay or first
+    steps: dict[StepKey, StepRecord] = {}
+    with anyio.CancelScope() as waiting:
+        ctx.cancel_scope = waiting  # what cancel_local and stop_adopted cancel
+        if ctx.cancelled or ctx.adopted:
+            waiting.cancel()
+        while True:
+            await anyio.sleep(delay)
+            try:
+                async with ctx.runtime.connection() as conn:
+                    recorded = await steps_table.select_steps_of(conn, [ctx.workflow_id])
+                steps = recorded[ctx.workflow_id]
+                break
+            except Exception:  # still unreachable: wait longer
+                delay = min(delay * 2, longest)
+    if ctx.adopted:  # the other runtime owns it now: waiters here read its row
+        _release(ctx.runtime, ctx.workflow_id, future, Outcome(local=False))
+        return
+    if ctx.cancelled:  # its row is CANCELLED already
+        error = WorkflowCancelledError(ctx.workflow_id)
+        _release(ctx.runtime, ctx.workflow_id, future, Outcome(error=error))
+        return
+    again = spawn(
         ctx.runtime,
         entry,
         ctx.workflow_id,
         args,
         kwargs,
-        recorded[ctx.workflow_id],
+        steps,
         ctx.deadline_epoch_ms,
         future,
         fence=ctx.fence,
         branched=ctx.branched,
     )
+    again.replay_delay = first if len(steps) > len(ctx.recorded) else min(delay * 2, longest)

@@ -171,12 +171,33 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (*CONNECTION_ERRORS, DatabaseUnavailableError))
 
 
+# What user code (a step's body) raises when a database connection is gone.
+# Narrower than CONNECTION_ERRORS, which classify our own statements: any
+# network call raises OSError or TimeoutError (a step's HTTP request that
+# timed out is the step's outcome), and the subclasses of asyncpg's
+# InterfaceError and InternalClientError are misuse, bad query input or a
+# stale statement cache, not a lost connection.
+_EXACTLY = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+_BODY_CONNECTION_ERRORS = tuple(
+    e for e in CONNECTION_ERRORS if e not in (OSError, TimeoutError, *_EXACTLY)
+)
+
+
+def is_lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by user code, means a database connection was lost."""
+    return (
+        isinstance(exc, (DatabaseUnavailableError, *_BODY_CONNECTION_ERRORS))
+        or type(exc) in _EXACTLY
+    )
+
+
 def record_dict(record: Any) -> dict[str, Any]:
     """An asyncpg record as a plain dict."""
     return dict(record.items())
 
 
-_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+"""Seconds between the tries of a statement that lost its connection (about 4 s in all)."""
 
 
 async def run_idempotent(pool: Pool, statement: Callable[[Connection], Awaitable[T]]) -> T:
@@ -188,7 +209,7 @@ async def run_idempotent(pool: Pool, statement: Callable[[Connection], Awaitable
     Raises:
         DatabaseUnavailableError: the connection was lost on every try.
     """
-    for delay in (*_RETRY_DELAYS, None):
+    for delay in (*RETRY_DELAYS, None):
         try:
             async with acquire(pool) as conn:
                 return await statement(conn)

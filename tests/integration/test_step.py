@@ -252,3 +252,41 @@ async def test_a_replayed_os_error_keeps_errno_and_filename(dbos: DBOS) -> None:
     ]
     assert await (await DBOS.fork_workflow("enoent", 1)).get_result(timeout=10) == first
     assert body_runs == ["opens"]
+
+
+plain_runs: list[str] = []
+
+
+@DBOS.step(retries_allowed=True, max_attempts=3, interval_seconds=0.01)
+async def always_fails(where: str) -> None:
+    plain_runs.append(where)
+    raise LookupError(f"failed {where}")
+
+
+@DBOS.step()
+async def calls_always_fails() -> str:
+    try:
+        await always_fails("in a step")
+    except LookupError as exc:
+        return str(exc)
+    return "no error"
+
+
+@DBOS.workflow()
+async def nests_a_retried_step() -> str:
+    return await calls_always_fails()
+
+
+async def test_a_retried_step_outside_a_workflow_runs_once_as_a_plain_call(
+    dbos: DBOS, conn: asyncpg.Connection
+) -> None:
+    plain_runs.clear()
+    # Outside any workflow: no retries, and its own error rather than MaxStepRetriesExceeded.
+    with pytest.raises(LookupError, match="failed outside"):
+        await always_fails("outside")
+    assert plain_runs == ["outside"]
+    # Inside a step body, a step is part of that step: a plain call too.
+    with SetWorkflowID("nested-retries"):
+        assert await nests_a_retried_step() == "failed in a step"
+    assert plain_runs == ["outside", "in a step"]
+    assert await conn.fetchval("SELECT count(*) FROM operation_outputs") == 1
