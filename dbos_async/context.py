@@ -60,12 +60,19 @@ class WorkflowContext:
 
 
 class FencedOff(BaseException):
-    """This runtime no longer owns the workflow: another one adopted it.
+    """This runtime may no longer run the workflow: another one adopted it, or it ended.
 
-    Raised by a checkpoint write whose fence is stale. A BaseException, so the
-    workflow's own ``except Exception`` cannot swallow it; the runtime stops
-    the workflow without recording anything.
+    Raised by a checkpoint write whose fence is stale, or whose workflow is no
+    longer PENDING (cancelled or deleted meanwhile, maybe while this runtime
+    missed the notification). A BaseException, so the workflow's own ``except
+    Exception`` cannot swallow it; the runtime stops the workflow without
+    recording anything.
     """
+
+    def __init__(self, workflow_id: str, reason: str = "was adopted by another executor") -> None:
+        super().__init__(workflow_id)
+        self.workflow_id = workflow_id
+        self.reason = reason
 
 
 @dataclass(slots=True, eq=False)

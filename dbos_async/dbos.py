@@ -257,7 +257,8 @@ class DBOS(metaclass=_DBOSMeta):
     @_runtime_method
     async def cancel_workflow(runtime: Runtime | None, workflow_id: str) -> None:
         """Cancel a PENDING or ENQUEUED workflow; its running step is interrupted."""
-        await management.cancel_workflow((runtime or active_runtime()).pool, workflow_id)
+        rt = runtime or active_runtime()
+        await management.cancel_workflow(rt.pool, workflow_id, rt)
 
     @_runtime_method
     async def resume_workflow(runtime: Runtime | None, workflow_id: str) -> WorkflowHandle[Any]:

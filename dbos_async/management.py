@@ -218,20 +218,25 @@ def _step_from_row(row: dict[str, Any]) -> StepInfo:
     )
 
 
-async def cancel_workflow(pool: Pool, workflow_id: str) -> None:
+async def cancel_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None = None) -> None:
     """Mark a PENDING or ENQUEUED workflow CANCELLED; a finished one is left as it is.
 
-    The runtime running it is told through NOTIFY and interrupts it at once:
-    its running step gets CancelledError and no later step starts.
+    The runtime running it interrupts it at once: its running step gets
+    CancelledError and no later step starts. ``runtime`` (the caller's) does
+    so before this returns, if the workflow runs there; another runtime learns
+    it through NOTIFY, and a runtime that missed the notification at its
+    next checkpoint, which the row refuses.
 
     Raises:
         WorkflowNotFoundError: no workflow has this ID.
     """
     check_workflow_id(workflow_id)
     async with acquire(pool) as conn:
-        before = await wf_table.cancel_workflow(conn, workflow_id, now_ms())
+        before, changed = await wf_table.cancel_workflow(conn, workflow_id, now_ms())
     if before is None:
         raise WorkflowNotFoundError(workflow_id)
+    if changed and runtime is not None:
+        runtime.cancel_local(workflow_id)
     logger.info(
         "cancel requested (was %s)",
         before,

@@ -75,6 +75,7 @@ class Listener:
         self._name = name  # its application_name, for operators (and tests) to find it
         self._watches: dict[tuple[str, str | None], set[Watch]] = {}
         self._handlers: dict[str, Callable[[str], None]] = {}
+        self._on_reconnect: list[Callable[[], None]] = []
         self._lost = asyncio.Event()
         self._scope = anyio.CancelScope()
         self.reconnects = 0
@@ -102,6 +103,10 @@ class Listener:
     def on(self, kind: str, handler: Callable[[str], None]) -> None:
         """Call ``handler(key)`` for every ``kind`` notification (the runtime's own reactions)."""
         self._handlers[kind] = handler
+
+    def on_reconnect(self, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` after each reconnect: notifications sent meanwhile were lost."""
+        self._on_reconnect.append(handler)
 
     def fire(self, kind: str, key: str) -> None:
         """Wake the watches of ``kind:key`` and of every ``kind`` key, as a notification would."""
@@ -148,6 +153,8 @@ class Listener:
                     self.reconnects += 1
                     logger.info("listener reconnected", extra={"action": "listen"})
                     self.fire_all()
+                    for handler in self._on_reconnect:
+                        handler()
                 else:
                     started = True
                     task_status.started()

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import contextvars
 import enum
-import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -177,6 +176,10 @@ class Runtime:
         if self.state is not State.RUNNING:
             raise DBOSError(f"The DBOS runtime is {self.state.value}, not running")
 
+    def cancel_local(self, workflow_id: str) -> None:
+        """Interrupt a workflow running here whose row was just marked CANCELLED."""
+        workflow.cancel_local(self, workflow_id)
+
     @property
     def stopping(self) -> bool:
         """Whether the runtime is shutting down (or its task is being cancelled)."""
@@ -301,8 +304,11 @@ class Runtime:
                 channel=self.config.schema,
                 name=f"dbos_async listener {self.executor_id}"[:63],
             )
-            self._listener.on("c", functools.partial(workflow.cancel_local, self))
-            self._listener.on("a", functools.partial(workflow.stop_adopted, self))
+            # Hints only: the rows are re-read before anything is stopped.
+            checks = workflow.RowChecks(self)
+            self._listener.on("c", lambda key: checks.request([key]))
+            self._listener.on("a", lambda key: checks.request([key.partition(":")[2]]))
+            self._listener.on_reconnect(lambda: checks.request(None))
             async with anyio.create_task_group() as services:
                 # LISTEN is live before anything can wait on it.
                 await services.start(self._listener.run)
@@ -313,6 +319,7 @@ class Runtime:
                         self._group = group
                         self.state = State.RUNNING
                         await recover_pending(self)
+                        await group.start(checks.run)
                         await group.start(fleet.heartbeat_and_adopt, self)
                         # Live (watching q:<queue>, sleeping until ticks) before launch returns.
                         await group.start(QueueWorker(self).run)

@@ -13,11 +13,12 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 
 from dbos_async import branches, checkpoint, context, registry, serialization
 from dbos_async.branches import Branch, current_branch
@@ -227,15 +228,69 @@ def _loop_deadline(deadline_epoch_ms: int | None) -> float:
     return anyio.current_time() + (deadline_epoch_ms / 1000 - time.time())
 
 
-def stop_adopted(runtime: Runtime, key: str) -> None:
-    """Stop a workflow running here that another runtime adopted (key ``<fence>:<id>``)."""
-    fence, _, workflow_id = key.partition(":")
-    running = runtime.local.get(workflow_id)
-    if running is None or running.ctx is None or running.ctx.fence >= int(fence):
+class RowChecks:
+    """Re-reads the rows of workflows running here on a hint, and acts on what they say.
+
+    The hints are a ``c:`` (cancel) or ``a:`` (adoption) notification, and a
+    reconnect of the listener (then every workflow running here is checked,
+    since notifications sent meanwhile were lost). A notification is only a
+    hint: any role that may connect can send one, so nothing is stopped on its
+    word. One task of the runtime does the reads, a batch at a time.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._ids: set[str] = set()
+        self._everything = False
+        self._wake = asyncio.Event()
+
+    def request(self, workflow_ids: Sequence[str] | None) -> None:
+        """Check these workflows (None: every one running here) soon."""
+        if workflow_ids is None:
+            self._everything = True
+        else:
+            # Not running here: nothing to check (the common case for a:/c:).
+            self._ids.update(w for w in workflow_ids if w in self._runtime.local)
+            if not self._ids:
+                return
+        self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Do the requested checks until cancelled."""
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ids = None if self._everything else list(self._ids)
+            self._ids.clear()
+            self._everything = False
+            await _verify(self._runtime, ids)
+
+
+async def _verify(runtime: Runtime, workflow_ids: Sequence[str] | None) -> None:
+    running = {
+        wid: r.ctx
+        for wid, r in list(runtime.local.items())
+        if r.ctx is not None and (workflow_ids is None or wid in workflow_ids)
+    }
+    if not running:
         return
-    running.ctx.adopted = True
-    if running.ctx.cancel_scope is not None:
-        running.ctx.cancel_scope.cancel()
+    try:
+        async with runtime.connection() as conn:
+            states = await wf_table.select_workflow_states(conn, list(running))
+    except Exception as exc:  # the next checkpoint refuses a stale one anyway
+        logger.warning("could not re-read workflows running here: %r", exc)
+        return
+    for wid, ctx in running.items():
+        status, fence = states.get(wid, ("DELETED", ctx.fence))
+        if fence > ctx.fence:
+            ctx.adopted = True  # another runtime took it: stop, record nothing
+        elif status == "PENDING":
+            continue
+        else:
+            ctx.cancelled = True  # cancelled or deleted
+        if ctx.cancel_scope is not None:
+            ctx.cancel_scope.cancel()
 
 
 def cancel_local(runtime: Runtime, workflow_id: str) -> None:
@@ -350,18 +405,28 @@ async def _execute(
                 ctx.cancelled = True
                 with anyio.CancelScope(shield=True):
                     async with runtime.connection() as conn:
-                        await wf_table.cancel_workflow(conn, ctx.workflow_id, now_ms())
+                        # Fenced: if another runtime adopted it meanwhile, the row is its.
+                        _, changed = await wf_table.cancel_workflow(
+                            conn, ctx.workflow_id, now_ms(), ctx.fence
+                        )
+                if not changed:
+                    outcome = Outcome(local=False)
         else:
             assert row is not None
             if ctx.interrupts:  # replay must see what the outcome followed
                 await checkpoint.settle(ctx)
-            await runtime.completion_writer.submit(row)
-    except FencedOff:
-        # Adopted by another runtime: it owns the row now; waiters here read it.
+            if not await runtime.completion_writer.submit(row):
+                # Cancelled (or adopted) meanwhile: the row, not the function's
+                # result, says how it ended; waiters here read it.
+                outcome = Outcome(local=False)
+    except FencedOff as fenced:
+        # Adopted by another runtime, or cancelled: the row says what happened;
+        # waiters here read it.
         outcome = Outcome(local=False)
         logger.warning(
-            "workflow %s was adopted by another executor; stopped here",
+            "workflow %s %s; stopped here",
             ctx.workflow_id,
+            fenced.reason,
             extra={"action": "fenced", "workflow_id": ctx.workflow_id},
         )
     except Exception as exc:
@@ -439,7 +504,7 @@ async def _replay_later(
     delay = ctx.replay_delay or first
     steps: dict[StepKey, StepRecord] = {}
     with anyio.CancelScope() as waiting:
-        ctx.cancel_scope = waiting  # what cancel_local and stop_adopted cancel
+        ctx.cancel_scope = waiting  # what cancel_local and RowChecks cancel
         if ctx.cancelled or ctx.adopted:
             waiting.cancel()
         while True:

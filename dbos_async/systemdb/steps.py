@@ -120,6 +120,8 @@ async def insert_steps(
             # Another runtime owns the workflow now: even a recorded step must
             # not let this one go on to its next step.
             return FencedOff(r.workflow_id)
+        if row["current_status"] != "PENDING":
+            return FencedOff(r.workflow_id, "is no longer PENDING (cancelled or deleted)")
         return record_from_row(row)  # an earlier execution recorded it first
 
     return [outcome(r) for r in rows]
@@ -134,7 +136,7 @@ async def insert_step(conn: Connection, row: StepRecord) -> None:
     """
     columns = _columns([row], branched=True)
     if await conn.fetchval(q("insert_step"), *(column[0] for column in columns)) != 1:
-        raise FencedOff(row.workflow_id)
+        raise FencedOff(row.workflow_id, "was adopted, cancelled or deleted")
 
 
 async def record_interruptions(

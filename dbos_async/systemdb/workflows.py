@@ -86,8 +86,12 @@ async def insert_workflows(conn: Connection, rows: Sequence[NewWorkflow]) -> lis
     return results
 
 
-async def complete_workflows(conn: Connection, rows: Sequence[Outcome]) -> list[None]:
-    """Record the outcomes of finished workflows."""
+async def complete_workflows(conn: Connection, rows: Sequence[Outcome]) -> list[bool]:
+    """Record the outcomes of finished workflows; per row, whether it was recorded.
+
+    A row is not recorded when its workflow was cancelled (or adopted, or
+    deleted) meanwhile: then the row, not this outcome, says how it ended.
+    """
     columns = (
         [r.workflow_id for r in rows],
         [r.status for r in rows],
@@ -97,19 +101,30 @@ async def complete_workflows(conn: Connection, rows: Sequence[Outcome]) -> list[
         [r.fence for r in rows],
     )
     if len(rows) == 1:
-        await conn.fetchval(q("complete_workflow"), *(c[0] for c in columns))
-    else:
-        await conn.fetchval(q("complete_workflows"), *columns)
-    return [None] * len(rows)
+        return [await conn.fetchval(q("complete_workflow"), *(c[0] for c in columns)) == 1]
+    done = {r[0] for r in await conn.fetch(q("complete_workflows"), *columns)}
+    return [r.workflow_id in done for r in rows]
 
 
-async def cancel_workflow(conn: Connection, workflow_id: str, now_ms: int) -> str | None:
+async def cancel_workflow(
+    conn: Connection, workflow_id: str, now_ms: int, fence: int | None = None
+) -> tuple[str | None, bool]:
     """Mark a PENDING or ENQUEUED workflow CANCELLED and announce it.
 
-    Returns the status it had before (None: no such workflow). One round trip.
+    With ``fence``, only while the row still holds it (a deadline's
+    cancellation by the runtime running the workflow). Returns the status it
+    had before (None: no such workflow) and whether it changed. One round trip.
     """
-    status: str | None = await conn.fetchval(q("cancel_workflow"), workflow_id, now_ms)
-    return status
+    row = await conn.fetchrow(q("cancel_workflow"), workflow_id, now_ms, fence)
+    return (None, False) if row is None else (row["status"], row["changed"])
+
+
+async def select_workflow_states(
+    conn: Connection, workflow_ids: Sequence[str]
+) -> dict[str, tuple[str, int]]:
+    """Status and fence of each workflow that exists, by ID. One round trip."""
+    rows = await conn.fetch(q("select_workflow_states"), list(workflow_ids))
+    return {r["workflow_id"]: (r["status"], r["fence"]) for r in rows}
 
 
 async def select_workflow_status(conn: Connection, workflow_id: str) -> dict[str, Any] | None:

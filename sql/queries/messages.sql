@@ -9,7 +9,8 @@
 -- that loses it loses everything that followed it in the WAL too.
 -- Announces m:<destination>.
 WITH dest AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1),
-owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $5 AND fence = $7),
+owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $5 AND fence = $7
+                    AND status = 'PENDING'),
 own AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, started_at, completed_at)
@@ -69,7 +70,8 @@ WITH m AS (
         WHERE destination_id = $1 AND topic = $2 AND consumed_at IS NULL
         ORDER BY message_id LIMIT 1
         FOR UPDATE SKIP LOCKED)
-      AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $5)
+      AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $5
+                    AND status = 'PENDING')
     RETURNING payload, set_config('synchronous_commit', 'off', true) AS async_commit),
 own AS (
     INSERT INTO operation_outputs (
@@ -93,7 +95,8 @@ SELECT output FROM branched;
 -- {"key", "value"}, so a fork that copies the step can set the event too.
 -- The latest value wins. Announces e:<workflow>. Commits asynchronously, like
 -- send_message_from_workflow.
-WITH owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $6),
+WITH owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $6
+                    AND status = 'PENDING'),
 own AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, output, started_at, completed_at)
@@ -132,7 +135,8 @@ SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2;
 -- with a value: the step was recorded before; read the recorded step).
 -- Commits asynchronously: a lost record is simply read again on replay.
 WITH e AS (SELECT value FROM workflow_events WHERE workflow_id = $1 AND key = $2),
-owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $3 AND fence = $6),
+owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $3 AND fence = $6
+                    AND status = 'PENDING'),
 own AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, output, started_at, completed_at)

@@ -2,6 +2,9 @@
 -- for the workflow's own sequence (branch ''), branch_outputs for calls made
 -- in the tasks it created. Every statement that writes a checkpoint takes the
 -- branch and its origin and writes the row to the table the branch belongs to.
+-- It writes only while the workflow is PENDING under the writer's fence: a
+-- workflow adopted by another runtime, cancelled, or deleted meanwhile records
+-- nothing more, even when its runtime missed the notification.
 
 -- name: insert_steps
 -- Checkpoint completed steps, many rows in one statement (group commit).
@@ -18,7 +21,8 @@ WITH own AS (
                 $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::text[])
          AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
               started_at, completed_at, fence, branch)
-    JOIN workflow_status AS w ON w.workflow_id = u.workflow_id AND w.fence = u.fence
+    JOIN workflow_status AS w
+      ON w.workflow_id = u.workflow_id AND w.fence = u.fence AND w.status = 'PENDING'
     WHERE u.branch = ''
     ON CONFLICT (workflow_id, step_id) DO NOTHING
     RETURNING workflow_id, ''::text AS branch, step_id),
@@ -32,7 +36,8 @@ branched AS (
                 $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::text[], $11::int4[])
          AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
               started_at, completed_at, fence, branch, origin)
-    JOIN workflow_status AS w ON w.workflow_id = u.workflow_id AND w.fence = u.fence
+    JOIN workflow_status AS w
+      ON w.workflow_id = u.workflow_id AND w.fence = u.fence AND w.status = 'PENDING'
     WHERE u.branch <> ''
     ON CONFLICT (workflow_id, branch, step_id) DO NOTHING
     RETURNING workflow_id, branch, step_id)
@@ -52,7 +57,8 @@ FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
             $6::text[], $7::int8[], $8::int8[], $9::int4[])
      AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
           started_at, completed_at, fence)
-JOIN workflow_status AS w ON w.workflow_id = u.workflow_id AND w.fence = u.fence
+JOIN workflow_status AS w
+      ON w.workflow_id = u.workflow_id AND w.fence = u.fence AND w.status = 'PENDING'
 ON CONFLICT (workflow_id, step_id) DO NOTHING
 RETURNING workflow_id, ''::text AS branch, step_id;
 
@@ -64,7 +70,8 @@ INSERT INTO operation_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
     started_at, completed_at)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8
-WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9)
+WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9
+                    AND status = 'PENDING')
 ON CONFLICT (workflow_id, step_id) DO NOTHING;
 
 -- name: insert_branch_step_if_absent
@@ -74,7 +81,8 @@ INSERT INTO branch_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
     started_at, completed_at, branch, origin)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11
-WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9)
+WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9
+                    AND status = 'PENDING')
 ON CONFLICT (workflow_id, branch, step_id) DO NOTHING;
 
 -- name: insert_step
@@ -88,7 +96,8 @@ WITH own AS (
         started_at, completed_at)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8
     WHERE $10 = ''
-      AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9)
+      AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9
+                    AND status = 'PENDING')
     RETURNING 1),
 branched AS (
     INSERT INTO branch_outputs (
@@ -96,7 +105,8 @@ branched AS (
         started_at, completed_at, branch, origin)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11
     WHERE $10 <> ''
-      AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9)
+      AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9
+                    AND status = 'PENDING')
     RETURNING 1)
 SELECT (SELECT count(*) FROM own) + (SELECT count(*) FROM branched);
 
@@ -110,7 +120,8 @@ SELECT (SELECT count(*) FROM own) + (SELECT count(*) FROM branched);
 WITH u AS (
     SELECT * FROM unnest($3::text[], $4::int4[], $5::int4[], $6::text[])
         AS u(branch, step_id, origin, function_name)
-    WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $2)),
+    WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $2
+                    AND status = 'PENDING')),
 own AS (
     INSERT INTO operation_outputs (
         workflow_id, step_id, function_name, error, started_at, completed_at)
@@ -142,9 +153,10 @@ FROM branch_outputs WHERE workflow_id = ANY($1::text[]);
 -- name: select_step_winners
 -- For rows insert_steps did not write: the recorded steps for the
 -- (workflow_id, branch, step_id) keys given as three arrays, each with its
--- workflow's current fence (a step may be unrecorded; then only the fence
--- comes back).
+-- workflow's current fence and status (a step may be unrecorded; then only
+-- those come back; NULL: the workflow is gone).
 SELECT k.workflow_id, k.branch, k.step_id, w.fence AS current_fence,
+       w.status AS current_status,
        o.function_name, o.output, o.error, o.child_workflow_id
 FROM unnest($1::text[], $2::text[], $3::int4[]) AS k(workflow_id, branch, step_id)
 LEFT JOIN workflow_status AS w ON w.workflow_id = k.workflow_id

@@ -9,7 +9,8 @@
 -- Announces s:<workflow> only when $7: busy streams announce at most once per
 -- short window (the runtime sends a trailing announcement). $8 is the
 -- writer's fence.
-WITH owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $8),
+WITH owner AS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $8
+                    AND status = 'PENDING'),
 pos AS (
     SELECT coalesce(max("offset"), -1) + 1 AS "offset",
            json_build_object('key', $3::text, 'offset', coalesce(max("offset"), -1) + 1)

@@ -32,7 +32,9 @@ SELECT workflow_id, name, status FROM workflow_status WHERE workflow_id = ANY($1
 -- announce each on w:<id>, and on q:<queue> for a queued one (its slot is
 -- free; Postgres folds identical notifications of one transaction into one).
 -- Only PENDING rows change (a workflow cancelled meanwhile stays CANCELLED),
--- and only for the holder of the fence. Commits asynchronously (set_config
+-- and only for the holder of the fence. Returns the IDs it changed: for the
+-- others, the row (CANCELLED, adopted) says how the workflow ended, not the
+-- outcome its function produced. Commits asynchronously (set_config
 -- is_local): an outcome is derivable from the recorded steps, so if a server
 -- crash loses it, the workflow is PENDING again and replay records it again.
 WITH done AS (
@@ -41,20 +43,23 @@ WITH done AS (
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int4[])
          AS u(workflow_id, status, output, error, now_ms, fence)
     WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING' AND w.fence = u.fence
-    RETURNING w.workflow_id, w.queue_name)
-SELECT (SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done)
-     + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
-        FROM done WHERE queue_name IS NOT NULL),
-       (SELECT set_config('synchronous_commit', 'off', true));
+    RETURNING w.workflow_id, w.queue_name),
+notified AS MATERIALIZED (
+    SELECT (SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done)
+         + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
+            FROM done WHERE queue_name IS NOT NULL) AS n,
+           set_config('synchronous_commit', 'off', true) AS async_commit)
+SELECT done.workflow_id, notified.n FROM done, notified;
 
 -- name: complete_workflow
--- complete_workflows for a batch of one.
+-- complete_workflows for a batch of one: returns 1 if it changed the row.
 WITH done AS (
     UPDATE workflow_status
     SET status = $2, output = $3, error = $4, updated_at = $5
     WHERE workflow_id = $1 AND status = 'PENDING' AND fence = $6
     RETURNING workflow_id, queue_name)
-SELECT (SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done)
+SELECT (SELECT count(*) FROM done),
+       (SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done)
      + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
         FROM done WHERE queue_name IS NOT NULL),
        (SELECT set_config('synchronous_commit', 'off', true));
@@ -62,15 +67,18 @@ SELECT (SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done
 -- name: cancel_workflow
 -- Mark workflow $1 CANCELLED unless it already finished; announce it on c:<id>
 -- (runtimes running it interrupt it), w:<id> (waiters re-read) and, if it was
--- PENDING on a queue, q:<queue> (its slot is free). Returns the status it
--- had, or no row if it does not exist.
+-- PENDING on a queue, q:<queue> (its slot is free). With fence $3 (a
+-- deadline's cancellation, by the runtime running it) only while the row
+-- still holds that fence. Returns the status it had and whether it changed,
+-- or no row if it does not exist.
 WITH old AS (
     SELECT workflow_id, status FROM workflow_status WHERE workflow_id = $1 FOR UPDATE),
 changed AS (
     UPDATE workflow_status AS w SET status = 'CANCELLED', updated_at = $2
     FROM old WHERE w.workflow_id = old.workflow_id AND old.status IN ('PENDING', 'ENQUEUED')
+      AND ($3::int4 IS NULL OR w.fence = $3)
     RETURNING w.workflow_id, w.queue_name, old.status)
-SELECT old.status,
+SELECT old.status, EXISTS (SELECT 1 FROM changed) AS changed,
        (SELECT count(pg_notify(current_schema(), k || ':' || workflow_id))
         FROM changed, (VALUES ('c'), ('w')) AS kinds(k))
      + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
@@ -145,3 +153,8 @@ SELECT old.status, changed.workflow_id, changed.name, changed.inputs, changed.fe
        (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
         FROM changed WHERE status = 'ENQUEUED') AS notified
 FROM old LEFT JOIN changed ON true;
+
+-- name: select_workflow_states
+-- Status and fence of workflows $1 (missing: deleted), so a runtime can check
+-- what a notification or a lost one says about the workflows it runs.
+SELECT workflow_id, status, fence FROM workflow_status WHERE workflow_id = ANY($1::text[]);

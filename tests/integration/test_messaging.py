@@ -113,7 +113,9 @@ async def test_a_retried_receive_statement_consumes_nothing_more(
 ) -> None:
     # The statement as it runs again after a lost commit acknowledgement.
     with SetWorkflowID("r3"):
-        await dbos.start_workflow(receiver, "t", 0, 1)
+        await (await dbos.start_workflow(receiver, "t", 0, 1)).get_result(timeout=5)
+    # Receives are fenced to a PENDING row, as they are while the workflow runs.
+    await conn.execute("UPDATE workflow_status SET status = 'PENDING' WHERE workflow_id = 'r3'")
     for m in ("m1", "m2", "m3"):
         await dbos.send("r3", m, topic="t")
     # Once for a recv of the workflow's own sequence, once for one made in a branch.
