@@ -83,7 +83,9 @@ class DBOSClient:
         pool = await create_pool(self._url, schema=self._schema, max_size=4)
         try:
             async with acquire(pool) as conn:
-                migrated = await conn.fetchval(q("table_exists"), self._schema, "workflow_status")
+                migrated = await conn.fetchval(
+                    q(conn, "table_exists"), self._schema, "workflow_status"
+                )
             if not migrated:
                 raise DBOSError(
                     f"No dbos_async tables in schema {self._schema!r} of this database: "

@@ -32,7 +32,7 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from dbos_async.systemdb.queries import q
+from dbos_async.systemdb.queries import statements
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class Listener:
                 await self._lost.wait()
                 raise ConnectionError("the listener's connection was closed")
             with anyio.fail_after(_HEALTH_CHECK_SECONDS):
-                await conn.fetchval(q("check_alive"))
+                await conn.fetchval(statements(self._channel)["check_alive"])
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         kind, sep, key = str(payload).partition(":")

@@ -18,6 +18,7 @@ import pytest
 
 from dbos_async import DBOS
 from dbos_async.systemdb.migrate import migrate
+from dbos_async.systemdb.pool import connect
 
 SCHEMA = "dbos_async"
 _counter = itertools.count()
@@ -113,7 +114,7 @@ async def db_url(pg_server_url: str, template_db: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A plain connection to the test database, search path on the system schema."""
-    c = await asyncpg.connect(db_url, server_settings={"search_path": f"{SCHEMA}, public"})
+    c = await connect(db_url, schema=SCHEMA, search_path=f"{SCHEMA}, public")
     yield c
     await c.close()
 

@@ -12,7 +12,7 @@ async def upsert_heartbeat(
     conn: Connection, executor_id: str, app_name: str, app_version: str
 ) -> None:
     """Record that this executor is alive, by the database's clock. One round trip."""
-    await conn.execute(q("upsert_heartbeat"), executor_id, app_name, app_version)
+    await conn.execute(q(conn, "upsert_heartbeat"), executor_id, app_name, app_version)
 
 
 async def adopt_orphaned_workflows(
@@ -32,6 +32,6 @@ async def adopt_orphaned_workflows(
     ``executor_id`` under its new fence.
     """
     rows = await conn.fetch(
-        q("adopt_orphaned_workflows"), executor_id, app_version, lease_ms, now_ms, limit
+        q(conn, "adopt_orphaned_workflows"), executor_id, app_version, lease_ms, now_ms, limit
     )
     return [record_dict(r) for r in rows]

@@ -33,9 +33,11 @@ class WorkflowFilter:
     sort_desc: bool = False
 
 
-def list_workflows_statement(f: WorkflowFilter) -> tuple[LiteralString, tuple[Any, ...]]:
+def list_workflows_statement(
+    conn: Connection, f: WorkflowFilter
+) -> tuple[LiteralString, tuple[Any, ...]]:
     """The statement and arguments ``list_workflows`` sends (the EXPLAIN test reuses them)."""
-    query = q("list_workflows_desc") if f.sort_desc else q("list_workflows")
+    query = q(conn, "list_workflows_desc" if f.sort_desc else "list_workflows")
     args = (
         _array(f.workflow_ids),
         _array(f.statuses),
@@ -60,7 +62,7 @@ def _array(values: Sequence[str] | None) -> list[str] | None:
 
 async def list_workflows(conn: Connection, f: WorkflowFilter) -> list[dict[str, Any]]:
     """The ``workflow_status`` rows matching ``f`` (payloads only if asked). One round trip."""
-    query, args = list_workflows_statement(f)
+    query, args = list_workflows_statement(conn, f)
     return [record_dict(r) for r in await conn.fetch(query, *args)]
 
 
@@ -69,7 +71,7 @@ async def list_workflow_steps(conn: Connection, workflow_id: str) -> list[dict[s
 
     One round trip.
     """
-    rows = await conn.fetch(q("list_workflow_steps"), workflow_id)
+    rows = await conn.fetch(q(conn, "list_workflow_steps"), workflow_id)
     if not rows:
         return None
     return [record_dict(r) for r in rows if r["step_id"] is not None]
@@ -95,7 +97,7 @@ async def fork_workflow(conn: Connection, fork: Fork) -> dict[str, Any] | None:
     written), ``name``, ``inputs``, ``taken_name`` and ``copied_steps``.
     """
     row = await conn.fetchrow(
-        q("fork_workflow"),
+        q(conn, "fork_workflow"),
         fork.original_id,
         fork.new_id,
         fork.start_step,
@@ -112,5 +114,5 @@ async def delete_workflow(conn: Connection, workflow_id: str, with_children: boo
 
     Returns the deleted IDs, empty if it did not exist. One round trip.
     """
-    rows = await conn.fetch(q("delete_workflow"), workflow_id, with_children)
+    rows = await conn.fetch(q(conn, "delete_workflow"), workflow_id, with_children)
     return [r["workflow_id"] for r in rows]

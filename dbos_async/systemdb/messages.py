@@ -24,7 +24,7 @@ async def send_message_from_workflow(
 ) -> bool:
     """Send as a workflow step; False if the destination does not exist."""
     row = await conn.fetchrow(
-        q("send_message_from_workflow"),
+        q(conn, "send_message_from_workflow"),
         destination_id,
         topic,
         payload,
@@ -55,7 +55,7 @@ async def send_message(
     used before, whether that send had the same topic and payload (else None).
     """
     row = await conn.fetchrow(
-        q("send_message"), destination_id, topic, payload, now_ms, idempotency_key, notify
+        q(conn, "send_message"), destination_id, topic, payload, now_ms, idempotency_key, notify
     )
     assert row is not None
     return bool(row["destination_exists"]), row["same"]
@@ -73,7 +73,7 @@ async def receive_message(conn: Connection, topic: str, step: StepRecord) -> str
     """
     try:
         payload: str | None = await conn.fetchval(
-            q("receive_message"),
+            q(conn, "receive_message"),
             step.workflow_id,
             topic,
             step.step_id,
@@ -90,7 +90,7 @@ async def receive_message(conn: Connection, topic: str, step: StepRecord) -> str
 async def set_event(conn: Connection, key: str, value: str, step: StepRecord) -> None:
     """Set an event as a workflow step (nothing if the step was recorded)."""
     await conn.fetchval(
-        q("set_event"),
+        q(conn, "set_event"),
         step.workflow_id,
         step.step_id,
         key,
@@ -104,7 +104,7 @@ async def set_event(conn: Connection, key: str, value: str, step: StepRecord) ->
 
 async def select_event(conn: Connection, workflow_id: str, key: str) -> str | None:
     """The encoded value of an event, or None if it is not set."""
-    value: str | None = await conn.fetchval(q("select_event"), workflow_id, key)
+    value: str | None = await conn.fetchval(q(conn, "select_event"), workflow_id, key)
     return value
 
 
@@ -116,7 +116,7 @@ async def record_event(
     Returns the encoded value (None: not set) and whether this call recorded it.
     """
     row = await conn.fetchrow(
-        q("record_event"),
+        q(conn, "record_event"),
         workflow_id,
         key,
         step.workflow_id,
@@ -132,4 +132,4 @@ async def record_event(
 
 async def select_events(conn: Connection, workflow_id: str) -> list[tuple[str, str]]:
     """Every event of a workflow as (key, encoded value)."""
-    return [(r["key"], r["value"]) for r in await conn.fetch(q("select_events"), workflow_id)]
+    return [(r["key"], r["value"]) for r in await conn.fetch(q(conn, "select_events"), workflow_id)]

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from dbos_async.systemdb.pool import Connection
-from dbos_async.systemdb.queries import q, sql_root
+from dbos_async.systemdb.queries import sql_root, statements
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +57,15 @@ async def migrate(conn: Connection, schema: str) -> list[int]:
     ``conn`` must have ``search_path`` set to ``schema`` (as pool connections do).
     """
     pending = migrations()
+    sql = statements(schema)
     applied = {r[0] for r in await _applied(conn, schema)}
     if all(m.version in applied for m in pending):
         return []  # the common case: no lock needed
-    await conn.execute(q("lock_migrations"), schema)
+    await conn.execute(sql["lock_migrations"], schema)
     try:
-        statement = await conn.fetchval(q("create_schema_statement"), schema)
+        statement = await conn.fetchval(sql["create_schema_statement"], schema)
         await conn.execute(statement)
-        await conn.execute(q("create_migrations_table"))
+        await conn.execute(sql["create_migrations_table"])
         applied = {r[0] for r in await _applied(conn, schema)}
         done: list[int] = []
         for migration in pending:
@@ -72,7 +73,7 @@ async def migrate(conn: Connection, schema: str) -> list[int]:
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
-                await conn.execute(q("insert_migration"), migration.version, migration.name)
+                await conn.execute(sql["insert_migration"], migration.version, migration.name)
             logger.info(
                 "applied migration %s",
                 migration.name,
@@ -81,10 +82,11 @@ async def migrate(conn: Connection, schema: str) -> list[int]:
             done.append(migration.version)
         return done
     finally:
-        await conn.execute(q("unlock_migrations"), schema)
+        await conn.execute(sql["unlock_migrations"], schema)
 
 
 async def _applied(conn: Connection, schema: str) -> list[tuple[int]]:
-    if not await conn.fetchval(q("table_exists"), schema, "schema_migrations"):
+    sql = statements(schema)
+    if not await conn.fetchval(sql["table_exists"], schema, "schema_migrations"):
         return []
-    return [(r[0],) for r in await conn.fetch(q("select_applied_migrations"))]
+    return [(r[0],) for r in await conn.fetch(sql["select_applied_migrations"])]

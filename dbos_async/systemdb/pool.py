@@ -51,6 +51,38 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class SystemConnection(asyncpg.Connection):
+    """A connection opened by dbos_async: it knows the system schema its statements name."""
+
+    dbos_schema: str = ""
+
+
+def schema_of(conn: Connection) -> str:
+    """The system schema of a connection opened by ``create_pool`` or ``connect``.
+
+    Raises:
+        asyncpg.InterfaceError: ``conn`` is a pool's proxy whose connection is gone
+            (the server closed it): a lost connection, as the statement would have said.
+        TypeError: ``conn`` was opened some other way, so which schema it serves is unknown.
+    """
+    # A pool hands out proxies, which forward attribute reads to the connection.
+    schema = getattr(conn, "dbos_schema", "")
+    if isinstance(schema, str) and schema:
+        return schema
+    if isinstance(conn, asyncpg.pool.PoolConnectionProxy):
+        conn.is_closed()  # a detached proxy raises InterfaceError for every method
+    raise TypeError("the connection was not opened by dbos_async.systemdb.pool")
+
+
+async def connect(url: str, *, schema: str, **server_settings: str) -> SystemConnection:
+    """One connection outside any pool, for the system tables of ``schema``."""
+    conn = await asyncpg.connect(
+        url, connection_class=SystemConnection, server_settings=server_settings or None
+    )
+    conn.dbos_schema = schema
+    return conn
+
+
 async def _keep_session(_conn: Connection) -> None:
     # asyncpg's default release runs a reset query: one extra round trip per
     # checkpoint. System connections never change session state, so skip it.
@@ -67,12 +99,18 @@ async def create_pool(
         DatabaseUnavailableError: the server cannot be reached.
     """
     settings = {"search_path": search_path or schema, "application_name": "dbos_async"}
+
+    async def init(conn: Connection) -> None:
+        conn.dbos_schema = schema  # type: ignore[union-attr]
+
     try:
         pool = await asyncpg.create_pool(
             url,
             min_size=1,
             max_size=max_size,
             server_settings=settings,
+            connection_class=SystemConnection,
+            init=init,
             reset=_keep_session if search_path is None else None,
         )
     except CONNECTION_ERRORS as exc:

@@ -2,6 +2,13 @@
 
 A block starts with ``-- name: verb_object`` followed by comment lines that
 describe it; the text up to the next ``-- name:`` is the statement.
+
+Statements name every system table as ``{schema}.table`` (and the
+notification channel as ``'{schema}'``): transactions run on connections whose
+search path puts the application's schemas first, where a table of the app's
+that shares a name with ours would otherwise take our rows. The placeholder is
+filled once per schema, with a name validated to ``[a-z_][a-z0-9_]*``, so it
+is safe both as an identifier and inside a string literal.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from types import MappingProxyType
 from typing import LiteralString
+
+from dbos_async.systemdb.pool import Connection, schema_of
+from dbos_async.validation import check_schema_name
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -50,9 +60,25 @@ def load() -> MappingProxyType[str, LiteralString]:
     return MappingProxyType(blocks)
 
 
-def q(name: str) -> LiteralString:
-    """The statement named ``name``."""
-    return load()[name]
+_PLACEHOLDER = "{schema}"
+
+
+@functools.cache
+def statements(schema: str) -> MappingProxyType[str, LiteralString]:
+    """Every named query, its system tables qualified with ``schema``.
+
+    Raises:
+        ValueError: ``schema`` is not a valid system schema name.
+    """
+    check_schema_name(schema)
+    # A validated name is as safe as a literal. (mypy treats LiteralString as
+    # str, so the result needs no cast.)
+    return MappingProxyType({n: body.replace(_PLACEHOLDER, schema) for n, body in load().items()})
+
+
+def q(conn: Connection, name: str) -> LiteralString:
+    """The statement named ``name``, for the system schema of ``conn``."""
+    return statements(schema_of(conn))[name]
 
 
 # Read at import, so no coroutine ever touches the file system for SQL.

@@ -77,7 +77,9 @@ async def enqueue_workflows(conn: Connection, rows: Sequence[NewQueued]) -> list
     if len(rows) == 1:
         return [await _enqueue_one(conn, rows[0])]
     try:
-        inserted = {r[0] for r in await conn.fetch(q("enqueue_workflows"), *_enqueue_columns(rows))}
+        inserted = {
+            r[0] for r in await conn.fetch(q(conn, "enqueue_workflows"), *_enqueue_columns(rows))
+        }
     except Exception as exc:
         if not is_deduplication_violation(exc):
             raise
@@ -87,7 +89,8 @@ async def enqueue_workflows(conn: Connection, rows: Sequence[NewQueued]) -> list
     names: dict[str, str] = {}
     if taken:
         names = {
-            r["workflow_id"]: r["name"] for r in await conn.fetch(q("select_workflow_names"), taken)
+            r["workflow_id"]: r["name"]
+            for r in await conn.fetch(q(conn, "select_workflow_names"), taken)
         }
     seen: set[str] = set()
     results: list[Enqueued] = []
@@ -102,7 +105,7 @@ async def _enqueue_one(conn: Connection, row: NewQueued) -> Enqueued:
     try:
         with deduplication_checked(row.queue_name, row.deduplication_id):
             record = await conn.fetchrow(
-                q("enqueue_workflow"), *(c[0] for c in _enqueue_columns([row]))
+                q(conn, "enqueue_workflow"), *(c[0] for c in _enqueue_columns([row]))
             )
     except QueueDeduplicatedError as exc:
         return exc
@@ -111,7 +114,7 @@ async def _enqueue_one(conn: Connection, row: NewQueued) -> Enqueued:
         return None
     existing: str | None = record["existing_name"]
     if existing is None:  # the row committed during the statement: read it now
-        found = await conn.fetch(q("select_workflow_names"), [row.workflow_id])
+        found = await conn.fetch(q(conn, "select_workflow_names"), [row.workflow_id])
         existing = found[0]["name"] if found else None
     return existing or row.name
 
@@ -137,7 +140,7 @@ def _enqueue_columns(rows: Sequence[NewQueued]) -> tuple[list[Any], ...]:
 
 async def lock_queue(conn: Connection, queue_name: str, partition_key: str | None) -> None:
     """Take the transaction-scoped claim lock of a queue (or partition). One round trip."""
-    await conn.execute(q("lock_queue"), queue_name, partition_key)
+    await conn.execute(q(conn, "lock_queue"), queue_name, partition_key)
 
 
 async def claim_queued_workflows(
@@ -155,7 +158,7 @@ async def claim_queued_workflows(
     transaction, after ``lock_queue`` on the same queue.
     """
     records = await conn.fetch(
-        q("claim_queued_workflows"),
+        q(conn, "claim_queued_workflows"),
         queue_name,
         partition_key,
         executor_id,
@@ -174,4 +177,4 @@ async def claim_queued_workflows(
 
 async def select_queue_partitions(conn: Connection, queue_name: str) -> list[str]:
     """The partition keys of a queue that hold ENQUEUED workflows. One round trip."""
-    return [r[0] for r in await conn.fetch(q("select_queue_partitions"), queue_name)]
+    return [r[0] for r in await conn.fetch(q(conn, "select_queue_partitions"), queue_name)]

@@ -11,7 +11,7 @@ from dbos_async.systemdb.queries import q
 
 async def select_schedule_tick(conn: Connection, schedule_name: str) -> int | None:
     """The latest tick (epoch ms) started for a schedule, or None. One round trip."""
-    tick: int | None = await conn.fetchval(q("select_schedule_tick"), schedule_name)
+    tick: int | None = await conn.fetchval(q(conn, "select_schedule_tick"), schedule_name)
     return tick
 
 
@@ -19,4 +19,4 @@ async def record_schedule_tick(
     conn: Connection, schedule_name: str, tick_ms: int, now_ms: int
 ) -> None:
     """Remember a started tick; never moves the latest tick backwards. One round trip."""
-    await conn.execute(q("record_schedule_tick"), schedule_name, tick_ms, now_ms)
+    await conn.execute(q(conn, "record_schedule_tick"), schedule_name, tick_ms, now_ms)

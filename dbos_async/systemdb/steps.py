@@ -87,16 +87,16 @@ async def insert_steps(
     if len(rows) == 1:  # the single-row forms; the command tag says whether it wrote
         row = rows[0]
         if row.branch:
-            query, args = q("insert_branch_step_if_absent"), _columns(rows, branched=True)
+            query, args = q(conn, "insert_branch_step_if_absent"), _columns(rows, branched=True)
         else:
-            query, args = q("insert_step_if_absent"), _columns(rows, branched=False)
+            query, args = q(conn, "insert_step_if_absent"), _columns(rows, branched=False)
         if await conn.execute(query, *(c[0] for c in args)) == "INSERT 0 1":
             return [row]
     else:
         if any(map(_BRANCH, rows)):
-            query, args = q("insert_steps"), _columns(rows, branched=True)
+            query, args = q(conn, "insert_steps"), _columns(rows, branched=True)
         else:
-            query, args = q("insert_own_steps"), _columns(rows, branched=False)
+            query, args = q(conn, "insert_own_steps"), _columns(rows, branched=False)
         written = {(r[0], r[1], r[2]) for r in await conn.fetch(query, *args)}
     lost = [r for r in rows if (r.workflow_id, r.branch, r.step_id) not in written]
     if not lost:
@@ -104,7 +104,7 @@ async def insert_steps(
     found = {
         (r["workflow_id"], r["branch"], r["step_id"]): r
         for r in await conn.fetch(
-            q("select_step_winners"),
+            q(conn, "select_step_winners"),
             [r.workflow_id for r in lost],
             [r.branch for r in lost],
             [r.step_id for r in lost],
@@ -135,7 +135,7 @@ async def insert_step(conn: Connection, row: StepRecord) -> None:
         FencedOff: the fence is stale (the caller's transaction must roll back).
     """
     columns = _columns([row], branched=True)
-    if await conn.fetchval(q("insert_step"), *(column[0] for column in columns)) != 1:
+    if await conn.fetchval(q(conn, "insert_step"), *(column[0] for column in columns)) != 1:
         raise FencedOff(row.workflow_id, "was adopted, cancelled or deleted")
 
 
@@ -144,7 +144,7 @@ async def record_interruptions(
 ) -> None:
     """Record ``rows`` as interrupted (``error``), overwriting their outcomes. One round trip."""
     await conn.fetchval(
-        q("record_interruptions"),
+        q(conn, "record_interruptions"),
         workflow_id,
         fence,
         [r.branch for r in rows],
@@ -161,7 +161,7 @@ async def select_steps_of(
 ) -> dict[str, dict[StepKey, StepRecord]]:
     """The recorded steps of ``workflow_ids``, by workflow and step key. One round trip."""
     found: dict[str, dict[StepKey, StepRecord]] = {wid: {} for wid in workflow_ids}
-    for r in await conn.fetch(q("select_steps_of"), list(workflow_ids)):
+    for r in await conn.fetch(q(conn, "select_steps_of"), list(workflow_ids)):
         found[r["workflow_id"]][(r["branch"], r["step_id"])] = record_from_row(r)
     return found
 
@@ -170,5 +170,5 @@ async def select_step(
     conn: Connection, workflow_id: str, branch: str, step_id: int
 ) -> StepRecord | None:
     """One recorded step, or None. One round trip."""
-    row = await conn.fetchrow(q("select_step"), workflow_id, branch, step_id)
+    row = await conn.fetchrow(q(conn, "select_step"), workflow_id, branch, step_id)
     return record_from_row(row) if row is not None else None

@@ -29,7 +29,7 @@ async def write_stream(
 ) -> None:
     """Append a value (or the closing marker) as the workflow step ``step``."""
     await conn.fetchval(
-        q("write_stream"),
+        q(conn, "write_stream"),
         step.workflow_id,
         step.step_id,
         key,
@@ -45,14 +45,14 @@ async def write_stream(
 
 async def notify_stream(conn: Connection, workflow_id: str) -> None:
     """Announce writes to a workflow's streams."""
-    await conn.fetchval(q("notify_stream"), workflow_id)
+    await conn.fetchval(q(conn, "notify_stream"), workflow_id)
 
 
 async def read_stream(
     conn: Connection, workflow_id: str, key: str, after: int
 ) -> tuple[str | None, list[Entry]]:
     """The workflow's status (None: no such workflow) and the entries after ``after``."""
-    rows = await conn.fetch(q("read_stream"), workflow_id, key, after)
+    rows = await conn.fetch(q(conn, "read_stream"), workflow_id, key, after)
     if not rows:
         return None, []
     entries = [Entry(r["offset"], r["value"], r["closed"]) for r in rows if r["offset"] is not None]

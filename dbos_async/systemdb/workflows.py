@@ -65,16 +65,16 @@ async def insert_workflows(conn: Connection, rows: Sequence[NewWorkflow]) -> lis
         [r.deadline_epoch_ms for r in rows],
     )
     if len(rows) == 1:  # the single-row form; its command tag says whether it wrote
-        tag = await conn.execute(q("insert_workflow"), *(c[0] for c in columns))
+        tag = await conn.execute(q(conn, "insert_workflow"), *(c[0] for c in columns))
         inserted = {rows[0].workflow_id} if tag == "INSERT 0 1" else set()
     else:
-        inserted = {r[0] for r in await conn.fetch(q("insert_workflows"), *columns)}
+        inserted = {r[0] for r in await conn.fetch(q(conn, "insert_workflows"), *columns)}
     taken = [r.workflow_id for r in rows if r.workflow_id not in inserted]
     if not taken:
         return [None] * len(rows)
     existing = {
         r["workflow_id"]: Existing(r["name"], r["status"])
-        for r in await conn.fetch(q("select_workflow_names"), taken)
+        for r in await conn.fetch(q(conn, "select_workflow_names"), taken)
     }
     # Within one batch, only the first row with an ID can have inserted it.
     seen: set[str] = set()
@@ -101,8 +101,8 @@ async def complete_workflows(conn: Connection, rows: Sequence[Outcome]) -> list[
         [r.fence for r in rows],
     )
     if len(rows) == 1:
-        return [await conn.fetchval(q("complete_workflow"), *(c[0] for c in columns)) == 1]
-    done = {r[0] for r in await conn.fetch(q("complete_workflows"), *columns)}
+        return [await conn.fetchval(q(conn, "complete_workflow"), *(c[0] for c in columns)) == 1]
+    done = {r[0] for r in await conn.fetch(q(conn, "complete_workflows"), *columns)}
     return [r.workflow_id in done for r in rows]
 
 
@@ -115,7 +115,7 @@ async def cancel_workflow(
     cancellation by the runtime running the workflow). Returns the status it
     had before (None: no such workflow) and whether it changed. One round trip.
     """
-    row = await conn.fetchrow(q("cancel_workflow"), workflow_id, now_ms, fence)
+    row = await conn.fetchrow(q(conn, "cancel_workflow"), workflow_id, now_ms, fence)
     return (None, False) if row is None else (row["status"], row["changed"])
 
 
@@ -123,19 +123,19 @@ async def select_workflow_states(
     conn: Connection, workflow_ids: Sequence[str]
 ) -> dict[str, tuple[str, int]]:
     """Status and fence of each workflow that exists, by ID. One round trip."""
-    rows = await conn.fetch(q("select_workflow_states"), list(workflow_ids))
+    rows = await conn.fetch(q(conn, "select_workflow_states"), list(workflow_ids))
     return {r["workflow_id"]: (r["status"], r["fence"]) for r in rows}
 
 
 async def select_workflow_status(conn: Connection, workflow_id: str) -> dict[str, Any] | None:
     """Every column of one workflow, or None."""
-    row = await conn.fetchrow(q("select_workflow_status"), workflow_id)
+    row = await conn.fetchrow(q(conn, "select_workflow_status"), workflow_id)
     return None if row is None else record_dict(row)
 
 
 async def select_workflow_outcome(conn: Connection, workflow_id: str) -> dict[str, Any] | None:
     """Status, name, output and error of one workflow, or None."""
-    row = await conn.fetchrow(q("select_workflow_outcome"), workflow_id)
+    row = await conn.fetchrow(q(conn, "select_workflow_outcome"), workflow_id)
     return None if row is None else record_dict(row)
 
 
@@ -143,7 +143,9 @@ async def claim_recoverable_workflows(
     conn: Connection, executor_id: str, app_version: str, now_ms: int
 ) -> list[dict[str, Any]]:
     """Count a recovery attempt on this executor's PENDING workflows and return them."""
-    rows = await conn.fetch(q("claim_recoverable_workflows"), executor_id, app_version, now_ms)
+    rows = await conn.fetch(
+        q(conn, "claim_recoverable_workflows"), executor_id, app_version, now_ms
+    )
     return [record_dict(r) for r in rows]
 
 
@@ -151,7 +153,7 @@ async def mark_max_recovery_exceeded(
     conn: Connection, workflow_ids: Sequence[str], now_ms: int
 ) -> None:
     """Mark workflows as MAX_RECOVERY_ATTEMPTS_EXCEEDED."""
-    await conn.execute(q("mark_max_recovery_exceeded"), list(workflow_ids), now_ms)
+    await conn.execute(q(conn, "mark_max_recovery_exceeded"), list(workflow_ids), now_ms)
 
 
 async def resume_workflow(
@@ -168,6 +170,6 @@ async def resume_workflow(
     when it changed, its ``workflow_id``, ``name`` and ``inputs``.
     """
     row = await conn.fetchrow(
-        q("resume_workflow"), workflow_id, executor_id, app_version, queue_name, now_ms
+        q(conn, "resume_workflow"), workflow_id, executor_id, app_version, queue_name, now_ms
     )
     return None if row is None else record_dict(row)

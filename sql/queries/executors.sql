@@ -2,7 +2,7 @@
 -- Executor $1 of app $2, version $3, is alive now. Now is the database's
 -- clock, as in adopt_orphaned_workflows: hosts' clocks differ, and one
 -- running ahead would take every other host's workflows for orphans.
-INSERT INTO executors (executor_id, app_name, app_version, heartbeat_at)
+INSERT INTO {schema}.executors (executor_id, app_name, app_version, heartbeat_at)
 VALUES ($1, $2, $3, (extract(epoch FROM clock_timestamp()) * 1000)::int8)
 ON CONFLICT (executor_id)
 DO UPDATE SET app_name = excluded.app_name, app_version = excluded.app_version,
@@ -20,8 +20,8 @@ DO UPDATE SET app_name = excluded.app_name, app_version = excluded.app_version,
 -- branch IDs (branched_steps, 0006_branches.sql).
 WITH orphans AS (
     SELECT w.workflow_id
-    FROM workflow_status AS w
-    LEFT JOIN executors AS e ON e.executor_id = w.executor_id
+    FROM {schema}.workflow_status AS w
+    LEFT JOIN {schema}.executors AS e ON e.executor_id = w.executor_id
     WHERE w.status = 'PENDING' AND w.app_version = $2 AND w.executor_id <> $1
       AND (e.heartbeat_at IS NULL
            OR e.heartbeat_at < (extract(epoch FROM clock_timestamp()) * 1000)::int8 - $3)
@@ -29,14 +29,14 @@ WITH orphans AS (
     LIMIT $5
     FOR UPDATE OF w SKIP LOCKED),
 adopted AS (
-    UPDATE workflow_status AS w
+    UPDATE {schema}.workflow_status AS w
     SET executor_id = $1, fence = w.fence + 1,
         recovery_attempts = w.recovery_attempts + 1, updated_at = $4,
         branched_steps = w.branched_steps OR NOT EXISTS (
-            SELECT 1 FROM operation_outputs AS o WHERE o.workflow_id = w.workflow_id)
+            SELECT 1 FROM {schema}.operation_outputs AS o WHERE o.workflow_id = w.workflow_id)
     FROM orphans
     WHERE w.workflow_id = orphans.workflow_id AND w.status = 'PENDING'
     RETURNING w.workflow_id, w.name, w.inputs, w.recovery_attempts,
               w.deadline_epoch_ms, w.fence, w.branched_steps)
-SELECT a.*, pg_notify(current_schema(), 'a:' || a.fence || ':' || a.workflow_id)
+SELECT a.*, pg_notify('{schema}', 'a:' || a.fence || ':' || a.workflow_id)
 FROM adopted AS a;

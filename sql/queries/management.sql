@@ -15,7 +15,7 @@ SELECT workflow_id, status, name,
        created_at, updated_at, queue_name, executor_id, app_version, recovery_attempts,
        parent_workflow_id, forked_from, deduplication_id, priority, timeout_ms,
        deadline_epoch_ms
-FROM workflow_status
+FROM {schema}.workflow_status
 WHERE ($1::text[] IS NULL OR workflow_id = ANY($1::text[]))
   AND ($2::text[] IS NULL OR status = ANY($2::text[]))
   AND ($3::text[] IS NULL OR name = ANY($3::text[]))
@@ -38,7 +38,7 @@ SELECT workflow_id, status, name,
        created_at, updated_at, queue_name, executor_id, app_version, recovery_attempts,
        parent_workflow_id, forked_from, deduplication_id, priority, timeout_ms,
        deadline_epoch_ms
-FROM workflow_status
+FROM {schema}.workflow_status
 WHERE ($1::text[] IS NULL OR workflow_id = ANY($1::text[]))
   AND ($2::text[] IS NULL OR status = ANY($2::text[]))
   AND ($3::text[] IS NULL OR name = ANY($3::text[]))
@@ -60,15 +60,15 @@ LIMIT $12::int8 OFFSET $13::int8;
 -- not exist.
 SELECT o.branch, o.step_id, o.function_name, o.output, o.error, o.child_workflow_id,
        o.started_at, o.completed_at
-FROM workflow_status AS w
+FROM {schema}.workflow_status AS w
 LEFT JOIN (
     SELECT workflow_id, ''::text AS branch, step_id, step_id AS origin, function_name,
            output, error, child_workflow_id, started_at, completed_at
-    FROM operation_outputs WHERE workflow_id = $1
+    FROM {schema}.operation_outputs WHERE workflow_id = $1
     UNION ALL
     SELECT workflow_id, branch, step_id, origin, function_name, output, error,
            child_workflow_id, started_at, completed_at
-    FROM branch_outputs WHERE workflow_id = $1) AS o ON o.workflow_id = w.workflow_id
+    FROM {schema}.branch_outputs WHERE workflow_id = $1) AS o ON o.workflow_id = w.workflow_id
 WHERE w.workflow_id = $1
 ORDER BY o.origin, o.branch = '', string_to_array(o.branch, '.')::int[], o.step_id;
 
@@ -89,9 +89,9 @@ ORDER BY o.origin, o.branch = '', string_to_array(o.branch, '.')::int[], o.step_
 -- taken: nothing is written then) and taken_name, the name recorded under $2.
 WITH original AS (
     SELECT workflow_id, name, inputs, app_name, app_version, branched_steps
-    FROM workflow_status WHERE workflow_id = $1),
+    FROM {schema}.workflow_status WHERE workflow_id = $1),
 forked AS (
-    INSERT INTO workflow_status (
+    INSERT INTO {schema}.workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, executor_id,
         created_at, updated_at, queue_name, forked_from, branched_steps)
     SELECT $2, CASE WHEN $4::text IS NULL THEN 'ENQUEUED' ELSE 'PENDING' END,
@@ -101,27 +101,27 @@ forked AS (
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING workflow_id),
 copied AS (
-    INSERT INTO operation_outputs (
+    INSERT INTO {schema}.operation_outputs (
         workflow_id, step_id, function_name, output, error, child_workflow_id,
         started_at, completed_at)
     SELECT f.workflow_id, o.step_id, o.function_name, o.output, o.error,
            o.child_workflow_id, o.started_at, o.completed_at
-    FROM operation_outputs AS o, forked AS f
+    FROM {schema}.operation_outputs AS o, forked AS f
     WHERE o.workflow_id = $1 AND o.step_id < $3::int4
     RETURNING '' AS branch, step_id, function_name, output, completed_at),
 copied_branches AS (
-    INSERT INTO branch_outputs (
+    INSERT INTO {schema}.branch_outputs (
         workflow_id, branch, step_id, origin, function_name, output, error,
         child_workflow_id, started_at, completed_at)
     SELECT f.workflow_id, b.branch, b.step_id, b.origin, b.function_name, b.output,
            b.error, b.child_workflow_id, b.started_at, b.completed_at
-    FROM branch_outputs AS b, forked AS f
+    FROM {schema}.branch_outputs AS b, forked AS f
     WHERE b.workflow_id = $1 AND b.origin <= $3::int4 AND $3::int4 > 0
     RETURNING branch, step_id, function_name, output, completed_at),
 copied_calls AS (
     SELECT * FROM copied UNION ALL SELECT * FROM copied_branches),
 copied_events AS (
-    INSERT INTO workflow_events (workflow_id, key, value, updated_at)
+    INSERT INTO {schema}.workflow_events (workflow_id, key, value, updated_at)
     SELECT DISTINCT ON (e.key) f.workflow_id, e.key, e.value, e.at
     FROM forked AS f, (
         SELECT c.output::json ->> 'key' AS key, (c.output::json -> 'value')::text AS value,
@@ -131,9 +131,9 @@ copied_events AS (
     ORDER BY e.key, e.at DESC
     RETURNING 1),
 copied_entries AS (
-    INSERT INTO streams (workflow_id, key, "offset", value, closed, created_at)
+    INSERT INTO {schema}.streams (workflow_id, key, "offset", value, closed, created_at)
     SELECT f.workflow_id, s.key, s."offset", s.value, s.closed, s.created_at
-    FROM forked AS f, streams AS s
+    FROM forked AS f, {schema}.streams AS s
     WHERE s.workflow_id = $1 AND EXISTS (
         SELECT 1 FROM copied_calls AS c
         WHERE c.function_name IN ('DBOS.write_stream', 'DBOS.close_stream')
@@ -143,11 +143,11 @@ copied_entries AS (
                         AND (c.output::json ->> 'offset')::int = s."offset" END)
     RETURNING 1)
 SELECT original.name, original.inputs, original.branched_steps, f.workflow_id AS new_id,
-       (SELECT name FROM workflow_status WHERE workflow_id = $2) AS taken_name,
+       (SELECT name FROM {schema}.workflow_status WHERE workflow_id = $2) AS taken_name,
        (SELECT count(*) FROM copied_calls) AS copied_steps,
        (SELECT count(*) FROM copied_events) + (SELECT count(*) FROM copied_entries)
            AS copied_effects,
-       (SELECT count(pg_notify(current_schema(), 'q:' || $6::text))
+       (SELECT count(pg_notify('{schema}', 'q:' || $6::text))
         FROM forked WHERE $4::text IS NULL) AS notified
 FROM original LEFT JOIN forked AS f ON true;
 
@@ -158,26 +158,26 @@ FROM original LEFT JOIN forked AS f ON true;
 -- stops as if cancelled; every one on w:<id>, so waiters re-read (and find it
 -- gone). Returns the deleted IDs; no row when $1 does not exist.
 WITH RECURSIVE doomed AS (
-    SELECT workflow_id FROM workflow_status WHERE workflow_id = $1
+    SELECT workflow_id FROM {schema}.workflow_status WHERE workflow_id = $1
     UNION
     SELECT w.workflow_id
-    FROM workflow_status AS w JOIN doomed AS d ON w.parent_workflow_id = d.workflow_id
+    FROM {schema}.workflow_status AS w JOIN doomed AS d ON w.parent_workflow_id = d.workflow_id
     WHERE $2::boolean),
 steps AS (
-    DELETE FROM operation_outputs WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
+    DELETE FROM {schema}.operation_outputs WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
 branch_steps AS (
-    DELETE FROM branch_outputs WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
+    DELETE FROM {schema}.branch_outputs WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
 received AS (
-    DELETE FROM messages WHERE destination_id IN (SELECT workflow_id FROM doomed)),
+    DELETE FROM {schema}.messages WHERE destination_id IN (SELECT workflow_id FROM doomed)),
 events AS (
-    DELETE FROM workflow_events WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
+    DELETE FROM {schema}.workflow_events WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
 written AS (
-    DELETE FROM streams WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
+    DELETE FROM {schema}.streams WHERE workflow_id IN (SELECT workflow_id FROM doomed)),
 gone AS (
-    DELETE FROM workflow_status WHERE workflow_id IN (SELECT workflow_id FROM doomed)
+    DELETE FROM {schema}.workflow_status WHERE workflow_id IN (SELECT workflow_id FROM doomed)
     RETURNING workflow_id, status)
 SELECT g.workflow_id,
-       (SELECT count(pg_notify(current_schema(), kinds.k || ':' || g.workflow_id))
+       (SELECT count(pg_notify('{schema}', kinds.k || ':' || g.workflow_id))
         FROM (VALUES ('c'), ('w')) AS kinds(k)
         WHERE kinds.k = 'w' OR g.status IN ('PENDING', 'ENQUEUED')) AS notified
 FROM gone AS g;

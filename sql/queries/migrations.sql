@@ -12,7 +12,7 @@ SELECT format('CREATE SCHEMA IF NOT EXISTS %I', $1::text);
 
 -- name: create_migrations_table
 -- The table of applied migration versions.
-CREATE TABLE IF NOT EXISTS schema_migrations (
+CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
     version     integer PRIMARY KEY,
     name        text NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 -- name: select_applied_migrations
 -- Versions already applied.
-SELECT version FROM schema_migrations;
+SELECT version FROM {schema}.schema_migrations;
 
 -- name: table_exists
 -- Whether table $2 exists in schema $1.
@@ -28,4 +28,4 @@ SELECT to_regclass(quote_ident($1) || '.' || quote_ident($2)) IS NOT NULL;
 
 -- name: insert_migration
 -- Record migration $1 (file $2) as applied.
-INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
+INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2);

@@ -7,18 +7,18 @@
 -- its function (read from the statement's snapshot, so NULL if it committed
 -- meanwhile). A live duplicate of ($7, $9) violates workflow_status_dedup_idx.
 WITH inserted AS (
-    INSERT INTO workflow_status (
+    INSERT INTO {schema}.workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
         timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
     VALUES ($1, 'ENQUEUED', $2, $3, $4, $5, $6, $6, $7, $8, $9, $10,
             CASE WHEN $11::int8 IS NOT NULL
                  THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + $11 END,
-            $12, $13, $14, nextval('workflow_enqueue_seq'), true)
+            $12, $13, $14, nextval('{schema}.workflow_enqueue_seq'), true)
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING queue_name)
-SELECT (SELECT count(pg_notify(current_schema(), 'q:' || queue_name)) FROM inserted) AS inserted,
-       (SELECT name FROM workflow_status WHERE workflow_id = $1) AS existing_name;
+SELECT (SELECT count(pg_notify('{schema}', 'q:' || queue_name)) FROM inserted) AS inserted,
+       (SELECT name FROM {schema}.workflow_status WHERE workflow_id = $1) AS existing_name;
 
 -- name: enqueue_workflows
 -- enqueue_workflow for many rows in one statement (group commit), in the
@@ -26,7 +26,7 @@ SELECT (SELECT count(pg_notify(current_schema(), 'q:' || queue_name)) FROM inser
 -- inserted ones. One live duplicate of a deduplication ID fails the whole
 -- statement (the caller then enqueues the rows one by one).
 WITH inserted AS (
-    INSERT INTO workflow_status (
+    INSERT INTO {schema}.workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
         timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
@@ -35,7 +35,7 @@ WITH inserted AS (
            CASE WHEN u.delay_ms IS NOT NULL
                 THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + u.delay_ms END,
            u.timeout_ms, u.parent_workflow_id, u.deadline_epoch_ms,
-           nextval('workflow_enqueue_seq'), true
+           nextval('{schema}.workflow_enqueue_seq'), true
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
                 $7::text[], $8::text[], $9::text[], $10::int4[], $11::int8[], $12::int8[],
                 $13::text[], $14::int8[])
@@ -46,14 +46,14 @@ WITH inserted AS (
     ORDER BY u.ord
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING workflow_id, queue_name)
-SELECT i.workflow_id, pg_notify(current_schema(), 'q:' || i.queue_name) FROM inserted AS i;
+SELECT i.workflow_id, pg_notify('{schema}', 'q:' || i.queue_name) FROM inserted AS i;
 
 -- name: lock_queue
 -- Serialize the claimers of queue $1 (partition $2, NULL: the whole queue)
 -- until the end of the transaction. Run it as its own statement, BEFORE
 -- claim_queued_workflows: a statement's snapshot is taken when it starts, so
 -- only a claim that starts after the lock is granted sees every earlier claim.
-SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':queue:' || $1),
+SELECT pg_advisory_xact_lock(hashtext('{schema}' || ':queue:' || $1),
                              hashtext(coalesce($2::text, '')));
 
 -- name: claim_queued_workflows
@@ -76,13 +76,13 @@ WITH clock AS MATERIALIZED (
     SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms),
 running AS (
     SELECT count(*) AS total, count(*) FILTER (WHERE executor_id = $3) AS mine
-    FROM workflow_status
+    FROM {schema}.workflow_status
     WHERE queue_name = $1 AND status = 'PENDING'
       AND ($2::text IS NULL OR queue_partition_key = $2)
       AND ($6::int IS NOT NULL OR $7::int IS NOT NULL)),
 recent AS (
     SELECT count(*) AS started, min(started_at) AS oldest
-    FROM workflow_status, clock
+    FROM {schema}.workflow_status, clock
     WHERE queue_name = $1 AND started_at > clock.now_ms - $9::int8
       AND ($2::text IS NULL OR queue_partition_key = $2)
       AND $8::int IS NOT NULL),
@@ -94,7 +94,7 @@ room AS (
     FROM running, recent),
 picked AS (
     SELECT w.workflow_id
-    FROM workflow_status AS w
+    FROM {schema}.workflow_status AS w
     WHERE w.queue_name = $1 AND w.status = 'ENQUEUED'
       AND ($2::text IS NULL OR w.queue_partition_key = $2)
       AND (w.not_before IS NULL OR w.not_before <= (SELECT now_ms FROM clock))
@@ -104,11 +104,11 @@ picked AS (
     LIMIT (SELECT n FROM room)
     FOR UPDATE OF w SKIP LOCKED),
 claimed AS (
-    UPDATE workflow_status AS w
+    UPDATE {schema}.workflow_status AS w
     SET status = 'PENDING', executor_id = $3, app_version = $4, fence = w.fence + 1,
         started_at = clock.now_ms, updated_at = clock.now_ms,
         branched_steps = w.branched_steps OR NOT EXISTS (
-            SELECT 1 FROM operation_outputs AS o WHERE o.workflow_id = w.workflow_id),
+            SELECT 1 FROM {schema}.operation_outputs AS o WHERE o.workflow_id = w.workflow_id),
         deadline_epoch_ms = CASE WHEN $10::bool AND w.timeout_ms IS NOT NULL
                                  THEN least(clock.now_ms + w.timeout_ms, w.deadline_epoch_ms)
                                  ELSE w.deadline_epoch_ms END
@@ -116,16 +116,16 @@ claimed AS (
     WHERE w.workflow_id = picked.workflow_id
     RETURNING w.workflow_id, w.name, w.inputs, w.deadline_epoch_ms, w.fence,
               w.branched_steps,
-              EXISTS (SELECT 1 FROM operation_outputs AS o
+              EXISTS (SELECT 1 FROM {schema}.operation_outputs AS o
                       WHERE o.workflow_id = w.workflow_id)
-              OR EXISTS (SELECT 1 FROM branch_outputs AS b
+              OR EXISTS (SELECT 1 FROM {schema}.branch_outputs AS b
                          WHERE b.workflow_id = w.workflow_id) AS has_steps),
 wake AS MATERIALIZED (
     SELECT least(
                CASE WHEN $8::int IS NOT NULL
                          AND recent.started + (SELECT count(*) FROM claimed) >= $8::int
                     THEN coalesce(recent.oldest, clock.now_ms) + $9::int8 END,
-               (SELECT min(d.not_before) FROM workflow_status AS d
+               (SELECT min(d.not_before) FROM {schema}.workflow_status AS d
                 WHERE d.queue_name = $1 AND d.status = 'ENQUEUED'
                   AND d.not_before > clock.now_ms
                   AND ($2::text IS NULL OR d.queue_partition_key = $2))
@@ -137,5 +137,5 @@ FROM wake LEFT JOIN claimed ON true;
 
 -- name: select_queue_partitions
 -- The partition keys of queue $1 that hold ENQUEUED workflows.
-SELECT DISTINCT queue_partition_key FROM workflow_status
+SELECT DISTINCT queue_partition_key FROM {schema}.workflow_status
 WHERE queue_name = $1 AND status = 'ENQUEUED' AND queue_partition_key IS NOT NULL;

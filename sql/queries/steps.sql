@@ -12,7 +12,7 @@
 -- ($9) is not the workflow's current one is not written (its writer lost the
 -- workflow to another runtime). RETURNING names the rows written now.
 WITH own AS (
-    INSERT INTO operation_outputs (
+    INSERT INTO {schema}.operation_outputs (
         workflow_id, step_id, function_name, output, error, child_workflow_id,
         started_at, completed_at)
     SELECT u.workflow_id, u.step_id, u.function_name, u.output, u.error,
@@ -21,13 +21,13 @@ WITH own AS (
                 $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::text[])
          AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
               started_at, completed_at, fence, branch)
-    JOIN workflow_status AS w
+    JOIN {schema}.workflow_status AS w
       ON w.workflow_id = u.workflow_id AND w.fence = u.fence AND w.status = 'PENDING'
     WHERE u.branch = ''
     ON CONFLICT (workflow_id, step_id) DO NOTHING
     RETURNING workflow_id, ''::text AS branch, step_id),
 branched AS (
-    INSERT INTO branch_outputs (
+    INSERT INTO {schema}.branch_outputs (
         workflow_id, branch, step_id, origin, function_name, output, error,
         child_workflow_id, started_at, completed_at)
     SELECT u.workflow_id, u.branch, u.step_id, u.origin, u.function_name, u.output,
@@ -36,7 +36,7 @@ branched AS (
                 $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::text[], $11::int4[])
          AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
               started_at, completed_at, fence, branch, origin)
-    JOIN workflow_status AS w
+    JOIN {schema}.workflow_status AS w
       ON w.workflow_id = u.workflow_id AND w.fence = u.fence AND w.status = 'PENDING'
     WHERE u.branch <> ''
     ON CONFLICT (workflow_id, branch, step_id) DO NOTHING
@@ -48,7 +48,7 @@ SELECT workflow_id, branch, step_id FROM branched;
 -- name: insert_own_steps
 -- insert_steps for a batch of the workflows' own sequences only (no branch
 -- rows): the common case, without the second INSERT.
-INSERT INTO operation_outputs (
+INSERT INTO {schema}.operation_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
     started_at, completed_at)
 SELECT u.workflow_id, u.step_id, u.function_name, u.output, u.error, u.child_workflow_id,
@@ -57,7 +57,7 @@ FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
             $6::text[], $7::int8[], $8::int8[], $9::int4[])
      AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
           started_at, completed_at, fence)
-JOIN workflow_status AS w
+JOIN {schema}.workflow_status AS w
       ON w.workflow_id = u.workflow_id AND w.fence = u.fence AND w.status = 'PENDING'
 ON CONFLICT (workflow_id, step_id) DO NOTHING
 RETURNING workflow_id, ''::text AS branch, step_id;
@@ -66,22 +66,22 @@ RETURNING workflow_id, ''::text AS branch, step_id;
 -- insert_steps for one row of the workflow's own sequence: the single-row form
 -- is cheaper than unnest. The command tag (INSERT 0 1 or INSERT 0 0) says
 -- whether it was written.
-INSERT INTO operation_outputs (
+INSERT INTO {schema}.operation_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
     started_at, completed_at)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8
-WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9
+WHERE EXISTS (SELECT 1 FROM {schema}.workflow_status WHERE workflow_id = $1 AND fence = $9
                     AND status = 'PENDING')
 ON CONFLICT (workflow_id, step_id) DO NOTHING;
 
 -- name: insert_branch_step_if_absent
 -- insert_steps for one row of branch $10 (origin $11); the command tag says
 -- whether it was written.
-INSERT INTO branch_outputs (
+INSERT INTO {schema}.branch_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
     started_at, completed_at, branch, origin)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11
-WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9
+WHERE EXISTS (SELECT 1 FROM {schema}.workflow_status WHERE workflow_id = $1 AND fence = $9
                     AND status = 'PENDING')
 ON CONFLICT (workflow_id, branch, step_id) DO NOTHING;
 
@@ -91,21 +91,21 @@ ON CONFLICT (workflow_id, branch, step_id) DO NOTHING;
 -- violation that aborts that transaction, and the body commits exactly once.
 -- Returns 0 when the fence ($9) is stale: the caller rolls back.
 WITH own AS (
-    INSERT INTO operation_outputs (
+    INSERT INTO {schema}.operation_outputs (
         workflow_id, step_id, function_name, output, error, child_workflow_id,
         started_at, completed_at)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8
     WHERE $10 = ''
-      AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9
+      AND EXISTS (SELECT 1 FROM {schema}.workflow_status WHERE workflow_id = $1 AND fence = $9
                     AND status = 'PENDING')
     RETURNING 1),
 branched AS (
-    INSERT INTO branch_outputs (
+    INSERT INTO {schema}.branch_outputs (
         workflow_id, step_id, function_name, output, error, child_workflow_id,
         started_at, completed_at, branch, origin)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11
     WHERE $10 <> ''
-      AND EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $9
+      AND EXISTS (SELECT 1 FROM {schema}.workflow_status WHERE workflow_id = $1 AND fence = $9
                     AND status = 'PENDING')
     RETURNING 1)
 SELECT (SELECT count(*) FROM own) + (SELECT count(*) FROM branched);
@@ -120,10 +120,10 @@ SELECT (SELECT count(*) FROM own) + (SELECT count(*) FROM branched);
 WITH u AS (
     SELECT * FROM unnest($3::text[], $4::int4[], $5::int4[], $6::text[])
         AS u(branch, step_id, origin, function_name)
-    WHERE EXISTS (SELECT 1 FROM workflow_status WHERE workflow_id = $1 AND fence = $2
+    WHERE EXISTS (SELECT 1 FROM {schema}.workflow_status WHERE workflow_id = $1 AND fence = $2
                     AND status = 'PENDING')),
 own AS (
-    INSERT INTO operation_outputs (
+    INSERT INTO {schema}.operation_outputs (
         workflow_id, step_id, function_name, error, started_at, completed_at)
     SELECT $1, u.step_id, u.function_name, $7, $8, $8 FROM u WHERE u.branch = ''
     ON CONFLICT (workflow_id, step_id) DO UPDATE
@@ -131,7 +131,7 @@ own AS (
         completed_at = excluded.completed_at
     RETURNING 1),
 branched AS (
-    INSERT INTO branch_outputs (
+    INSERT INTO {schema}.branch_outputs (
         workflow_id, branch, step_id, origin, function_name, error, started_at, completed_at)
     SELECT $1, u.branch, u.step_id, u.origin, u.function_name, $7, $8, $8
     FROM u WHERE u.branch <> ''
@@ -145,10 +145,10 @@ SELECT (SELECT count(*) FROM own) + (SELECT count(*) FROM branched);
 -- Recorded steps of workflows $1, read once when they (re)start.
 SELECT workflow_id, ''::text AS branch, step_id, function_name, output, error,
        child_workflow_id
-FROM operation_outputs WHERE workflow_id = ANY($1::text[])
+FROM {schema}.operation_outputs WHERE workflow_id = ANY($1::text[])
 UNION ALL
 SELECT workflow_id, branch, step_id, function_name, output, error, child_workflow_id
-FROM branch_outputs WHERE workflow_id = ANY($1::text[]);
+FROM {schema}.branch_outputs WHERE workflow_id = ANY($1::text[]);
 
 -- name: select_step_winners
 -- For rows insert_steps did not write: the recorded steps for the
@@ -159,12 +159,12 @@ SELECT k.workflow_id, k.branch, k.step_id, w.fence AS current_fence,
        w.status AS current_status,
        o.function_name, o.output, o.error, o.child_workflow_id
 FROM unnest($1::text[], $2::text[], $3::int4[]) AS k(workflow_id, branch, step_id)
-LEFT JOIN workflow_status AS w ON w.workflow_id = k.workflow_id
+LEFT JOIN {schema}.workflow_status AS w ON w.workflow_id = k.workflow_id
 LEFT JOIN LATERAL (
-    SELECT function_name, output, error, child_workflow_id FROM operation_outputs
+    SELECT function_name, output, error, child_workflow_id FROM {schema}.operation_outputs
     WHERE k.branch = '' AND workflow_id = k.workflow_id AND step_id = k.step_id
     UNION ALL
-    SELECT function_name, output, error, child_workflow_id FROM branch_outputs
+    SELECT function_name, output, error, child_workflow_id FROM {schema}.branch_outputs
     WHERE k.branch <> '' AND workflow_id = k.workflow_id AND branch = k.branch
       AND step_id = k.step_id) AS o ON true;
 
@@ -172,7 +172,7 @@ LEFT JOIN LATERAL (
 -- The recorded step $3 of branch $2 of workflow $1, or no row.
 SELECT workflow_id, ''::text AS branch, step_id, function_name, output, error,
        child_workflow_id
-FROM operation_outputs WHERE $2 = '' AND workflow_id = $1 AND step_id = $3
+FROM {schema}.operation_outputs WHERE $2 = '' AND workflow_id = $1 AND step_id = $3
 UNION ALL
 SELECT workflow_id, branch, step_id, function_name, output, error, child_workflow_id
-FROM branch_outputs WHERE $2 <> '' AND workflow_id = $1 AND branch = $2 AND step_id = $3;
+FROM {schema}.branch_outputs WHERE $2 <> '' AND workflow_id = $1 AND branch = $2 AND step_id = $3;

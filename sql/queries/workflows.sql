@@ -3,7 +3,7 @@
 -- Rows whose workflow_id exists are skipped; RETURNING names the inserted ones.
 -- Every insert into workflow_status by this release sets branched_steps (see
 -- 0006_branches.sql).
-INSERT INTO workflow_status (
+INSERT INTO {schema}.workflow_status (
     workflow_id, status, name, inputs, app_name, app_version, executor_id,
     created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps)
 SELECT u.workflow_id, 'PENDING', u.name, u.inputs, u.app_name, u.app_version, u.executor_id,
@@ -17,7 +17,7 @@ RETURNING workflow_id;
 
 -- name: insert_workflow
 -- insert_workflows for a batch of one: the single-row form is cheaper than unnest.
-INSERT INTO workflow_status (
+INSERT INTO {schema}.workflow_status (
     workflow_id, status, name, inputs, app_name, app_version, executor_id,
     created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps)
 VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, true)
@@ -25,7 +25,7 @@ ON CONFLICT (workflow_id) DO NOTHING;
 
 -- name: select_workflow_names
 -- Name and status of existing workflows $1 (for rows insert_workflows skipped).
-SELECT workflow_id, name, status FROM workflow_status WHERE workflow_id = ANY($1::text[]);
+SELECT workflow_id, name, status FROM {schema}.workflow_status WHERE workflow_id = ANY($1::text[]);
 
 -- name: complete_workflows
 -- Record the outcome of finished workflows, many rows in one statement, and
@@ -38,15 +38,15 @@ SELECT workflow_id, name, status FROM workflow_status WHERE workflow_id = ANY($1
 -- is_local): an outcome is derivable from the recorded steps, so if a server
 -- crash loses it, the workflow is PENDING again and replay records it again.
 WITH done AS (
-    UPDATE workflow_status AS w
+    UPDATE {schema}.workflow_status AS w
     SET status = u.status, output = u.output, error = u.error, updated_at = u.now_ms
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int4[])
          AS u(workflow_id, status, output, error, now_ms, fence)
     WHERE w.workflow_id = u.workflow_id AND w.status = 'PENDING' AND w.fence = u.fence
     RETURNING w.workflow_id, w.queue_name),
 notified AS MATERIALIZED (
-    SELECT (SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done)
-         + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
+    SELECT (SELECT count(pg_notify('{schema}', 'w:' || workflow_id)) FROM done)
+         + (SELECT count(pg_notify('{schema}', 'q:' || queue_name))
             FROM done WHERE queue_name IS NOT NULL) AS n,
            set_config('synchronous_commit', 'off', true) AS async_commit)
 SELECT done.workflow_id, notified.n FROM done, notified;
@@ -54,13 +54,13 @@ SELECT done.workflow_id, notified.n FROM done, notified;
 -- name: complete_workflow
 -- complete_workflows for a batch of one: returns 1 if it changed the row.
 WITH done AS (
-    UPDATE workflow_status
+    UPDATE {schema}.workflow_status
     SET status = $2, output = $3, error = $4, updated_at = $5
     WHERE workflow_id = $1 AND status = 'PENDING' AND fence = $6
     RETURNING workflow_id, queue_name)
 SELECT (SELECT count(*) FROM done),
-       (SELECT count(pg_notify(current_schema(), 'w:' || workflow_id)) FROM done)
-     + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
+       (SELECT count(pg_notify('{schema}', 'w:' || workflow_id)) FROM done)
+     + (SELECT count(pg_notify('{schema}', 'q:' || queue_name))
         FROM done WHERE queue_name IS NOT NULL),
        (SELECT set_config('synchronous_commit', 'off', true));
 
@@ -72,26 +72,26 @@ SELECT (SELECT count(*) FROM done),
 -- still holds that fence. Returns the status it had and whether it changed,
 -- or no row if it does not exist.
 WITH old AS (
-    SELECT workflow_id, status FROM workflow_status WHERE workflow_id = $1 FOR UPDATE),
+    SELECT workflow_id, status FROM {schema}.workflow_status WHERE workflow_id = $1 FOR UPDATE),
 changed AS (
-    UPDATE workflow_status AS w SET status = 'CANCELLED', updated_at = $2
+    UPDATE {schema}.workflow_status AS w SET status = 'CANCELLED', updated_at = $2
     FROM old WHERE w.workflow_id = old.workflow_id AND old.status IN ('PENDING', 'ENQUEUED')
       AND ($3::int4 IS NULL OR w.fence = $3)
     RETURNING w.workflow_id, w.queue_name, old.status)
 SELECT old.status, EXISTS (SELECT 1 FROM changed) AS changed,
-       (SELECT count(pg_notify(current_schema(), k || ':' || workflow_id))
+       (SELECT count(pg_notify('{schema}', k || ':' || workflow_id))
         FROM changed, (VALUES ('c'), ('w')) AS kinds(k))
-     + (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
+     + (SELECT count(pg_notify('{schema}', 'q:' || queue_name))
         FROM changed WHERE queue_name IS NOT NULL AND changed.status = 'PENDING') AS notified
 FROM old;
 
 -- name: select_workflow_status
 -- Every column of workflow $1, or no row.
-SELECT * FROM workflow_status WHERE workflow_id = $1;
+SELECT * FROM {schema}.workflow_status WHERE workflow_id = $1;
 
 -- name: select_workflow_outcome
 -- Status, output and error of workflow $1 (what get_result waits for).
-SELECT status, name, output, error FROM workflow_status WHERE workflow_id = $1;
+SELECT status, name, output, error FROM {schema}.workflow_status WHERE workflow_id = $1;
 
 -- name: claim_recoverable_workflows
 -- Count one more recovery attempt on the PENDING workflows of executor $1 and
@@ -100,17 +100,17 @@ SELECT status, name, output, error FROM workflow_status WHERE workflow_id = $1;
 -- A workflow recorded by an earlier release that has recorded no step yet has
 -- no flat-numbered history to stay compatible with: its claim switches it to
 -- branch IDs (branched_steps, 0006_branches.sql).
-UPDATE workflow_status AS w
+UPDATE {schema}.workflow_status AS w
 SET recovery_attempts = recovery_attempts + 1, updated_at = $3, fence = fence + 1,
     branched_steps = branched_steps OR NOT EXISTS (
-        SELECT 1 FROM operation_outputs AS o WHERE o.workflow_id = w.workflow_id)
+        SELECT 1 FROM {schema}.operation_outputs AS o WHERE o.workflow_id = w.workflow_id)
 WHERE executor_id = $1 AND app_version = $2 AND status = 'PENDING'
 RETURNING workflow_id, name, inputs, recovery_attempts, deadline_epoch_ms, fence,
           branched_steps;
 
 -- name: mark_max_recovery_exceeded
 -- Give up on workflows $1 that were recovered too many times.
-UPDATE workflow_status
+UPDATE {schema}.workflow_status
 SET status = 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', updated_at = $2
 WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 
@@ -125,7 +125,7 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 -- Announces q:<queue> when it enqueues. Returns the status it had and, if it
 -- changed, its name, inputs, fence and new status; no row if absent.
 WITH old AS (
-    SELECT workflow_id, status, queue_name FROM workflow_status WHERE workflow_id = $1
+    SELECT workflow_id, status, queue_name FROM {schema}.workflow_status WHERE workflow_id = $1
     FOR UPDATE),
 target AS (
     SELECT old.workflow_id, old.status = 'ENQUEUED' AS bypass,
@@ -136,7 +136,7 @@ target AS (
     FROM old
     WHERE old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', 'ENQUEUED')),
 changed AS (
-    UPDATE workflow_status AS w
+    UPDATE {schema}.workflow_status AS w
     SET status = CASE WHEN t.queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END,
         executor_id = CASE WHEN t.queue_name IS NULL THEN $2 END,
         app_version = COALESCE($3, w.app_version),
@@ -150,11 +150,11 @@ changed AS (
               w.branched_steps)
 SELECT old.status, changed.workflow_id, changed.name, changed.inputs, changed.fence,
        changed.branched_steps, changed.status AS new_status,
-       (SELECT count(pg_notify(current_schema(), 'q:' || queue_name))
+       (SELECT count(pg_notify('{schema}', 'q:' || queue_name))
         FROM changed WHERE status = 'ENQUEUED') AS notified
 FROM old LEFT JOIN changed ON true;
 
 -- name: select_workflow_states
 -- Status and fence of workflows $1 (missing: deleted), so a runtime can check
 -- what a notification or a lost one says about the workflows it runs.
-SELECT workflow_id, status, fence FROM workflow_status WHERE workflow_id = ANY($1::text[]);
+SELECT workflow_id, status, fence FROM {schema}.workflow_status WHERE workflow_id = ANY($1::text[]);

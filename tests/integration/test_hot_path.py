@@ -16,7 +16,9 @@ import pytest
 
 from dbos_async import DBOS, Queue, SetWorkflowID
 from dbos_async.queue import forget_queue
-from dbos_async.systemdb.queries import q
+from dbos_async.systemdb.queries import statements as sql_of
+
+SQL = sql_of("dbos_async")  # the schema every test's DBOS uses
 
 
 @DBOS.step()
@@ -57,7 +59,7 @@ def _background(statement: str) -> bool:
 
 
 _BACKGROUND = {
-    q(name)
+    SQL[name]
     for name in (
         "upsert_heartbeat",
         "adopt_orphaned_workflows",
@@ -115,7 +117,7 @@ async def test_recovery_reads_recorded_steps_once(db_url: str, statements: list[
     statements.clear()
     async with DBOS(database_url=db_url, app_version="test") as dbos:
         await (await dbos.retrieve_workflow("replayed")).get_result()
-    step_reads = [s for s in statements if s == q("select_steps_of")]
+    step_reads = [s for s in statements if s == SQL["select_steps_of"]]
     step_writes = [s for s in statements if "_outputs" in s and "INSERT INTO" in s]
     assert len(step_reads) == 1 and not step_writes, statements
 
@@ -155,17 +157,17 @@ async def test_round_trips_per_enqueue_and_claim(
     finally:
         forget_queue("hot-path-queue")
     statements = [s for sent in sessions.values() for s in sent]
-    assert statements.count(q("enqueue_workflow")) == 2  # an enqueue: one statement
+    assert statements.count(SQL["enqueue_workflow"]) == 2  # an enqueue: one statement
     # Each claim: BEGIN, lock the queue, count and claim, COMMIT, on one
     # connection. A fresh workflow's (empty) history is not read.
     claims = 0
     for sent in sessions.values():
         for i, statement in enumerate(sent):
             # (A claim at i < 2 was in flight when the counting began: unseen BEGIN.)
-            if statement == q("claim_queued_workflows") and i >= 2:
+            if statement == SQL["claim_queued_workflows"] and i >= 2:
                 claims += 1
-                assert sent[i - 2].startswith("BEGIN") and sent[i - 1] == q("lock_queue")
+                assert sent[i - 2].startswith("BEGIN") and sent[i - 1] == SQL["lock_queue"]
                 if i + 1 < len(sent):  # else that claim is still in flight
                     assert sent[i + 1].startswith("COMMIT")
     assert claims >= 1
-    assert q("select_steps_of") not in statements
+    assert SQL["select_steps_of"] not in statements

@@ -148,10 +148,12 @@ async def test_the_listing_reads_no_payload_column_when_not_asked(conn: asyncpg.
         " updated_at) VALUES ('big', 'SUCCESS', 'n', $1, $1, 1, 1)",
         big,
     )
-    query, args = list_workflows_statement(workflow_filter(load_input=False, load_output=False))
+    query, args = list_workflows_statement(
+        conn, workflow_filter(load_input=False, load_output=False)
+    )
     rows = await conn.fetch(query, *args)
     assert rows[0]["inputs"] is None and rows[0]["output"] is None
-    query, args = list_workflows_statement(workflow_filter())
+    query, args = list_workflows_statement(conn, workflow_filter())
     assert (await conn.fetch(query, *args))[0]["inputs"] == big
 
 
@@ -249,7 +251,7 @@ async def test_listing_the_newest_of_100000_workflows_walks_an_index(
     ]
     for case in cases:
         options = {"sort_desc": True, "limit": 50, **case}
-        query, args = list_workflows_statement(workflow_filter(**options))
+        query, args = list_workflows_statement(conn, workflow_filter(**options))
         raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + query, *args)
         plan = json.loads(raw)[0]["Plan"]
         scans = _scans(plan)

@@ -12,7 +12,7 @@ import pytest
 
 from dbos_async.queue import enqueue_by_name
 from dbos_async.systemdb import queues as queues_table
-from dbos_async.systemdb.pool import create_pool
+from dbos_async.systemdb.pool import connect, create_pool
 from dbos_async.systemdb.queries import q
 
 SCHEMA = {"search_path": "dbos_async"}
@@ -21,8 +21,8 @@ NAMES = ["race.task"]
 
 @pytest.fixture
 async def claimers(db_url: str) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection]]:
-    a = await asyncpg.connect(db_url, server_settings=SCHEMA)
-    b = await asyncpg.connect(db_url, server_settings=SCHEMA)
+    a = await connect(db_url, schema="dbos_async", **SCHEMA)
+    b = await connect(db_url, schema="dbos_async", **SCHEMA)
     yield a, b
     await a.close()
     await b.close()
@@ -137,7 +137,7 @@ async def test_the_claim_uses_indexes_on_a_large_table(
     await conn.execute(f"SET plan_cache_mode = {plan_mode}")
     # A prepared statement, as asyncpg runs it: after five runs Postgres may
     # switch to the generic plan, so both plans must use the indexes.
-    await conn.execute("PREPARE claim AS " + q("claim_queued_workflows"))
+    await conn.execute("PREPARE claim AS " + q(conn, "claim_queued_workflows"))
     text = await conn.fetchval(
         "EXPLAIN (FORMAT JSON) EXECUTE claim"
         "('queue-3', NULL, 'e1', 'v', 100, 5, 2, 50, 1000, true, '{race.task}')"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dbos_async.systemdb.queries import load, parse
+from dbos_async.systemdb.queries import load, parse, statements
 
 PACKAGE = Path(__file__).parents[2] / "dbos_async"
 
@@ -20,7 +20,7 @@ def test_names_are_snake_case_verb_object() -> None:
 def test_every_query_used_in_the_package_exists() -> None:
     used = set()
     for path in PACKAGE.rglob("*.py"):
-        used |= set(re.findall(r'\bq\("([a-z0-9_]+)"\)', path.read_text()))
+        used |= set(re.findall(r'\bq\(\w+, "([a-z0-9_]+)"\)', path.read_text()))
     assert used and used <= set(load()), used - set(load())
 
 
@@ -33,3 +33,32 @@ def test_no_statement_is_built_with_string_formatting() -> None:
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
         assert not re.search(r'(execute|fetch\w*)\(\s*f"', text), path
+
+
+SYSTEM_TABLES = (
+    "workflow_status",
+    "operation_outputs",
+    "branch_outputs",
+    "messages",
+    "workflow_events",
+    "streams",
+    "executors",
+    "schedule_ticks",
+    "schema_migrations",
+    "workflow_enqueue_seq",
+)
+
+
+def test_every_system_table_is_named_with_its_schema() -> None:
+    # An app table of the same name, earlier on a transaction's search path,
+    # would otherwise take the statement's rows.
+    bare = re.compile(rf"(?<![.\w])({'|'.join(SYSTEM_TABLES)})\b")
+    for name, body in load().items():
+        code = "\n".join(line.split("--", 1)[0] for line in body.splitlines())
+        assert not bare.search(code), (name, bare.findall(code))
+
+
+def test_the_schema_is_validated_before_it_is_spliced_in() -> None:
+    with pytest.raises(ValueError):
+        statements('dbos"; DROP TABLE x; --')
+    assert "other.workflow_status" in statements("other")["select_workflow_status"]
