@@ -47,6 +47,7 @@ async def heartbeat_and_adopt(
             while await adopt_orphans(runtime) == ADOPT_BATCH:
                 pass
         except Exception as exc:  # a lost database (or a bug) must not stop the runtime
+            runtime.reconciler.request()  # an adoption may have committed
             logger.warning("heartbeat failed: %r", exc, extra={"action": "heartbeat"})
 
 
@@ -67,6 +68,7 @@ async def adopt_orphans(runtime: Runtime) -> int:
             int(runtime.config.lease_seconds * 1000),
             now_ms(),
             ADOPT_BATCH,
+            runtime.instance_id,
         )
         if not rows:
             return 0

@@ -11,9 +11,10 @@ These calls are not checkpoints: call them from outside workflows (or from a ste
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
@@ -260,6 +261,11 @@ async def resume_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None 
         QueueDeduplicatedError: its deduplication ID is live again on its queue.
     """
     check_workflow_id(workflow_id)
+    with _reconciled_on_error(runtime):
+        await _resume(pool, workflow_id, runtime)
+
+
+async def _resume(pool: Pool, workflow_id: str, runtime: Runtime | None) -> None:
     async with acquire(pool) as conn:
         try:
             row = await wf_table.resume_workflow(
@@ -269,6 +275,7 @@ async def resume_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None 
                 runtime.app_version if runtime is not None else None,
                 INTERNAL_QUEUE,
                 now_ms(),
+                runtime.instance_id if runtime is not None else None,
             )
         except asyncpg.UniqueViolationError as exc:
             if not is_deduplication_violation(exc):
@@ -342,23 +349,14 @@ async def fork_workflow(
         app_version=runtime.app_version if here and runtime is not None else application_version,
         queue_name=INTERNAL_QUEUE,
         now_ms=now_ms(),
+        instance=runtime.instance_id if here and runtime is not None else None,
     )
-    async with acquire(pool) as conn:
-        row = await mgmt_table.fork_workflow(conn, fork)
-        if row is None:
-            raise WorkflowNotFoundError(workflow_id)
-        if row["new_id"] is None:
-            if row["taken_name"] != row["name"]:
-                raise WorkflowConflictError(new_id, row["taken_name"], row["name"])
-            return new_id
-        if here and runtime is not None:
-            claimed = {
-                "workflow_id": new_id,
-                "name": row["name"],
-                "inputs": row["inputs"],
-                "branched_steps": row["branched_steps"],
-            }
-            await run_claimed(runtime, conn, [claimed])
+    with _reconciled_on_error(runtime if here else None):
+        row = await _fork(pool, fork, runtime if here else None)
+    if row["new_id"] is None:
+        if row["taken_name"] != row["name"]:
+            raise WorkflowConflictError(new_id, row["taken_name"], row["name"])
+        return new_id
     logger.info(
         "forked %s at step %d as %s (%d steps copied)",
         workflow_id,
@@ -368,6 +366,34 @@ async def fork_workflow(
         extra={"action": "fork_workflow", "workflow_id": new_id},
     )
     return new_id
+
+
+async def _fork(pool: Pool, fork: mgmt_table.Fork, runtime: Runtime | None) -> dict[str, Any]:
+    """Record ``fork`` and, with ``runtime``, run the copy there; returns the recorded row."""
+    async with acquire(pool) as conn:
+        row = await mgmt_table.fork_workflow(conn, fork)
+        if row is None:
+            raise WorkflowNotFoundError(fork.original_id)
+        if row["new_id"] is not None and runtime is not None:
+            claimed = {
+                "workflow_id": fork.new_id,
+                "name": row["name"],
+                "inputs": row["inputs"],
+                "branched_steps": row["branched_steps"],
+            }
+            await run_claimed(runtime, conn, [claimed])
+    return row
+
+
+@contextlib.contextmanager
+def _reconciled_on_error(runtime: Runtime | None) -> Iterator[None]:
+    """A claim for ``runtime`` that failed may have committed: have the runtime reconcile."""
+    try:
+        yield
+    except Exception:
+        if runtime is not None:
+            runtime.reconciler.request()
+        raise
 
 
 async def delete_workflow(pool: Pool, workflow_id: str, delete_children: bool = False) -> None:

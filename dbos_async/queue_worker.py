@@ -87,6 +87,8 @@ class QueueWorker:
                     failures = 0
                 except Exception as exc:
                     # A lost database (or a bug) must not stop the queue for good.
+                    # The claim may have committed: its rows, if any, are reconciled.
+                    self._runtime.reconciler.request()
                     delay = _ERROR_DELAYS[min(failures, len(_ERROR_DELAYS) - 1)]
                     failures += 1
                     logger.warning(
@@ -141,6 +143,7 @@ class QueueWorker:
                             runtime.app_version,
                             limits,
                             names,
+                            runtime.instance_id,
                         )
                     if claim.rows:
                         await run_claimed(runtime, conn, claim.rows)

@@ -30,7 +30,7 @@ async def recover_pending(runtime: Runtime) -> int:
     """Start every recoverable workflow as a task; returns how many were started."""
     async with runtime.connection() as conn:
         rows = await wf_table.claim_recoverable_workflows(
-            conn, runtime.executor_id, runtime.app_version, now_ms()
+            conn, runtime.executor_id, runtime.app_version, now_ms(), runtime.instance_id
         )
         if not rows:
             return 0

@@ -15,6 +15,7 @@ import contextvars
 import enum
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.notifications import Listener
 from dbos_async.queue_worker import QueueWorker
+from dbos_async.reconcile import Reconciler
 from dbos_async.recovery import recover_pending
 from dbos_async.scheduler import Scheduler
 from dbos_async.streams import Announcer
@@ -124,6 +126,10 @@ class Runtime:
         self.state = State.NEW
         self.app_name = config.app_name
         self.executor_id = config.executor_id
+        # This process's runtime, among any that share its executor ID: what
+        # it claims carries this (claimed_by), so it reconciles only its own.
+        self.instance_id = uuid.uuid4().hex
+        self.reconciler = Reconciler(self)
         self.app_version = config.app_version or ""
         self.database_url = ""
         # The workflows this runtime has claimed (started, recovered, dequeued).
@@ -244,10 +250,8 @@ class Runtime:
             _launched.remove(self)
         self._stop.set()
         if self._task is not None:
-            try:
+            with contextlib.suppress(Exception):  # logged when it happened
                 await asyncio.shield(self._task)
-            except Exception:
-                logger.exception("the DBOS runtime stopped with an error")
         loop = asyncio.get_running_loop()
         if not any(r._task is not None and r._task.get_loop() is loop for r in _launched):
             branches.uninstall(loop)  # the last runtime on this loop: leave it as we found it
@@ -321,6 +325,7 @@ class Runtime:
                         await recover_pending(self)
                         await group.start(checks.run)
                         await group.start(fleet.heartbeat_and_adopt, self)
+                        await group.start(self.reconciler.run)
                         # Live (watching q:<queue>, sleeping until ticks) before launch returns.
                         await group.start(QueueWorker(self).run)
                         await group.start(Scheduler(self).run)
@@ -343,6 +348,10 @@ class Runtime:
             if not started.done():
                 started.set_exception(exc)
                 return
+            if isinstance(exc, Exception):
+                # Said now, not at shutdown: nothing else tells the app its
+                # workflows, queues and schedules have stopped.
+                logger.exception("the DBOS runtime failed and stopped", extra={"action": "failed"})
             raise
         finally:
             self.state = State.STOPPING

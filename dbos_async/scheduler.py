@@ -15,9 +15,10 @@ one: there is no polling.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+T = TypeVar("T")
 
 _RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 _HAIR = 0.002
@@ -155,39 +157,56 @@ class Scheduler:
     async def _serve(self, schedule: Schedule) -> None:
         after = datetime.now(UTC)
         if schedule.catch_up:
-            async with self._runtime.connection() as conn:
-                last = await schedules_table.select_schedule_tick(conn, schedule.name)
+            last = await _retrying(
+                schedule, "read its last tick", lambda: self._last_tick(schedule)
+            )
             if last is not None:
                 after = min(after, datetime.fromtimestamp(last / 1000, UTC))
         while True:
             tick = next_tick(schedule.cron, after)
             # asyncio may fire a timer up to one clock resolution early: add a hair.
             await anyio.sleep(max(0.0, tick.timestamp() - time.time()) + _HAIR)
-            await self._start(schedule, tick)
+            await _retrying(
+                schedule,
+                f"start the tick {tick.isoformat()}",
+                functools.partial(self._start, schedule, tick),
+            )
             # Without catch_up, ticks that passed meanwhile (a slow database) are skipped.
             after = tick if schedule.catch_up else max(tick, datetime.now(UTC))
 
+    async def _last_tick(self, schedule: Schedule) -> int | None:
+        async with self._runtime.connection() as conn:
+            return await schedules_table.select_schedule_tick(conn, schedule.name)
+
     async def _start(self, schedule: Schedule, tick: datetime) -> None:
         """Start the tick's workflow (unless a runtime did) and record the tick."""
-        failures = 0
-        while True:
-            try:
-                with SetWorkflowID(tick_workflow_id(schedule.name, tick)):
-                    await start_soon(schedule.entry, (tick, datetime.now(UTC)), {}, self._runtime)
-                async with self._runtime.connection() as conn:
-                    await schedules_table.record_schedule_tick(
-                        conn, schedule.name, int(tick.timestamp() * 1000), now_ms()
-                    )
-                return
-            except Exception as exc:
-                delay = _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS) - 1)]
-                failures += 1
-                logger.warning(
-                    "schedule %s: could not start the tick %s (%r); retrying in %ss",
-                    schedule.name,
-                    tick.isoformat(),
-                    exc,
-                    delay,
-                    extra={"action": "schedule", "schedule": schedule.name},
-                )
-                await anyio.sleep(delay)
+        with SetWorkflowID(tick_workflow_id(schedule.name, tick)):
+            await start_soon(schedule.entry, (tick, datetime.now(UTC)), {}, self._runtime)
+        async with self._runtime.connection() as conn:
+            await schedules_table.record_schedule_tick(
+                conn, schedule.name, int(tick.timestamp() * 1000), now_ms()
+            )
+
+
+async def _retrying(schedule: Schedule, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Await ``attempt()`` until it succeeds, logging each failure.
+
+    A schedule never stops (nor, with it, the runtime) because the database
+    was away once.
+    """
+    failures = 0
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            delay = _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS) - 1)]
+            failures += 1
+            logger.warning(
+                "schedule %s: could not %s (%r); retrying in %ss",
+                schedule.name,
+                what,
+                exc,
+                delay,
+                extra={"action": "schedule", "schedule": schedule.name},
+            )
+            await anyio.sleep(delay)

@@ -149,6 +149,7 @@ async def _start(
                 parent_workflow_id=parent.workflow_id if parent is not None else None,
                 timeout_ms=int(timeout * 1000) if timeout is not None else None,
                 deadline_epoch_ms=deadline,
+                claimed_by=runtime.instance_id,
             )
         )
     except BaseException:

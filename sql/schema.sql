@@ -48,6 +48,7 @@
 -- column workflow_status.app_name text
 -- column workflow_status.app_version text
 -- column workflow_status.branched_steps boolean NOT NULL DEFAULT false
+-- column workflow_status.claimed_by text
 -- column workflow_status.created_at bigint NOT NULL
 -- column workflow_status.deadline_epoch_ms bigint
 -- column workflow_status.deduplication_id text

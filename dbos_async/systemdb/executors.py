@@ -22,6 +22,7 @@ async def adopt_orphaned_workflows(
     lease_ms: int,
     now_ms: int,
     limit: int,
+    instance: str,
 ) -> list[dict[str, Any]]:
     """Claim PENDING workflows whose executor has not heartbeat for ``lease_ms``. One round trip.
 
@@ -29,9 +30,15 @@ async def adopt_orphaned_workflows(
 
     Each returned row (``workflow_id``, ``name``, ``inputs``,
     ``recovery_attempts``, ``deadline_epoch_ms``, ``fence``) now belongs to
-    ``executor_id`` under its new fence.
+    ``executor_id`` (runtime ``instance``) under its new fence.
     """
     rows = await conn.fetch(
-        q(conn, "adopt_orphaned_workflows"), executor_id, app_version, lease_ms, now_ms, limit
+        q(conn, "adopt_orphaned_workflows"),
+        executor_id,
+        app_version,
+        lease_ms,
+        now_ms,
+        limit,
+        instance,
     )
     return [record_dict(r) for r in rows]

@@ -88,6 +88,7 @@ class Fork:
     app_version: str | None  # None: the original's
     queue_name: str
     now_ms: int
+    instance: str | None = None  # the runtime instance that runs it, with executor_id
 
 
 async def fork_workflow(conn: Connection, fork: Fork) -> dict[str, Any] | None:
@@ -105,6 +106,7 @@ async def fork_workflow(conn: Connection, fork: Fork) -> dict[str, Any] | None:
         fork.app_version,
         fork.queue_name,
         fork.now_ms,
+        fork.instance,
     )
     return None if row is None else record_dict(row)
 

@@ -151,10 +151,12 @@ async def claim_queued_workflows(
     app_version: str,
     limits: Limits,
     workflow_names: Sequence[str],
+    instance: str,
 ) -> Claim:
     """Claim ENQUEUED workflows within ``limits`` (see the query). One round trip.
 
-    Only workflows named in ``workflow_names`` are claimed. Must run in a
+    Only workflows named in ``workflow_names`` are claimed, for runtime
+    ``instance`` of ``executor_id``. Must run in a
     transaction, after ``lock_queue`` on the same queue.
     """
     records = await conn.fetch(
@@ -170,6 +172,7 @@ async def claim_queued_workflows(
         limits.period_ms,
         limits.start_timeouts,
         list(workflow_names),
+        instance,
     )
     rows = [record_dict(r) for r in records if r["workflow_id"] is not None]
     return Claim(rows, records[0]["retry_in_ms"] if records else None)

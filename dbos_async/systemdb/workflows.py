@@ -28,6 +28,7 @@ class NewWorkflow:
     parent_workflow_id: str | None = None
     timeout_ms: int | None = None
     deadline_epoch_ms: int | None = None
+    claimed_by: str | None = None  # the runtime instance that runs it
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ async def insert_workflows(conn: Connection, rows: Sequence[NewWorkflow]) -> lis
         [r.parent_workflow_id for r in rows],
         [r.timeout_ms for r in rows],
         [r.deadline_epoch_ms for r in rows],
+        [r.claimed_by for r in rows],
     )
     if len(rows) == 1:  # the single-row form; its command tag says whether it wrote
         tag = await conn.execute(q(conn, "insert_workflow"), *(c[0] for c in columns))
@@ -140,11 +142,11 @@ async def select_workflow_outcome(conn: Connection, workflow_id: str) -> dict[st
 
 
 async def claim_recoverable_workflows(
-    conn: Connection, executor_id: str, app_version: str, now_ms: int
+    conn: Connection, executor_id: str, app_version: str, now_ms: int, instance: str
 ) -> list[dict[str, Any]]:
-    """Count a recovery attempt on this executor's PENDING workflows and return them."""
+    """Count a recovery attempt on this executor's PENDING workflows, claimed for ``instance``."""
     rows = await conn.fetch(
-        q(conn, "claim_recoverable_workflows"), executor_id, app_version, now_ms
+        q(conn, "claim_recoverable_workflows"), executor_id, app_version, now_ms, instance
     )
     return [record_dict(r) for r in rows]
 
@@ -163,13 +165,47 @@ async def resume_workflow(
     app_version: str | None,
     queue_name: str,
     now_ms: int,
+    instance: str | None = None,
 ) -> dict[str, Any] | None:
     """Put a finished-but-not-successful workflow back to work (see the query). One round trip.
+
+    ``instance`` is the runtime instance that runs it when ``executor_id`` is given.
 
     Returns None if the workflow does not exist; else ``status`` (before) and,
     when it changed, its ``workflow_id``, ``name`` and ``inputs``.
     """
     row = await conn.fetchrow(
-        q(conn, "resume_workflow"), workflow_id, executor_id, app_version, queue_name, now_ms
+        q(conn, "resume_workflow"),
+        workflow_id,
+        executor_id,
+        app_version,
+        queue_name,
+        now_ms,
+        instance,
     )
     return None if row is None else record_dict(row)
+
+
+async def select_stranded_workflows(
+    conn: Connection, executor_id: str, instance: str, app_version: str, running: Sequence[str]
+) -> dict[str, int]:
+    """{workflow_id: fence} of what ``instance`` claimed and does not run (not in ``running``)."""
+    rows = await conn.fetch(
+        q(conn, "select_stranded_workflows"), executor_id, instance, app_version, list(running)
+    )
+    return {r["workflow_id"]: r["fence"] for r in rows}
+
+
+async def reclaim_stranded_workflows(
+    conn: Connection, executor_id: str, instance: str, seen: dict[str, int], now_ms: int
+) -> list[dict[str, Any]]:
+    """Claim again the workflows of ``seen`` whose fence has not moved; bump it."""
+    rows = await conn.fetch(
+        q(conn, "reclaim_stranded_workflows"),
+        executor_id,
+        instance,
+        list(seen),
+        list(seen.values()),
+        now_ms,
+    )
+    return [record_dict(r) for r in rows]

@@ -9,7 +9,7 @@ DO UPDATE SET app_name = excluded.app_name, app_version = excluded.app_version,
               heartbeat_at = excluded.heartbeat_at;
 
 -- name: adopt_orphaned_workflows
--- Claim for executor $1 up to $5 PENDING workflows of app version $2 whose
+-- Claim for executor $1 (runtime instance $6) up to $5 PENDING workflows of app version $2 whose
 -- executor has not heartbeat for $3 ms by the database's clock (or never),
 -- at $4: bump their fence so the
 -- old owner can write no further checkpoint, count a recovery attempt, and
@@ -30,7 +30,7 @@ WITH orphans AS (
     FOR UPDATE OF w SKIP LOCKED),
 adopted AS (
     UPDATE {schema}.workflow_status AS w
-    SET executor_id = $1, fence = w.fence + 1,
+    SET executor_id = $1, claimed_by = $6, fence = w.fence + 1,
         recovery_attempts = w.recovery_attempts + 1, updated_at = $4,
         branched_steps = w.branched_steps OR NOT EXISTS (
             SELECT 1 FROM {schema}.operation_outputs AS o WHERE o.workflow_id = w.workflow_id)

@@ -82,7 +82,8 @@ ORDER BY o.origin, o.branch = '', string_to_array(o.branch, '.')::int[], o.step_
 -- first own call: that is a restart, from scratch. The events and stream
 -- entries the copied steps wrote are copied too (their checkpoints name them;
 -- a stream entry of a release before 0.2 has its step's ID as its offset),
--- each event at the value of its latest copied set_event. The copy is claimed by executor $4 (PENDING) or, when $4 is
+-- each event at the value of its latest copied set_event. The copy is claimed by executor $4
+-- (PENDING, runtime instance $8) or, when $4 is
 -- NULL, ENQUEUED on queue $6 and announced on q:<queue>. App version $5, else
 -- the original's. $7 is now (epoch ms). Returns no row when $1 does not exist;
 -- else the original's name and inputs, new_id (NULL when ID $2 was already
@@ -93,10 +94,11 @@ WITH original AS (
 forked AS (
     INSERT INTO {schema}.workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, executor_id,
-        created_at, updated_at, queue_name, forked_from, branched_steps)
+        created_at, updated_at, queue_name, forked_from, branched_steps, claimed_by)
     SELECT $2, CASE WHEN $4::text IS NULL THEN 'ENQUEUED' ELSE 'PENDING' END,
            name, inputs, app_name, COALESCE($5::text, app_version), $4::text, $7, $7,
-           CASE WHEN $4::text IS NULL THEN $6::text END, workflow_id, branched_steps
+           CASE WHEN $4::text IS NULL THEN $6::text END, workflow_id, branched_steps,
+           CASE WHEN $4::text IS NOT NULL THEN $8::text END
     FROM original
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING workflow_id),

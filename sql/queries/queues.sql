@@ -64,7 +64,8 @@ SELECT pg_advisory_xact_lock(hashtext('{schema}' || ':queue:' || $1),
 -- with started_at = now (database clock), a new fence (see 0003_failover.sql)
 -- and, if $10, a deadline of now + their timeout (or the deadline inherited
 -- from the workflow that enqueued them, if that is earlier). Only workflows named in $11
--- (registered here) are claimed, so a process never takes work it cannot run.
+-- (registered here) are claimed, so a process never takes work it cannot run;
+-- runtime instance $12 holds the claim (claimed_by, 0007_claims.sql).
 -- A workflow recorded by an earlier release that has recorded no step yet has
 -- no flat-numbered history to stay compatible with: its claim switches it to
 -- branch IDs (branched_steps, 0006_branches.sql).
@@ -105,7 +106,8 @@ picked AS (
     FOR UPDATE OF w SKIP LOCKED),
 claimed AS (
     UPDATE {schema}.workflow_status AS w
-    SET status = 'PENDING', executor_id = $3, app_version = $4, fence = w.fence + 1,
+    SET status = 'PENDING', executor_id = $3, claimed_by = $12, app_version = $4,
+        fence = w.fence + 1,
         started_at = clock.now_ms, updated_at = clock.now_ms,
         branched_steps = w.branched_steps OR NOT EXISTS (
             SELECT 1 FROM {schema}.operation_outputs AS o WHERE o.workflow_id = w.workflow_id),

@@ -1,17 +1,20 @@
 -- name: insert_workflows
 -- Record new PENDING workflows, many rows in one statement (group commit).
 -- Rows whose workflow_id exists are skipped; RETURNING names the inserted ones.
+-- claimed_by is the runtime instance that runs each (0007_claims.sql).
 -- Every insert into workflow_status by this release sets branched_steps (see
 -- 0006_branches.sql).
 INSERT INTO {schema}.workflow_status (
     workflow_id, status, name, inputs, app_name, app_version, executor_id,
-    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps)
+    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps,
+    claimed_by)
 SELECT u.workflow_id, 'PENDING', u.name, u.inputs, u.app_name, u.app_version, u.executor_id,
-       u.now_ms, u.now_ms, u.parent_workflow_id, u.timeout_ms, u.deadline_epoch_ms, true
+       u.now_ms, u.now_ms, u.parent_workflow_id, u.timeout_ms, u.deadline_epoch_ms, true,
+       u.claimed_by
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::int8[], $8::text[], $9::int8[], $10::int8[])
+            $7::int8[], $8::text[], $9::int8[], $10::int8[], $11::text[])
      AS u(workflow_id, name, inputs, app_name, app_version, executor_id,
-          now_ms, parent_workflow_id, timeout_ms, deadline_epoch_ms)
+          now_ms, parent_workflow_id, timeout_ms, deadline_epoch_ms, claimed_by)
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id;
 
@@ -19,8 +22,9 @@ RETURNING workflow_id;
 -- insert_workflows for a batch of one: the single-row form is cheaper than unnest.
 INSERT INTO {schema}.workflow_status (
     workflow_id, status, name, inputs, app_name, app_version, executor_id,
-    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps)
-VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, true)
+    created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps,
+    claimed_by)
+VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, true, $11)
 ON CONFLICT (workflow_id) DO NOTHING;
 
 -- name: select_workflow_names
@@ -69,18 +73,27 @@ SELECT (SELECT count(*) FROM done),
 -- (runtimes running it interrupt it), w:<id> (waiters re-read) and, if it was
 -- PENDING on a queue, q:<queue> (its slot is free). With fence $3 (a
 -- deadline's cancellation, by the runtime running it) only while the row
--- still holds that fence. Returns the status it had and whether it changed,
--- or no row if it does not exist.
+-- still holds that fence; a deadline also cancels the workflow's children
+-- still ENQUEUED (they inherited it, and would otherwise wait for their
+-- queue with a deadline already past; running ones end on their own). Returns
+-- the status it had and whether it changed, or no row if it does not exist.
 WITH old AS (
     SELECT workflow_id, status FROM {schema}.workflow_status WHERE workflow_id = $1 FOR UPDATE),
 changed AS (
     UPDATE {schema}.workflow_status AS w SET status = 'CANCELLED', updated_at = $2
     FROM old WHERE w.workflow_id = old.workflow_id AND old.status IN ('PENDING', 'ENQUEUED')
       AND ($3::int4 IS NULL OR w.fence = $3)
-    RETURNING w.workflow_id, w.queue_name, old.status)
+    RETURNING w.workflow_id, w.queue_name, old.status),
+children AS (
+    UPDATE {schema}.workflow_status AS c SET status = 'CANCELLED', updated_at = $2
+    FROM changed
+    WHERE $3::int4 IS NOT NULL AND c.parent_workflow_id = changed.workflow_id
+      AND c.status = 'ENQUEUED'
+    RETURNING c.workflow_id)
 SELECT old.status, EXISTS (SELECT 1 FROM changed) AS changed,
        (SELECT count(pg_notify('{schema}', k || ':' || workflow_id))
         FROM changed, (VALUES ('c'), ('w')) AS kinds(k))
+     + (SELECT count(pg_notify('{schema}', 'w:' || workflow_id)) FROM children)
      + (SELECT count(pg_notify('{schema}', 'q:' || queue_name))
         FROM changed WHERE queue_name IS NOT NULL AND changed.status = 'PENDING') AS notified
 FROM old;
@@ -95,13 +108,15 @@ SELECT status, name, output, error FROM {schema}.workflow_status WHERE workflow_
 
 -- name: claim_recoverable_workflows
 -- Count one more recovery attempt on the PENDING workflows of executor $1 and
--- app version $2, returning them with their inputs. The fence is bumped: an
--- earlier process of this executor that is somehow still running is cut off.
+-- app version $2, returning them with their inputs, claimed by runtime
+-- instance $4. The fence is bumped: an earlier process of this executor that
+-- is somehow still running is cut off.
 -- A workflow recorded by an earlier release that has recorded no step yet has
 -- no flat-numbered history to stay compatible with: its claim switches it to
 -- branch IDs (branched_steps, 0006_branches.sql).
 UPDATE {schema}.workflow_status AS w
 SET recovery_attempts = recovery_attempts + 1, updated_at = $3, fence = fence + 1,
+    claimed_by = $4,
     branched_steps = branched_steps OR NOT EXISTS (
         SELECT 1 FROM {schema}.operation_outputs AS o WHERE o.workflow_id = w.workflow_id)
 WHERE executor_id = $1 AND app_version = $2 AND status = 'PENDING'
@@ -119,7 +134,7 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 -- work from its last completed step, with its deadline and recovery count
 -- cleared. A workflow of a user queue goes back to ENQUEUED on that queue, so
 -- the queue's limits still hold; any other is claimed by executor $2 (PENDING,
--- app version $3) or, when $2 is NULL, ENQUEUED on the internal queue $4. An
+-- app version $3, runtime instance $6) or, when $2 is NULL, ENQUEUED on the internal queue $4. An
 -- ENQUEUED workflow starts now, bypassing its queue (as DBOS does): it leaves
 -- its queue (so it holds none of its slots) and is claimed like the others.
 -- Announces q:<queue> when it enqueues. Returns the status it had and, if it
@@ -139,6 +154,7 @@ changed AS (
     UPDATE {schema}.workflow_status AS w
     SET status = CASE WHEN t.queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END,
         executor_id = CASE WHEN t.queue_name IS NULL THEN $2 END,
+        claimed_by = CASE WHEN t.queue_name IS NULL THEN $6 END,
         app_version = COALESCE($3, w.app_version),
         queue_name = CASE WHEN t.bypass THEN t.queue_name
                           ELSE COALESCE(t.queue_name, w.queue_name) END,
@@ -158,3 +174,23 @@ FROM old LEFT JOIN changed ON true;
 -- Status and fence of workflows $1 (missing: deleted), so a runtime can check
 -- what a notification or a lost one says about the workflows it runs.
 SELECT workflow_id, status, fence FROM {schema}.workflow_status WHERE workflow_id = ANY($1::text[]);
+
+-- name: select_stranded_workflows
+-- The PENDING workflows of app version $3 that runtime instance $2 of
+-- executor $1 claimed but does not run (it runs $4), with their fences:
+-- candidates for reclaim_stranded_workflows (see reconcile.py).
+SELECT workflow_id, fence FROM {schema}.workflow_status
+WHERE executor_id = $1 AND app_version = $3 AND status = 'PENDING' AND claimed_by = $2
+  AND workflow_id <> ALL($4::text[]);
+
+-- name: reclaim_stranded_workflows
+-- Claim again, for runtime instance $2 of executor $1, the workflows $3 whose
+-- fences are still $4 (nothing touched them since they were seen stranded),
+-- bumping the fence. No recovery attempt is counted: a lost reply is not the
+-- workflow's doing. Returns what run_claimed needs.
+UPDATE {schema}.workflow_status AS w
+SET fence = w.fence + 1, updated_at = $5
+FROM unnest($3::text[], $4::int4[]) AS seen(workflow_id, fence)
+WHERE w.workflow_id = seen.workflow_id AND w.fence = seen.fence AND w.status = 'PENDING'
+  AND w.executor_id = $1 AND w.claimed_by = $2
+RETURNING w.workflow_id, w.name, w.inputs, w.deadline_epoch_ms, w.fence, w.branched_steps;

@@ -261,3 +261,28 @@ async def test_an_enqueued_child_inherits_its_parents_deadline(dbos: DBOS) -> No
     with pytest.raises(WorkflowCancelledError):
         await (await dbos.retrieve_workflow("t3-0")).get_result(timeout=5)
     assert "sleeper woke" not in ledger
+
+
+_one_at_a_time = Queue("one-child-at-a-time", concurrency=1)
+
+
+@DBOS.workflow()
+async def parent_behind_a_full_queue(seconds: float) -> str:
+    first = await _one_at_a_time.enqueue(sleeper, seconds)
+    await _one_at_a_time.enqueue(sleeper, seconds)  # waits behind the first
+    result: str = await first.get_result()
+    return result
+
+
+async def test_a_parents_deadline_cancels_its_children_still_enqueued(dbos: DBOS) -> None:
+    with SetWorkflowID("t4"), SetWorkflowTimeout(0.5):
+        handle = await dbos.start_workflow(parent_behind_a_full_queue, 30)
+    with pytest.raises(WorkflowCancelledError):
+        await handle.get_result(timeout=5)
+    # The second child never started, and its deadline (the parent's) has
+    # passed: it is cancelled with its parent, not left ENQUEUED until its
+    # queue admits it.
+    waiting = await dbos.get_workflow_status("t4-1")
+    assert waiting is not None and waiting.status == "CANCELLED"
+    with pytest.raises(WorkflowCancelledError):
+        await (await dbos.retrieve_workflow("t4-0")).get_result(timeout=5)

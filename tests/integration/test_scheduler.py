@@ -6,13 +6,15 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import asyncpg
 import pytest
 
-from dbos_async import DBOS
+from dbos_async import DBOS, DatabaseUnavailableError
 from dbos_async.scheduler import forget_schedule
+from dbos_async.systemdb import schedules as schedules_table
 
 Seen = list[tuple[datetime, datetime]]
 
@@ -103,3 +105,37 @@ async def test_a_schedule_declared_after_launch_runs(dbos: DBOS) -> None:
             await ticked.wait()
     finally:
         forget_schedule("tests.late_schedule")
+
+
+async def test_a_catch_up_whose_first_read_fails_retries_and_the_runtime_lives(
+    db_url: str,
+    conn: asyncpg.Connection,
+    schedule_names: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = "ts.catch_up_read_fails"
+    schedule_names.append(name)
+    down_since = datetime.fromtimestamp(int(time.time()) - 3, UTC)
+    await conn.execute(
+        "INSERT INTO schedule_ticks VALUES ($1, $2, 0)", name, int(down_since.timestamp() * 1000)
+    )
+    failed = []
+    original = schedules_table.select_schedule_tick
+
+    async def lost_once(c: Any, schedule_name: str) -> int | None:
+        if schedule_name == name and not failed:
+            failed.append(schedule_name)
+            raise DatabaseUnavailableError("Lost the database connection: (injected)")
+        return await original(c, schedule_name)
+
+    monkeypatch.setattr(schedules_table, "select_schedule_tick", lost_once)
+    seen: Seen = []
+    done = asyncio.Event()
+    every_second(name, seen, 2, done, catch_up=True)
+    async with DBOS(database_url=db_url, app_version="test") as dbos:
+        with anyio.fail_after(10):
+            await done.wait()
+        # The runtime is still up: the failed read stopped nothing.
+        assert dbos._runtime.state.value == "running"
+    assert failed == [name]
+    assert min(t for t, _ in seen) == down_since + timedelta(seconds=1)  # caught up
