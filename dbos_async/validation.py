@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import re
 
-MAX_ID_LENGTH = 1024
-"""Longest workflow ID or registered name accepted (characters)."""
+MAX_ID_BYTES = 1024
+"""Longest workflow ID, name or key accepted, in UTF-8 bytes (what Postgres stores and indexes).
+
+A btree index row holds at most 2,704 bytes (Postgres compresses long values
+in index rows, but not text that does not compress). A limit in characters let
+1,024 four-byte characters (4,096 bytes) through. Most indexes hold one or two identifiers plus
+fixed-size columns (``(workflow_id, key)``, ``(queue_name, deduplication_id)``,
+``(destination_id, topic, message_id)``): two of 1,024 bytes make index rows
+of about 2,070 bytes. The one with three, ``(queue_name, queue_partition_key,
+executor_id)``, also fits while the executor ID stays under about 600 bytes.
+"""
 
 MAX_DURATION_SECONDS = 1e9
 """Longest timeout, delay or limiter period accepted (about 31 years); stored in ms."""
@@ -20,7 +29,8 @@ def check_identifier(value: object, what: str) -> str:
     """Return ``value`` if it is a usable workflow ID or name, else raise ValueError.
 
     Any non-empty Unicode string without NUL (which Postgres text cannot hold)
-    and no longer than ``MAX_ID_LENGTH`` round-trips unchanged.
+    or lone surrogates (which UTF-8 cannot encode), and at most
+    ``MAX_ID_BYTES`` bytes in UTF-8, round-trips unchanged.
     """
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a str, got {type(value).__name__}")
@@ -28,12 +38,12 @@ def check_identifier(value: object, what: str) -> str:
         raise ValueError(f"{what} must not be empty")
     if "\x00" in value:
         raise ValueError(f"{what} must not contain a NUL character")
-    if len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
     try:
-        value.encode("utf-8")
+        size = len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:  # lone surrogates cannot be stored
         raise ValueError(f"{what} is not valid Unicode text: {exc.reason}") from exc
+    if size > MAX_ID_BYTES:
+        raise ValueError(f"{what} is {size} bytes in UTF-8; the limit is {MAX_ID_BYTES}")
     return value
 
 

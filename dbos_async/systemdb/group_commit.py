@@ -5,6 +5,11 @@ A lone writer pays one round trip and writes its row itself, in its own task
 the next free connection writes them all as one multi-row statement whose
 commit every submitter awaits. That is how thousands of concurrent workflows
 checkpoint over a handful of connections.
+
+Sharing a statement must not mean sharing a failure: when a batch fails for a
+reason other than a lost connection (one row the server or the driver refuses),
+each of its rows is written again alone, so each submitter gets its own row's
+outcome. A batch that succeeds costs nothing extra.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ class GroupCommit(Generic[Row, Result]):
 
     ``flush`` must be idempotent for a batch (the statements here use
     ``ON CONFLICT DO NOTHING``): after a lost connection the batch is sent
-    again, because the first attempt may or may not have committed.
+    again, because the first attempt may or may not have committed; after
+    any other error its rows are sent again one by one.
     """
 
     def __init__(
@@ -69,7 +75,8 @@ class GroupCommit(Generic[Row, Result]):
         self._pool = pool
         self._flush = flush
         self._max_batch = max_batch
-        self.retry_delays = _RETRY_DELAYS  # seconds between tries after a lost connection
+        # Seconds between tries after a lost connection.
+        self.retry_delays: tuple[float, ...] = _RETRY_DELAYS
         self._slots = [_Slot() for _ in range(writers)]
         self._idle = list(self._slots)
         self._queue: deque[tuple[Row, asyncio.Future[Result]]] = deque()
@@ -151,7 +158,46 @@ class GroupCommit(Generic[Row, Result]):
                 self._idle.append(slot)
 
     async def _write(self, slot: _Slot, rows: list[Row]) -> Sequence[Result | BaseException]:
-        """Write one batch on the slot's connection, retrying lost connections."""
+        """Write one batch on the slot's connection; one outcome per row, never raises."""
+        try:
+            return await self._attempt(slot, rows)
+        except Exception as exc:
+            if len(rows) == 1:
+                return [exc]
+            failure = exc
+        # A row the server or the driver refuses fails the whole statement; the
+        # statement does not say which row, so write each alone.
+        logger.warning(
+            "%s: a batch of %d rows failed (%s); writing them one by one",
+            self._name,
+            len(rows),
+            type(failure).__name__,
+            extra={"action": "group_commit_split"},
+        )
+        outcomes: list[Result | BaseException] = []
+        for row in rows:
+            try:
+                outcome = (await self._attempt(slot, [row]))[0]
+            except Exception as exc:
+                outcome = exc
+            outcomes.append(outcome)
+            if isinstance(outcome, DatabaseUnavailableError):
+                # The database stayed away through every retry: the other rows
+                # would only wait as long again, each in turn.
+                outcomes += [outcome] * (len(rows) - len(outcomes))
+                break
+        return outcomes
+
+    async def _attempt(self, slot: _Slot, rows: list[Row]) -> Sequence[Result | BaseException]:
+        """Flush ``rows`` once, or again after a lost connection.
+
+        Returns:
+            One outcome per row; a DatabaseUnavailableError for each once the
+            retries are spent.
+
+        Raises:
+            Exception: whatever else ``flush`` raised.
+        """
         for delay in (*self.retry_delays, None):
             try:
                 if slot.conn is None:
@@ -159,7 +205,7 @@ class GroupCommit(Generic[Row, Result]):
                 return await self._flush(slot.conn, rows)
             except Exception as exc:
                 if not is_connection_error(exc):
-                    return [exc] * len(rows)
+                    raise
                 if slot.conn is not None:
                     terminate(slot.conn)
                     await self._pool.release(slot.conn)
