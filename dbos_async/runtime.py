@@ -39,7 +39,7 @@ from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
 from dbos_async.systemdb.migrate import migrate
 from dbos_async.systemdb.pool import Pool, PooledConnection, acquire, create_pool
-from dbos_async.validation import check_identifier, check_schema_name
+from dbos_async.validation import MAX_EXECUTOR_ID_BYTES, check_identifier, check_schema_name
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,9 @@ def resolve_config(
         app_name=check_identifier(app_name, "app_name"),
         app_version=check_identifier(version, "app_version") if version else None,
         executor_id=check_identifier(
-            executor_id or os.environ.get("DBOS_EXECUTOR_ID") or "local", "executor_id"
+            executor_id or os.environ.get("DBOS_EXECUTOR_ID") or "local",
+            "executor_id",
+            MAX_EXECUTOR_ID_BYTES,
         ),
         schema=check_schema_name(schema),
         pool_size=pool_size,

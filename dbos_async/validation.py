@@ -13,8 +13,12 @@ in index rows, but not text that does not compress). A limit in characters let
 fixed-size columns (``(workflow_id, key)``, ``(queue_name, deduplication_id)``,
 ``(destination_id, topic, message_id)``): two of 1,024 bytes make index rows
 of about 2,070 bytes. The one with three, ``(queue_name, queue_partition_key,
-executor_id)``, also fits while the executor ID stays under about 600 bytes.
+executor_id)``, also fits while the executor ID stays under about 600 bytes:
+executor IDs are held to ``MAX_EXECUTOR_ID_BYTES``.
 """
+
+MAX_EXECUTOR_ID_BYTES = 256
+"""Longest executor ID accepted, in UTF-8 bytes (see ``MAX_ID_BYTES``)."""
 
 MAX_DURATION_SECONDS = 1e9
 """Longest timeout, delay or limiter period accepted (about 31 years); stored in ms."""
@@ -25,12 +29,12 @@ INT4_MAX = 2**31 - 1
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-def check_identifier(value: object, what: str) -> str:
+def check_identifier(value: object, what: str, limit: int = MAX_ID_BYTES) -> str:
     """Return ``value`` if it is a usable workflow ID or name, else raise ValueError.
 
     Any non-empty Unicode string without NUL (which Postgres text cannot hold)
-    or lone surrogates (which UTF-8 cannot encode), and at most
-    ``MAX_ID_BYTES`` bytes in UTF-8, round-trips unchanged.
+    or lone surrogates (which UTF-8 cannot encode), and at most ``limit``
+    bytes in UTF-8, round-trips unchanged.
     """
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a str, got {type(value).__name__}")
@@ -42,8 +46,8 @@ def check_identifier(value: object, what: str) -> str:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:  # lone surrogates cannot be stored
         raise ValueError(f"{what} is not valid Unicode text: {exc.reason}") from exc
-    if size > MAX_ID_BYTES:
-        raise ValueError(f"{what} is {size} bytes in UTF-8; the limit is {MAX_ID_BYTES}")
+    if size > limit:
+        raise ValueError(f"{what} is {size} bytes in UTF-8; the limit is {limit}")
     return value
 
 

@@ -17,7 +17,9 @@ from dbos_async import DBOS, SetWorkflowID
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.systemdb.migrate import migrations
 
-HOSTILE = ('it\'s "q"; DROP TABLE x; -- 100% $1 \\N Ünï ☃ 🚀 ' + "z" * 1024)[:1024]
+# At the identifier limit, 1,024 bytes in UTF-8 (Ü, ï, ☃ and 🚀 take 2, 2, 3 and 4).
+_PREFIX = 'it\'s "q"; DROP TABLE x; -- 100% $1 \\N Ünï ☃ 🚀 '
+HOSTILE = _PREFIX + "z" * (1024 - len(_PREFIX.encode()))
 
 
 @dataclass

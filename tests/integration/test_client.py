@@ -30,7 +30,9 @@ calls: list[str] = []
 started = asyncio.Event()
 release = asyncio.Event()
 
-HOSTILE = ('it\'s "q"; DROP TABLE x; -- 100% $1 Ünï ☃ 🚀 ' + "z" * 1024)[:1024]
+# At the identifier limit, 1,024 bytes in UTF-8 (Ü, ï, ☃ and 🚀 take 2, 2, 3 and 4).
+_PREFIX = 'it\'s "q"; DROP TABLE x; -- 100% $1 Ünï ☃ 🚀 '
+HOSTILE = _PREFIX + "z" * (1024 - len(_PREFIX.encode()))
 
 
 @DBOS.step()

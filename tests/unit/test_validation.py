@@ -69,3 +69,13 @@ def test_schema_names_are_plain_identifiers() -> None:
     for bad in ["Upper", "with space", 'quo"te', "x" * 64, "1starts_with_digit"]:
         with pytest.raises(ValueError, match="schema name"):
             check_schema_name(bad)
+
+
+def test_executor_ids_are_held_to_256_bytes() -> None:
+    # The queue's pending index holds the queue name, the partition key and the
+    # executor ID: with two 1,024-byte keys, a longer executor ID breaks claims.
+    from dbos_async.runtime import resolve_config
+
+    assert resolve_config(None, "app", None, "é" * 128, "dbos_async", 8, ".").executor_id
+    with pytest.raises(ValueError, match="executor_id is 258 bytes in UTF-8; the limit is 256"):
+        resolve_config(None, "app", None, "é" * 129, "dbos_async", 8, ".")
