@@ -132,7 +132,7 @@ class QueueWorker:
             for key in partitions:
                 # Shielded: a claim that committed is started here (a shutdown
                 # then cancels it as PENDING, and this executor recovers it).
-                with anyio.CancelScope(shield=True):
+                with runtime.shields.scope():
                     async with conn.transaction():
                         await queues_table.lock_queue(conn, queue.name, key)
                         claim = await queues_table.claim_queued_workflows(

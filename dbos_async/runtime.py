@@ -38,7 +38,14 @@ from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.group_commit import GroupCommit
 from dbos_async.systemdb.migrate import migrate
-from dbos_async.systemdb.pool import Pool, PooledConnection, acquire, create_pool
+from dbos_async.systemdb.pool import (
+    COMMAND_TIMEOUT_SECONDS,
+    Pool,
+    PooledConnection,
+    acquire,
+    create_pool,
+)
+from dbos_async.systemdb.shields import Shields
 from dbos_async.validation import MAX_EXECUTOR_ID_BYTES, check_identifier, check_schema_name
 
 logger = logging.getLogger(__name__)
@@ -150,6 +157,12 @@ class Runtime:
         # Seconds before replaying a workflow that lost the database: the first
         # wait, and the longest (see workflow._replay_later).
         self.replay_backoff = (1.0, 30.0)
+        # Seconds shutdown gives writes in flight and closing connections: a
+        # server that stopped answering cannot hold it longer.
+        self.shutdown_grace = 10.0
+        self.shields = Shields()  # every shielded write, so shutdown can bound them
+        # Longest a system statement may take before its connection counts as lost.
+        self.command_timeout = COMMAND_TIMEOUT_SECONDS
 
     # -- resources ------------------------------------------------------------------
 
@@ -214,6 +227,7 @@ class Runtime:
                     schema=self.config.schema,
                     max_size=max(2, self.config.pool_size // 2),
                     search_path=f'"$user", public, {self.config.schema}',
+                    command_timeout=None,  # the app's transactions take what they take
                 )
             return self._app_pool
 
@@ -265,7 +279,10 @@ class Runtime:
                 # Reads source files: keep that off the event loop.
                 self.app_version = await anyio.to_thread.run_sync(registry.compute_app_version)
             self._pool = await create_pool(
-                self.database_url, schema=self.config.schema, max_size=self.config.pool_size
+                self.database_url,
+                schema=self.config.schema,
+                max_size=self.config.pool_size,
+                command_timeout=self.command_timeout,
             )
             async with self._pool.acquire() as conn:
                 await migrate(conn, self.config.schema)
@@ -277,6 +294,7 @@ class Runtime:
                 wf_table.insert_workflows,
                 writers=writers,
                 max_batch=500,
+                shields=self.shields,
             )
             self.step_writer = GroupCommit(
                 "insert_steps",
@@ -284,6 +302,7 @@ class Runtime:
                 steps_table.insert_steps,
                 writers=writers,
                 max_batch=1000,
+                shields=self.shields,
             )
             self.completion_writer = GroupCommit(
                 "complete_workflows",
@@ -291,6 +310,7 @@ class Runtime:
                 wf_table.complete_workflows,
                 writers=writers,
                 max_batch=500,
+                shields=self.shields,
             )
             self.enqueue_writer = GroupCommit(
                 "enqueue_workflows",
@@ -298,6 +318,7 @@ class Runtime:
                 queues_table.enqueue_workflows,
                 writers=1,  # enqueues are bursty; keep the pool for claims and reads
                 max_batch=500,
+                shields=self.shields,
             )
             self._writers = [
                 self.workflow_writer,
@@ -340,9 +361,11 @@ class Runtime:
                         started.set_result(None)
                         await self._stop.wait()
                         self.state = State.STOPPING
+                        self._bound_writes()
                         group.cancel_scope.cancel()
                 finally:
                     self.state = State.STOPPING
+                    self._bound_writes()
                     for writer in self._writers:
                         writer.close()
                     self._listener.stop()
@@ -362,12 +385,15 @@ class Runtime:
             self.state = State.STOPPED
             logger.info("DBOS runtime stopped", extra={"action": "shutdown"})
 
+    def _bound_writes(self) -> None:
+        self.shields.bound(self.shutdown_grace)
+
     async def _close_pools(self) -> None:
         with anyio.CancelScope(shield=True):
             for pool in (self._app_pool, self._pool):
                 if pool is not None:
                     try:
-                        await asyncio.wait_for(pool.close(), timeout=10)
+                        await asyncio.wait_for(pool.close(), timeout=self.shutdown_grace)
                     except Exception:
                         pool.terminate()
 

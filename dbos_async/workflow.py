@@ -155,6 +155,12 @@ async def _start(
     except BaseException:
         _release(runtime, workflow_id, future, Outcome(local=False))
         raise
+    if existing is not None and existing.claimed_by == runtime.instance_id:
+        # Our own insert, sent again after its reply was lost: it is ours to run
+        # (if it is still PENDING; otherwise the row says how it ended).
+        if existing.status == "PENDING" and existing.name == entry.name:
+            spawn(runtime, entry, workflow_id, args, kwargs, {}, deadline, future, existing.fence)
+            return WorkflowHandle(runtime, workflow_id)
     if existing is not None:
         # Recorded before: run nothing, wait for the first execution's result.
         _release(runtime, workflow_id, future, Outcome(local=False))
@@ -404,7 +410,7 @@ async def _execute(
             outcome = Outcome(error=WorkflowCancelledError(ctx.workflow_id))
             if not ctx.cancelled:  # the deadline passed: record it (cancel_workflow already did)
                 ctx.cancelled = True
-                with anyio.CancelScope(shield=True):
+                with runtime.shields.scope():
                     async with runtime.connection() as conn:
                         # Fenced: if another runtime adopted it meanwhile, the row is its.
                         _, changed = await wf_table.cancel_workflow(

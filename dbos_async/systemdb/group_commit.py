@@ -15,9 +15,10 @@ outcome. A batch that succeeds costs nothing extra.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import anyio
@@ -32,6 +33,7 @@ from dbos_async.systemdb.pool import (
     is_connection_error,
     terminate,
 )
+from dbos_async.systemdb.shields import Shields
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class GroupCommit(Generic[Row, Result]):
         *,
         writers: int,
         max_batch: int,
+        shields: Shields | None = None,
     ) -> None:
         self._name = name
         self._pool = pool
@@ -82,6 +85,9 @@ class GroupCommit(Generic[Row, Result]):
         self._queue: deque[tuple[Row, asyncio.Future[Result]]] = deque()
         self._tg: TaskGroup | None = None
         self._closed = asyncio.Event()
+        # Writes are shielded (a started write always finishes), but not
+        # forever: the runtime bounds them when it shuts down.
+        self._shields = shields if shields is not None else Shields()
 
     async def submit(self, row: Row) -> Result:
         """Write ``row`` and return its result once its statement has committed.
@@ -96,7 +102,8 @@ class GroupCommit(Generic[Row, Result]):
             # since the statement runs here). Under load something always is in
             # flight, and rows queue up to share a statement.
             slot = self._idle.pop()
-            with anyio.CancelScope(shield=True):
+            outcome: Result | BaseException = self._abandoned()
+            async with self._shielded(slot):
                 try:
                     outcome = (await self._write(slot, [row]))[0]
                 finally:
@@ -131,14 +138,36 @@ class GroupCommit(Generic[Row, Result]):
         """Stop taking rows; ``run`` returns once everything queued is written."""
         self._closed.set()
 
+    def _abandoned(self) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
+            f"{self._name}: the runtime shut down before the write finished"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _shielded(self, slot: _Slot) -> AsyncIterator[None]:
+        """Shield a write from cancellation, up to the bound a shutdown sets.
+
+        A write cut off leaves its rows unwritten (their callers get a
+        DatabaseUnavailableError), and what was not written replays.
+        """
+        with self._shields.scope() as scope:
+            yield
+        if scope.cancelled_caught and slot.conn is not None:
+            # Cut off mid-statement: the connection's state is unknown.
+            conn, slot.conn = slot.conn, None
+            terminate(conn)
+            with anyio.CancelScope(shield=True):
+                await self._pool.release(conn)
+
     def _drain_soon(self) -> None:
         if self._queue and self._idle and self._tg is not None:
             slot = self._idle.pop()
             self._tg.start_soon(self._drain, slot)
 
     async def _drain(self, slot: _Slot) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
+        batch: list[tuple[Row, asyncio.Future[Result]]] = []
+        try:
+            async with self._shielded(slot):
                 while self._queue:
                     count = min(len(self._queue), self._max_batch)
                     batch = [self._queue.popleft() for _ in range(count)]
@@ -154,8 +183,15 @@ class GroupCommit(Generic[Row, Result]):
                             future.set_exception(result)
                         else:
                             future.set_result(result)
-            finally:
-                self._idle.append(slot)
+                    batch = []
+        finally:
+            self._idle.append(slot)
+            if self._shields.expired:
+                # Cut off: nothing more is written, and nobody waits for it.
+                batch += [self._queue.popleft() for _ in range(len(self._queue))]
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(self._abandoned())
 
     async def _write(self, slot: _Slot, rows: list[Row]) -> Sequence[Result | BaseException]:
         """Write one batch on the slot's connection; one outcome per row, never raises."""

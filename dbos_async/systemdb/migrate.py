@@ -28,6 +28,10 @@ class Migration:
     sql: str
 
 
+MIGRATION_TIMEOUT_SECONDS = 3600.0
+"""Longest a migration (or the wait for another process's) may take."""
+
+
 @functools.cache
 def migrations() -> tuple[Migration, ...]:
     """All migration files, in version order.
@@ -61,7 +65,9 @@ async def migrate(conn: Connection, schema: str) -> list[int]:
     applied = {r[0] for r in await _applied(conn, schema)}
     if all(m.version in applied for m in pending):
         return []  # the common case: no lock needed
-    await conn.execute(sql["lock_migrations"], schema)
+    # Waiting for another process's migration, or building an index on a big
+    # table, may take far longer than any other system statement.
+    await conn.execute(sql["lock_migrations"], schema, timeout=MIGRATION_TIMEOUT_SECONDS)
     try:
         statement = await conn.fetchval(sql["create_schema_statement"], schema)
         await conn.execute(statement)
@@ -72,7 +78,7 @@ async def migrate(conn: Connection, schema: str) -> list[int]:
             if migration.version in applied:
                 continue
             async with conn.transaction():
-                await conn.execute(migration.sql)
+                await conn.execute(migration.sql, timeout=MIGRATION_TIMEOUT_SECONDS)
                 await conn.execute(sql["insert_migration"], migration.version, migration.name)
             logger.info(
                 "applied migration %s",

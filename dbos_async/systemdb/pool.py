@@ -90,10 +90,27 @@ async def _keep_session(_conn: Connection) -> None:
     return None
 
 
+COMMAND_TIMEOUT_SECONDS = 60.0
+"""Longest any system statement may take before its connection counts as lost.
+
+Every system statement is an indexed read or write of a few rows; one that
+takes a minute is talking to a server that stopped answering. (Migrations,
+which may build indexes, pass their own timeout.)
+"""
+
+
 async def create_pool(
-    url: str, *, schema: str, max_size: int, search_path: str | None = None
+    url: str,
+    *,
+    schema: str,
+    max_size: int,
+    search_path: str | None = None,
+    command_timeout: float | None = COMMAND_TIMEOUT_SECONDS,
 ) -> Pool:
     """Open a pool whose connections resolve unqualified names in ``schema``.
+
+    ``command_timeout`` bounds every statement (None: no bound, for the
+    application's own transactions).
 
     Raises:
         DatabaseUnavailableError: the server cannot be reached.
@@ -112,6 +129,7 @@ async def create_pool(
             connection_class=SystemConnection,
             init=init,
             reset=_keep_session if search_path is None else None,
+            command_timeout=command_timeout,
         )
     except CONNECTION_ERRORS as exc:
         raise DatabaseUnavailableError(f"Cannot connect to the database: {exc}") from exc

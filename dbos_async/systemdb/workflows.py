@@ -37,6 +37,8 @@ class Existing:
 
     name: str
     status: str
+    claimed_by: str | None = None  # the runtime instance that last claimed it
+    fence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,7 @@ async def insert_workflows(conn: Connection, rows: Sequence[NewWorkflow]) -> lis
     if not taken:
         return [None] * len(rows)
     existing = {
-        r["workflow_id"]: Existing(r["name"], r["status"])
+        r["workflow_id"]: Existing(r["name"], r["status"], r["claimed_by"], r["fence"])
         for r in await conn.fetch(q(conn, "select_workflow_names"), taken)
     }
     # Within one batch, only the first row with an ID can have inserted it.

@@ -28,8 +28,11 @@ VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, true, $11)
 ON CONFLICT (workflow_id) DO NOTHING;
 
 -- name: select_workflow_names
--- Name and status of existing workflows $1 (for rows insert_workflows skipped).
-SELECT workflow_id, name, status FROM {schema}.workflow_status WHERE workflow_id = ANY($1::text[]);
+-- Name, status, claimant and fence of existing workflows $1 (for rows
+-- insert_workflows skipped: the claimant says whether the row is the writer's
+-- own insert, sent again after its reply was lost).
+SELECT workflow_id, name, status, claimed_by, fence
+FROM {schema}.workflow_status WHERE workflow_id = ANY($1::text[]);
 
 -- name: complete_workflows
 -- Record the outcome of finished workflows, many rows in one statement, and

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 
 from dbos_async import (
@@ -28,6 +29,7 @@ from dbos_async import (
 )
 from dbos_async.queue import forget_queue
 from dbos_async.runtime import Runtime
+from dbos_async.systemdb import workflows as wf_table
 
 # What the step bodies did: the ledger the assertions read.
 ran: list[str] = []
@@ -175,3 +177,28 @@ async def test_a_sibling_process_under_the_same_executor_id_keeps_its_workflows(
         assert await handle.get_result(timeout=20) == "busy-in-first"
     assert ran == ["busy-in-first"]
     assert status.status == "PENDING"
+
+
+async def test_a_start_whose_reply_is_lost_runs_at_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The insert commits, its reply is lost, the writer sends it again and
+    # finds the row: its own, not an earlier execution's to wait for.
+    original = wf_table.insert_workflows
+    lost: list[str] = []
+
+    async def reply_lost_once(conn: Any, rows: Any) -> Any:
+        result = await original(conn, rows)
+        if not lost:
+            lost.extend(r.workflow_id for r in rows)
+            raise asyncpg.ConnectionDoesNotExistError("connection lost (injected)")
+        return result
+
+    monkeypatch.setattr(wf_table, "insert_workflows", reply_lost_once)
+    # A long lease: the reconciler's period does not come round during the test.
+    async with DBOS(database_url=db_url, app_version="test", lease_seconds=600) as dbos:
+        with SetWorkflowID("start-lost"):
+            handle = await dbos.start_workflow(task, "start-lost")
+        assert await handle.get_result(timeout=10) == "start-lost"
+    assert lost == ["start-lost"]
+    assert ran == ["start-lost"]
