@@ -142,7 +142,11 @@ class QueueDeduplicatedError(DBOSError):
 
 
 class SerializationError(DBOSError):
-    """A value cannot be encoded as JSON; nothing was written."""
+    """A value cannot be encoded as JSON, or recorded JSON cannot be decoded.
+
+    Encoding fails before anything is written; a workflow whose recorded
+    inputs cannot be decoded ends as ERROR with this error.
+    """
 
 
 class WorkflowError(DBOSError):
