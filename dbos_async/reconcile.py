@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskStatus
 
+from dbos_async import registry
 from dbos_async.clock import now_ms
 from dbos_async.recovery import run_claimed
 from dbos_async.systemdb import workflows as wf_table
@@ -79,6 +80,7 @@ class Reconciler:
                 runtime.instance_id,
                 runtime.app_version,
                 list(runtime.local),
+                [entry.name for entry in registry.workflows()],
             )
         if not seen:
             return 0

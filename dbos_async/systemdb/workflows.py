@@ -189,11 +189,24 @@ async def resume_workflow(
 
 
 async def select_stranded_workflows(
-    conn: Connection, executor_id: str, instance: str, app_version: str, running: Sequence[str]
+    conn: Connection,
+    executor_id: str,
+    instance: str,
+    app_version: str,
+    running: Sequence[str],
+    names: Sequence[str],
 ) -> dict[str, int]:
-    """{workflow_id: fence} of what ``instance`` claimed and does not run (not in ``running``)."""
+    """{workflow_id: fence} of what ``instance`` claimed and does not run.
+
+    ``running`` are the IDs it runs; only workflows named in ``names`` count.
+    """
     rows = await conn.fetch(
-        q(conn, "select_stranded_workflows"), executor_id, instance, app_version, list(running)
+        q(conn, "select_stranded_workflows"),
+        executor_id,
+        instance,
+        app_version,
+        list(running),
+        list(names),
     )
     return {r["workflow_id"]: r["fence"] for r in rows}
 

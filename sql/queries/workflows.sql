@@ -181,10 +181,12 @@ SELECT workflow_id, status, fence FROM {schema}.workflow_status WHERE workflow_i
 -- name: select_stranded_workflows
 -- The PENDING workflows of app version $3 that runtime instance $2 of
 -- executor $1 claimed but does not run (it runs $4), with their fences:
--- candidates for reclaim_stranded_workflows (see reconcile.py).
+-- candidates for reclaim_stranded_workflows (see reconcile.py). Only workflows
+-- named in $5 (registered here): one it cannot run stays as it is, not
+-- claimed again and again.
 SELECT workflow_id, fence FROM {schema}.workflow_status
 WHERE executor_id = $1 AND app_version = $3 AND status = 'PENDING' AND claimed_by = $2
-  AND workflow_id <> ALL($4::text[]);
+  AND workflow_id <> ALL($4::text[]) AND name = ANY($5::text[]);
 
 -- name: reclaim_stranded_workflows
 -- Claim again, for runtime instance $2 of executor $1, the workflows $3 whose

@@ -202,3 +202,27 @@ async def test_a_start_whose_reply_is_lost_runs_at_once(
         assert await handle.get_result(timeout=10) == "start-lost"
     assert lost == ["start-lost"]
     assert ran == ["start-lost"]
+
+
+async def test_a_stranded_workflow_not_registered_here_is_left_alone(dbos: DBOS) -> None:
+    quick(dbos)
+    runtime = dbos._runtime
+    async with runtime.connection() as conn:
+        await conn.execute(
+            "INSERT INTO dbos_async.workflow_status (workflow_id, status, name, inputs,"
+            " app_name, app_version, executor_id, created_at, updated_at, branched_steps,"
+            " claimed_by) VALUES ('unknown', 'PENDING', 'elsewhere.only', '{}', $1, $2, $3,"
+            " 0, 0, true, $4)",
+            runtime.app_name,
+            runtime.app_version,
+            runtime.executor_id,
+            runtime.instance_id,
+        )
+        # Not claimed again and again (each round would bump its fence and log).
+        assert await runtime.reconciler.reconcile() == 0
+        assert (
+            await conn.fetchval(
+                "SELECT fence FROM dbos_async.workflow_status WHERE workflow_id = 'unknown'"
+            )
+            == 0
+        )
