@@ -102,6 +102,7 @@ async def _recover_rest(runtime: Runtime, watermark: int | None) -> None:
             delay = min(delay * 2, longest)
             continue
         if not claimed:
+            logger.info("recovery done", extra={"action": "recovered"})
             return
         delay = first
 

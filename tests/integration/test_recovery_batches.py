@@ -8,8 +8,10 @@ running workflow keeps a recorded step only until replay has handed it out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -158,6 +160,62 @@ async def test_a_later_batch_leaves_workflows_started_after_launch_alone(
         assert sorted(ledger) == list(range(ROWS))
     finally:
         await dbos.shutdown()
+
+
+@contextlib.contextmanager
+def recovery_done() -> Iterator[asyncio.Event]:
+    """An event set once the background recovery has found nothing left to claim."""
+    seen = asyncio.Event()
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "action", None) == "recovered":
+                seen.set()
+
+    log = logging.getLogger("dbos_async.recovery")
+    handler, level = Handler(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield seen
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+async def test_rows_claimed_elsewhere_since_the_first_batch_stay_there(
+    db_url: str, conn: asyncpg.Connection, locker: asyncpg.Connection
+) -> None:
+    ledger.clear()
+    await insert_pending(conn, ROWS)
+    await lock_after_first_batch(locker)
+    dbos = DBOS(database_url=db_url, app_version="test")
+    with recovery_done() as done:
+        await launch_while_locked(dbos, locker)
+        try:
+            # Another process sharing the executor ID claims the newest rows
+            # (as its own recovery would) while this one's batches wait.
+            sibling = ROWS - batch_size()
+            await locker.execute(
+                "UPDATE workflow_status SET claimed_by = 'sibling', fence = fence + 1,"
+                " updated_at = (extract(epoch FROM clock_timestamp()) * 1000)::int8"
+                " WHERE created_at >= $1",
+                sibling,
+            )
+            await locker.execute("COMMIT")
+            await done.wait()
+            await wait_for_status(conn, "SUCCESS", sibling)
+            rows = await conn.fetch(
+                "SELECT status, claimed_by, recovery_attempts, count(*) FROM workflow_status"
+                " GROUP BY 1, 2, 3 ORDER BY 1"
+            )
+            assert [tuple(r) for r in rows] == [
+                ("PENDING", "sibling", 0, ROWS - sibling),
+                ("SUCCESS", dbos._runtime.instance_id, 1, sibling),
+            ]
+            assert sorted(ledger) == list(range(sibling))
+        finally:
+            await dbos.shutdown()
 
 
 async def test_an_empty_recovery_claims_nothing(db_url: str, conn: asyncpg.Connection) -> None:
