@@ -15,10 +15,11 @@ goes through this module, in four moves:
    code: what a step body or a library does inside them creates no branch.
    A cancellation of the workflow's own making (a timeout, a ``TaskGroup``,
    ``task.cancel()``) that lands in the call marks it interrupted.
-3. ``call.recorded``, looked up when the identity was taken: the outcome an
-   earlier execution recorded, if any; ``await replay(call)`` checks it
-   against the call's name and returns it. An interrupted call waits, on
-   replay, until it is cancelled again, as it was the first time.
+3. ``call.recorded``, taken out of the workflow's records when the identity
+   was taken: the outcome an earlier execution recorded, if any;
+   ``await replay(call)`` checks it against the call's name and returns it.
+   An interrupted call waits, on replay, until it is cancelled again, as it
+   was the first time.
 4. ``await record(call, ...)``, or ``call.row(...)`` for statements that write
    their own checkpoint (after ``await settle(call.ctx)``): the first writer
    of a key wins, and the winner's outcome is what the call returns.
@@ -187,8 +188,11 @@ def take(name: str) -> Call | None:
         call.origin = 0
     recorded = ctx.recorded
     # Looked up now (records are loaded once, when the workflow starts), so a
-    # fresh call awaits nothing to find out that it must run.
-    call.recorded = recorded.get((path, step_id)) if recorded else None
+    # fresh call awaits nothing to find out that it must run. And taken out:
+    # no other call has this identity in this execution, so from here on the
+    # call holds the record, and a workflow that has replayed its history
+    # holds none of it (a long-running one would otherwise keep it all).
+    call.recorded = recorded.pop((path, step_id), None) if recorded else None
     return call
 
 

@@ -1,9 +1,12 @@
 """Recovery: resume this executor's PENDING workflows of the current app version.
 
-Two round trips for any number of workflows: one claims them (counting a
-recovery attempt on each, and bumping their fence), one reads all their
-recorded steps. Each then replays from the start, returning recorded step
-outcomes until it reaches the first step that never completed.
+A batch at a time, so that neither launch nor memory grows with the number
+of PENDING workflows: launch claims and starts the first ``RECOVERY_BATCH``,
+and a task of the runtime recovers the rest, one batch after another. Each
+batch is two round trips: one claims it (counting a recovery attempt on each
+workflow, and bumping its fence), one reads its workflows' recorded steps.
+Each workflow then replays from the start, returning recorded step outcomes
+until it reaches the first step that never completed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from dbos_async import registry, serialization
 from dbos_async.clock import now_ms
@@ -25,21 +30,81 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+RECOVERY_BATCH = 500
+"""Most workflows claimed, and whose steps are read, per batch (as ADOPT_BATCH in fleet.py)."""
+
+RETRY_SECONDS = (1.0, 30.0)
+"""The first and the longest wait before claiming again after a batch failed."""
+
 
 async def recover_pending(runtime: Runtime) -> int:
-    """Start every recoverable workflow as a task; returns how many were started."""
+    """Start the first batch of recoverable workflows; returns how many were started.
+
+    The rest are recovered by a task of the runtime's workflow group, one batch
+    after the other has started (not finished): each batch's workflows run
+    while the next is claimed and read.
+    """
+    claimed, started, watermark = await recover_batch(runtime, None)
+    if claimed:
+        runtime.workflow_group.start_soon(_recover_rest, runtime, watermark)
+    return started
+
+
+async def recover_batch(runtime: Runtime, watermark: int | None) -> tuple[int, int, int | None]:
+    """Claim, read and start one batch. Two round trips.
+
+    ``watermark`` is None for a recovery's first batch (see the query
+    ``claim_recoverable_workflows``). Returns how many workflows were claimed
+    and started, and the watermark for the next batches.
+    """
     async with runtime.connection() as conn:
         rows = await wf_table.claim_recoverable_workflows(
-            conn, runtime.executor_id, runtime.app_version, now_ms(), runtime.instance_id
+            conn,
+            runtime.executor_id,
+            runtime.app_version,
+            now_ms(),
+            runtime.instance_id,
+            RECOVERY_BATCH,
+            watermark,
         )
         if not rows:
-            return 0
+            return 0, 0, watermark
         runnable, exhausted = split_exhausted(rows)
         if exhausted:
             await wf_table.mark_max_recovery_exceeded(conn, exhausted, now_ms())
         started = await run_claimed(runtime, conn, runnable)
     logger.info("recovering %d workflows", started, extra={"action": "recover"})
-    return started
+    return len(rows), started, rows[0]["watermark"]
+
+
+async def _recover_rest(runtime: Runtime, watermark: int | None) -> None:
+    """Recover batch after batch until a claim finds nothing left.
+
+    Each batch leaves the rows it claimed out of the next (they are claimed
+    by this instance), so this ends. A batch that fails is claimed again
+    later (a lost database must not leave workflows unrecovered until the
+    next launch); if its claim had committed, the reconciler runs those rows.
+    """
+    first, longest = RETRY_SECONDS
+    delay = first
+    while True:
+        try:
+            claimed, _, watermark = await recover_batch(runtime, watermark)
+        except Exception as exc:
+            runtime.reconciler.request()  # the claim may have committed
+            logger.warning(
+                "recovering a batch failed: %r; trying again in %.0f s",
+                exc,
+                delay,
+                extra={"action": "recover"},
+            )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, longest)
+            continue
+        if not claimed:
+            logger.info("recovery done", extra={"action": "recovered"})
+            return
+        delay = first
 
 
 def split_exhausted(

@@ -373,6 +373,7 @@ async def _execute(
     outcome = Outcome()
     row: wf_table.Outcome | None = None
     replaying = False
+    loaded = len(ctx.recorded)  # now: replay takes each record out (checkpoint.take)
     try:
         # cancel_workflow and the deadline cancel this scope; a shutdown cancels
         # the runtime's task group around it instead, and records nothing.
@@ -445,7 +446,7 @@ async def _execute(
             exc,
             extra={"action": "replay_later", "workflow_id": ctx.workflow_id},
         )
-        runtime.workflow_group.start_soon(_replay_later, ctx, entry, args, kwargs, future)
+        runtime.workflow_group.start_soon(_replay_later, ctx, entry, args, kwargs, future, loaded)
         replaying = True  # the future goes on to the replay: its waiters keep waiting
     except BaseException:
         # Shutdown: record nothing; the row stays PENDING and recovers.
@@ -496,6 +497,7 @@ async def _replay_later(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     future: asyncio.Future[Outcome],
+    loaded: int,
 ) -> None:
     """Replay a workflow that lost the database, once it answers again.
 
@@ -542,4 +544,4 @@ async def _replay_later(
         fence=ctx.fence,
         branched=ctx.branched,
     )
-    again.replay_delay = first if len(steps) > len(ctx.recorded) else min(delay * 2, longest)
+    again.replay_delay = first if len(steps) > loaded else min(delay * 2, longest)

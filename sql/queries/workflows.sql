@@ -110,21 +110,54 @@ SELECT * FROM {schema}.workflow_status WHERE workflow_id = $1;
 SELECT status, name, output, error FROM {schema}.workflow_status WHERE workflow_id = $1;
 
 -- name: claim_recoverable_workflows
--- Count one more recovery attempt on the PENDING workflows of executor $1 and
--- app version $2, returning them with their inputs, claimed by runtime
--- instance $4. The fence is bumped: an earlier process of this executor that
--- is somehow still running is cut off.
+-- Claim for runtime instance $4 up to $5 PENDING workflows of executor $1 and
+-- app version $2, oldest first: count one more recovery attempt on each and
+-- bump its fence (an earlier process of this executor that is somehow still
+-- running is cut off). Returns them with their inputs, and the watermark.
+-- Recovery claims a batch at a time (recovery.py), until a claim is empty. What
+-- it recovers is what was PENDING here when it began, as if claimed at once:
+-- * Not rows claimed by $4. That is everything this instance claimed, by any
+--   means (an earlier batch of this run, a start, a dequeue, an adoption, a
+--   resume): it runs them, or reconcile.py runs them again, and claiming one
+--   would bump the fence under a live execution and stop it.
+-- * Not rows updated after the first batch's snapshot ($6, the watermark: NULL
+--   on the first batch, which takes the newest updated_at among the rows it
+--   could claim then, and returns it). Every claim (and every status change)
+--   sets updated_at, so a row another process claimed since, such as a
+--   sibling sharing this executor ID that launched meanwhile, stays with it;
+--   without this, two such runtimes would take each other's batches back and
+--   forth until every row ran out of recovery attempts. It is a value read
+--   from the rows, not this host's clock: a host whose clock runs behind
+--   still recovers every row a faster one left.
+-- FOR UPDATE without SKIP LOCKED: a row a concurrent statement holds (a
+-- cancel, an adoption) is waited for and re-checked, not skipped, so an empty
+-- claim means nothing is left. (A re-checked row that no longer qualifies
+-- leaves its slot empty: a short batch does not mean the last one.)
 -- A workflow recorded by an earlier release that has recorded no step yet has
 -- no flat-numbered history to stay compatible with: its claim switches it to
 -- branch IDs (branched_steps, 0006_branches.sql).
+WITH mark AS (
+    SELECT COALESCE($6::int8, (
+        SELECT max(updated_at) FROM {schema}.workflow_status
+        WHERE executor_id = $1 AND app_version = $2 AND status = 'PENDING'
+          AND claimed_by IS DISTINCT FROM $4)) AS watermark),
+batch AS (
+    SELECT w.workflow_id
+    FROM {schema}.workflow_status AS w, mark
+    WHERE w.executor_id = $1 AND w.app_version = $2 AND w.status = 'PENDING'
+      AND w.claimed_by IS DISTINCT FROM $4 AND w.updated_at <= mark.watermark
+    ORDER BY w.created_at, w.workflow_id
+    LIMIT $5
+    FOR UPDATE OF w)
 UPDATE {schema}.workflow_status AS w
-SET recovery_attempts = recovery_attempts + 1, updated_at = $3, fence = fence + 1,
+SET recovery_attempts = w.recovery_attempts + 1, updated_at = $3, fence = w.fence + 1,
     claimed_by = $4,
-    branched_steps = branched_steps OR NOT EXISTS (
+    branched_steps = w.branched_steps OR NOT EXISTS (
         SELECT 1 FROM {schema}.operation_outputs AS o WHERE o.workflow_id = w.workflow_id)
-WHERE executor_id = $1 AND app_version = $2 AND status = 'PENDING'
-RETURNING workflow_id, name, inputs, recovery_attempts, deadline_epoch_ms, fence,
-          branched_steps;
+FROM batch, mark
+WHERE w.workflow_id = batch.workflow_id AND w.status = 'PENDING'
+RETURNING w.workflow_id, w.name, w.inputs, w.recovery_attempts, w.deadline_epoch_ms, w.fence,
+          w.branched_steps, mark.watermark;
 
 -- name: mark_max_recovery_exceeded
 -- Give up on workflows $1 that were recovered too many times.
