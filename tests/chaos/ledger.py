@@ -34,7 +34,7 @@ CREATE TABLE public.ledger (
     workflow_id text NOT NULL,
     step text NOT NULL,
     kind text NOT NULL,
-    attempt text NOT NULL,
+    attempt text NOT NULL UNIQUE,
     at timestamptz NOT NULL DEFAULT clock_timestamp())
 """
 
@@ -66,23 +66,35 @@ class Ledger:
     async def record(self, step: str, kind: str = "step") -> str:
         """Write one attempt of the running step; returns its UUID.
 
-        A lost connection is raised, as any step's database error would be: the
-        runtime then runs the step again, and the ledger shows both attempts.
+        The body retries its own lost connections, as a careful application
+        would: asyncpg raises a refused connection as a plain OSError, which
+        the runtime records as the step's outcome (README, "API notes"). The
+        insert is idempotent (the attempt is unique), so a retry after a lost
+        acknowledgement writes one row.
         """
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=8)
         attempt = str(uuid.uuid4())
-        await self._pool.execute(
-            "INSERT INTO public.ledger (workflow_id, step, kind, attempt) VALUES ($1, $2, $3, $4)",
-            DBOS.workflow_id,
-            step,
-            kind,
-            attempt,
-        )
-        return attempt
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    if self._pool is None:
+                        self._pool = await asyncpg.create_pool(self._url, min_size=0, max_size=8)
+                    await self._pool.execute(
+                        "INSERT INTO public.ledger (workflow_id, step, kind, attempt) "
+                        "VALUES ($1, $2, $3, $4) ON CONFLICT (attempt) DO NOTHING",
+                        DBOS.workflow_id,
+                        step,
+                        kind,
+                        attempt,
+                    )
+                    return attempt
+                except _LOST:
+                    await anyio.sleep(0.1)  # the server is restarting or unreachable
 
 
 book = Ledger()
+
+returned: set[str] = set()
+"""Workflows whose function returned in this process (its outcome was then up to the runtime)."""
 
 
 # -- the bodies the scenarios share ----------------------------------------------------
@@ -116,6 +128,7 @@ async def four_steps(i: int, hold: float = 0.0) -> int:
     await DBOS.sleep(hold)
     c = await work("c", 2, hold)
     d = await post("d", 3)
+    returned.add(str(DBOS.workflow_id))
     return int(a["v"] + b["v"] + c["v"] + d["v"])
 
 
@@ -203,3 +216,27 @@ async def problems(observer: Observer, workflow_ids: Iterable[str] | None = None
             later = len(attempts) - 1 - attempts.index(mine[0])
             found.append(f"{wid} {kind} {step} ran {later} more time(s) after its recorded run")
     return found
+
+
+async def describe(observer: Observer, workflow_ids: Iterable[str]) -> list[str]:
+    """What the database says about some workflows: their rows, steps and ledger entries."""
+    lines = []
+    for wid in workflow_ids:
+        row = await observer.fetch(
+            "SELECT status, queue_name, executor_id, fence, recovery_attempts, started_at, "
+            "created_at, updated_at FROM dbos_async.workflow_status WHERE workflow_id = $1",
+            wid,
+        )
+        steps = await observer.fetch(
+            "SELECT step_id, function_name, output IS NOT NULL, error IS NOT NULL "
+            "FROM dbos_async.operation_outputs WHERE workflow_id = $1 ORDER BY step_id",
+            wid,
+        )
+        runs = await observer.fetch(
+            "SELECT step, kind, at FROM public.ledger WHERE workflow_id = $1 ORDER BY at", wid
+        )
+        lines.append(
+            f"{wid}: row {dict(row[0]) if row else None}; "
+            f"steps {[tuple(s) for s in steps]}; ledger {[(r[0], r[1]) for r in runs]}"
+        )
+    return lines
