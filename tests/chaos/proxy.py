@@ -9,10 +9,12 @@ controls:
 - ``blackhole()`` / ``restore()`` stop forwarding bytes both ways without
   closing anything, then let them through again (a partition: TCP delivers
   what was held back once it heals);
-- ``drop_next_reply(...)`` / ``drop_next_commit_reply(...)`` swallow the
-  server's ``CommandComplete`` for a matching statement and close that client
-  connection instead: the server did the work (it answers only after the
-  commit), the client can never learn it.
+- ``drop_next_reply(...)`` / ``drop_next_commit_reply(...)`` swallow the end
+  of the server's reply to a matching statement (its ``CommandComplete``, or
+  the ``PortalSuspended`` of a ``fetchval``/``fetchrow``, which ask for one
+  row) and close that client connection instead: the server did the work (it
+  flushes its replies only at ``ReadyForQuery``, after the commit), the client
+  can never learn it.
 
 The proxy answers an SSL or GSS encryption request itself with ``N``, so every
 stream stays readable.
@@ -36,9 +38,14 @@ _CHUNK = 1 << 16
 class Reply:
     """A ``CommandComplete`` the server sent, with what it answers."""
 
-    tag: str  # e.g. "COMMIT", "INSERT 0 1"
+    tag: str  # e.g. "COMMIT", "INSERT 0 1"; SUSPENDED for a PortalSuspended
     sql: str  # the statement it completes
     transaction: tuple[str, ...]  # every statement run since the session was last idle
+    binds: tuple[bytes, ...]  # the raw Bind messages (parameters) of those statements
+    rows: tuple[bytes, ...]  # the raw DataRow messages the server sent for them
+
+
+SUSPENDED = "SUSPENDED"
 
 
 Match = Callable[[Reply], bool]
@@ -53,6 +60,8 @@ class _Link:
     statements: dict[str, str] = field(default_factory=dict)  # prepared name -> SQL
     last_sql: str = ""
     transaction: list[str] = field(default_factory=list)
+    binds: list[bytes] = field(default_factory=list)
+    rows: list[bytes] = field(default_factory=list)
     closed: bool = False
 
     def close(self) -> None:
@@ -216,6 +225,7 @@ class PostgresProxy:
             statement = body.split(b"\0", 2)[1].decode()
             link.last_sql = link.statements.get(statement, "")
             link.transaction.append(link.last_sql)
+            link.binds.append(body)
 
     async def _from_server(self, link: _Link, reader: asyncio.StreamReader) -> None:
         try:
@@ -224,12 +234,16 @@ class PostgresProxy:
                 buffer += chunk
                 end = 0
                 for kind, body, stop in _messages(buffer):
-                    if kind == b"C" and self._dropped(link, body):
+                    if kind == b"D":
+                        link.rows.append(body)
+                    elif kind in (b"C", b"s") and self._dropped(link, kind, body):
                         # What came before goes through; this reply never does.
                         await self._send(link, link.client, buffer[: stop - 5 - len(body)])
                         return
-                    if kind == b"Z" and body[:1] == b"I":
+                    elif kind == b"Z" and body[:1] == b"I":
                         link.transaction.clear()
+                        link.binds.clear()
+                        link.rows.clear()
                     end = stop
                 await self._send(link, link.client, buffer[:end])
                 buffer = buffer[end:]
@@ -238,9 +252,13 @@ class PostgresProxy:
         finally:
             link.close()
 
-    def _dropped(self, link: _Link, body: bytes) -> bool:
+    def _dropped(self, link: _Link, kind: bytes, body: bytes) -> bool:
         reply = Reply(
-            body.rstrip(b"\0").decode(errors="replace"), link.last_sql, tuple(link.transaction)
+            SUSPENDED if kind == b"s" else body.rstrip(b"\0").decode(errors="replace"),
+            link.last_sql,
+            tuple(link.transaction),
+            tuple(link.binds),
+            tuple(link.rows),
         )
         for drop in self._drops:
             if not drop.done.done() and drop.match(reply):
