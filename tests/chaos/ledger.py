@@ -35,6 +35,7 @@ CREATE TABLE public.ledger (
     step text NOT NULL,
     kind text NOT NULL,
     attempt text NOT NULL UNIQUE,
+    executor text NOT NULL DEFAULT '',
     at timestamptz NOT NULL DEFAULT clock_timestamp())
 """
 
@@ -54,6 +55,7 @@ class Ledger:
     def __init__(self) -> None:
         self._url = ""
         self._pool: asyncpg.Pool | None = None
+        self.executor = ""  # written with each attempt: which process ran it
 
     def open(self, url: str) -> None:
         self._url = url
@@ -79,12 +81,13 @@ class Ledger:
                     if self._pool is None:
                         self._pool = await asyncpg.create_pool(self._url, min_size=0, max_size=8)
                     await self._pool.execute(
-                        "INSERT INTO public.ledger (workflow_id, step, kind, attempt) "
-                        "VALUES ($1, $2, $3, $4) ON CONFLICT (attempt) DO NOTHING",
+                        "INSERT INTO public.ledger (workflow_id, step, kind, attempt, executor) "
+                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (attempt) DO NOTHING",
                         DBOS.workflow_id,
                         step,
                         kind,
                         attempt,
+                        self.executor,
                     )
                     return attempt
                 except _LOST:
@@ -112,10 +115,12 @@ async def work(step: str, value: int, hold: float = 0.0) -> dict[str, Any]:
 async def post(step: str, value: int) -> dict[str, Any]:
     attempt = str(uuid.uuid4())
     await DBOS.connection.execute(
-        "INSERT INTO public.ledger (workflow_id, step, kind, attempt) VALUES ($1, $2, 'txn', $3)",
+        "INSERT INTO public.ledger (workflow_id, step, kind, attempt, executor) "
+        "VALUES ($1, $2, 'txn', $3, $4)",
         DBOS.workflow_id,
         step,
         attempt,
+        book.executor,
     )
     return {"v": value, "attempt": attempt}
 
