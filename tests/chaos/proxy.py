@@ -93,6 +93,7 @@ class PostgresProxy:
         self.connections = 0  # accepted so far
         self.cuts = 0  # connections closed by cut()
         self.dropped: list[Reply] = []
+        self.held: list[bytes] = []  # what the blackhole holds back right now, either way
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -177,7 +178,12 @@ class PostgresProxy:
             task.add_done_callback(self._tasks.discard)
 
     async def _send(self, link: _Link, writer: asyncio.StreamWriter, data: bytes) -> None:
-        await self._flowing.wait()
+        if not self._flowing.is_set():
+            self.held.append(data)
+            try:
+                await self._flowing.wait()
+            finally:
+                self.held.remove(data)
         if link.closed or not data:
             return
         writer.write(data)
