@@ -27,7 +27,7 @@ COUNT = 30
 # The runtime's own limits add up to 22 s: 2 s to close the listener, then
 # 10 s per pool (system, transactions) before it terminates their connections.
 SHUTDOWN_BOUND = 30.0
-PATIENCE = 60.0  # how long the server stays frozen waiting for shutdown() to return
+PATIENCE = 35.0  # how long the server stays frozen waiting for shutdown() to return
 
 
 @pytest.fixture
