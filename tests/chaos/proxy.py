@@ -213,7 +213,7 @@ class PostgresProxy:
             head = await reader.readexactly(4)
             (length,) = struct.unpack("!i", head)
             body = await reader.readexactly(length - 4)
-            (code,) = struct.unpack("!i", body[:4])
+            code: int = struct.unpack("!i", body[:4])[0]
             if code in (_SSL_REQUEST, _GSSENC_REQUEST):
                 await self._send(link, link.client, b"N")
                 continue
