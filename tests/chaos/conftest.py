@@ -11,7 +11,6 @@ import itertools
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 
-import anyio
 import asyncpg
 import pytest
 from cluster import Cluster, leaked_servers
@@ -89,9 +88,3 @@ async def proxy(app_db_url: str) -> AsyncIterator[PostgresProxy]:
     parts = urllib.parse.urlsplit(app_db_url)
     async with running_proxy(parts.hostname or "127.0.0.1", parts.port or 5432) as started:
         yield started
-
-
-async def run_blocking(fn: object) -> None:
-    """Run a blocking cluster operation off the event loop."""
-    assert callable(fn)
-    await anyio.to_thread.run_sync(fn)
