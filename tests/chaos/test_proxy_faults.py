@@ -115,11 +115,6 @@ def _starts(reply: Reply) -> bool:
     return reply.tag == "INSERT 0 1" and "INSERT INTO dbos_async.workflow_status" in reply.sql
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20 A.1: a workflow start whose INSERT committed but whose reply was lost "
-    "is taken for an existing workflow on the retry: no task runs it, it stays PENDING",
-)
 async def test_a_start_whose_reply_is_lost_still_runs(
     dbos: DBOS, proxy: PostgresProxy, ledger: Observer
 ) -> None:
@@ -134,11 +129,6 @@ async def test_a_start_whose_reply_is_lost_still_runs(
     assert await problems(ledger) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20 A.2: a queue claim whose COMMIT happened but whose reply was lost leaves "
-    "the claimed rows PENDING on this live executor with no task: they never run",
-)
 async def test_a_queue_claim_whose_commit_reply_is_lost_still_runs(
     dbos: DBOS, proxy: PostgresProxy, ledger: Observer
 ) -> None:
