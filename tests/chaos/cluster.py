@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from dbos_async.embedded import start_throwaway_cluster
@@ -40,10 +41,12 @@ class Cluster:
     def database_url(self, database: str) -> str:
         return self.url.rsplit("/", 1)[0] + f"/{database}"
 
-    def restart_immediate(self) -> None:
-        """``pg_ctl stop -m immediate`` (no checkpoint, every backend killed), then start again."""
+    def restart_immediate(self, down: float = 0.0) -> None:
+        """``pg_ctl stop -m immediate`` (no checkpoint, every backend killed), then start
+        again after ``down`` seconds."""
         stopped = self._pg_ctl("-m", "immediate", "-w", "stop")
         assert stopped.returncode == 0, stopped.stderr
+        time.sleep(down)  # the outage itself
         self._start()
         self.restarts += 1
 
