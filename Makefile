@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test test-unit test-debug lint fmt type bench bench-compare clean
+.PHONY: demo test test-chaos test-unit test-debug lint fmt type bench bench-compare clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -27,6 +27,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 	PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q -x -p no:cacheprovider tests/unit tests/integration
+
+# The fault suite: restarted, frozen and proxied servers (tests/chaos, not in `make test`).
+test-chaos: $(STAMP)
+	$(PY) -m pytest -q tests/chaos
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
