@@ -31,6 +31,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from dbos_async import queue as queue_module
 from dbos_async import registry
+from dbos_async.clock import now_ms
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.queue import Queue
 from dbos_async.recovery import run_claimed
@@ -144,6 +145,7 @@ class QueueWorker:
                             limits,
                             names,
                             runtime.instance_id,
+                            now_ms(),
                         )
                     if claim.rows:
                         await run_claimed(runtime, conn, claim.rows)

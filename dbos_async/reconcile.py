@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+
 SETTLE_SECONDS = 2.0
 """Between seeing a row stranded and claiming it again: far longer than a
 claim takes from its commit to starting its workflows."""
@@ -59,16 +61,23 @@ class Reconciler:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Reconcile every lease/3 and on request; runs until cancelled."""
         period = self._runtime.config.lease_seconds / 3
+        failures = 0
         task_status.started()
         while True:
-            with anyio.move_on_after(period):
-                await self._wake.wait()
+            if failures:
+                # After a failure, back off: requests keep coming while the
+                # database is away (every failed claim makes one).
+                await anyio.sleep(min(period, _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS)) - 1]))
+            else:
+                with anyio.move_on_after(period):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.reconcile()
+                failures = 0
             except Exception as exc:  # a lost database must not stop the runtime
+                failures += 1
                 logger.warning("reconciling claims failed: %r", exc, extra={"action": "reconcile"})
-                self._wake.set()  # try again after the next period's wait at most
 
     async def reconcile(self) -> int:
         """One round of both phases; returns how many workflows it started."""

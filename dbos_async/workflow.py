@@ -438,6 +438,11 @@ async def _execute(
             extra={"action": "fenced", "workflow_id": ctx.workflow_id},
         )
     except Exception as exc:
+        if runtime.stopping:
+            # The shutdown cut off a write: as for any shutdown, nothing more
+            # is recorded and the row stays PENDING to recover.
+            outcome = Outcome(error=_interrupted(ctx.workflow_id), ended=False)
+            return
         # The database stayed unreachable past the checkpoint retries: record
         # nothing, and replay from the recorded steps once it answers again.
         logger.warning(
@@ -450,18 +455,18 @@ async def _execute(
         replaying = True  # the future goes on to the replay: its waiters keep waiting
     except BaseException:
         # Shutdown: record nothing; the row stays PENDING and recovers.
-        outcome = Outcome(
-            error=DBOSError(
-                f"Workflow {ctx.workflow_id!r} was interrupted; "
-                "it stays PENDING and resumes on recovery"
-            ),
-            ended=False,
-        )
+        outcome = Outcome(error=_interrupted(ctx.workflow_id), ended=False)
         raise
     finally:
         if not replaying:
             _release(ctx.runtime, ctx.workflow_id, future, outcome)
         logger.debug("workflow task ended", extra={"workflow_id": ctx.workflow_id})
+
+
+def _interrupted(workflow_id: str) -> DBOSError:
+    return DBOSError(
+        f"Workflow {workflow_id!r} was interrupted; it stays PENDING and resumes on recovery"
+    )
 
 
 def _finish(ctx: WorkflowContext, root: Branch) -> None:

@@ -152,11 +152,13 @@ async def claim_queued_workflows(
     limits: Limits,
     workflow_names: Sequence[str],
     instance: str,
+    now_ms: int,
 ) -> Claim:
     """Claim ENQUEUED workflows within ``limits`` (see the query). One round trip.
 
     Only workflows named in ``workflow_names`` are claimed, for runtime
-    ``instance`` of ``executor_id``. Must run in a
+    ``instance`` of ``executor_id``; deadlines start at ``now_ms`` (this host's
+    clock, which enforces them). Must run in a
     transaction, after ``lock_queue`` on the same queue.
     """
     records = await conn.fetch(
@@ -173,6 +175,7 @@ async def claim_queued_workflows(
         limits.start_timeouts,
         list(workflow_names),
         instance,
+        now_ms,
     )
     rows = [record_dict(r) for r in records if r["workflow_id"] is not None]
     return Claim(rows, records[0]["retry_in_ms"] if records else None)

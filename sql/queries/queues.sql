@@ -62,8 +62,11 @@ SELECT pg_advisory_xact_lock(hashtext('{schema}' || ':queue:' || $1),
 -- queue, $7 PENDING on this executor, and $8 starts in any $9 ms; SKIP LOCKED.
 -- Lower priority first, FIFO within a priority. Claimed rows become PENDING
 -- with started_at = now (database clock), a new fence (see 0003_failover.sql)
--- and, if $10, a deadline of now + their timeout (or the deadline inherited
--- from the workflow that enqueued them, if that is earlier). Only workflows named in $11
+-- and, if $10, a deadline of $13 + their timeout (or the deadline inherited
+-- from the workflow that enqueued them, if that is earlier). $13 is now by the
+-- claimer's clock: a deadline is enforced by the host that runs the workflow,
+-- on its own clock, like SetWorkflowTimeout's; by the database's clock, a host
+-- whose clock is off would enforce it that much early or late. Only workflows named in $11
 -- (registered here) are claimed, so a process never takes work it cannot run;
 -- runtime instance $12 holds the claim (claimed_by, 0007_claims.sql).
 -- A workflow recorded by an earlier release that has recorded no step yet has
@@ -112,7 +115,7 @@ claimed AS (
         branched_steps = w.branched_steps OR NOT EXISTS (
             SELECT 1 FROM {schema}.operation_outputs AS o WHERE o.workflow_id = w.workflow_id),
         deadline_epoch_ms = CASE WHEN $10::bool AND w.timeout_ms IS NOT NULL
-                                 THEN least(clock.now_ms + w.timeout_ms, w.deadline_epoch_ms)
+                                 THEN least($13::int8 + w.timeout_ms, w.deadline_epoch_ms)
                                  ELSE w.deadline_epoch_ms END
     FROM picked, clock
     WHERE w.workflow_id = picked.workflow_id

@@ -97,12 +97,6 @@ async def test_a_host_on_time_cancels_a_queued_workflow_at_its_timeout(
         assert await final_status(ledger, "timed-ontime") == "CANCELLED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20 (clock skew): a dequeued workflow's deadline is set by the database's "
-    "clock (claim_queued_workflows) but enforced by the host's (workflow._loop_deadline): "
-    "on a host 10 s behind, a 2 s timeout fires 10 s late",
-)
 async def test_a_host_10s_behind_cancels_a_queued_workflow_at_its_timeout(
     app_db_url: str, ledger: Observer
 ) -> None:

@@ -166,13 +166,6 @@ async def test_shutdown_returns_while_checkpoint_writes_hang(
     assert took is not None and took <= SHUTDOWN_BOUND, f"shutdown() took {took}s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20 (after A.14's fix): a workflow whose checkpoint write the shutdown "
-    "abandons schedules its replay on the stopping runtime (workflow._execute -> "
-    "runtime.workflow_group raises DBOSError 'not running'); the error escapes the workflow "
-    "task and the runtime logs 'the DBOS runtime failed and stopped'",
-)
 async def test_a_shutdown_that_abandons_writes_logs_no_failure(
     app_db_url: str, ledger: Observer, proxy: PostgresProxy
 ) -> None:

@@ -249,12 +249,6 @@ async def test_an_outcome_lost_in_a_crash_is_recorded_again_by_the_live_executor
     assert await problems(ledger) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20 (after A.2's fix): a failed reconciliation sets its own wake event "
-    "(reconcile.py, Reconciler.run), so while the server is down it retries at once, in a "
-    "loop: thousands of warnings a second",
-)
 async def test_an_outage_does_not_make_the_runtime_spin(
     cluster: Cluster, app_db_url: str, ledger: Observer
 ) -> None:
