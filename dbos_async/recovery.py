@@ -134,10 +134,11 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
     ``rows`` need ``workflow_id``, ``name``, ``inputs`` and optionally
     ``deadline_epoch_ms``, ``fence`` (the token the claim produced),
     ``branched_steps`` (False: a history with flat step IDs) and
-    ``has_steps``. One round trip reads the recorded steps of them all,
-    skipped when every row says ``has_steps=False`` (a dequeued workflow that
-    never ran). Returns how many were started
-    (unregistered names are logged and skipped).
+    ``has_steps``. Their recorded steps are read a page at a time (one round
+    trip for most batches), each workflow starting as soon as its history is
+    read, so a batch's whole history is never held at once; skipped when every
+    row says ``has_steps=False`` (a dequeued workflow that never ran). Returns
+    how many were started (unregistered names are logged and skipped).
     """
     runnable = []
     for row in rows:
@@ -153,29 +154,39 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
             runnable.append((row, entry))
     if not runnable:
         return 0
-    ran = [row["workflow_id"] for row, _ in runnable if row.get("has_steps", True)]
-    recorded = await steps_table.select_steps_of(conn, ran) if ran else {}
     poisoned: list[wf_table.Outcome] = []
-    for row, entry in runnable:
-        wid = row["workflow_id"]
+
+    def start(row: dict[str, Any], entry: registry.Registered, recorded: dict[Any, Any]) -> None:
         try:
             args, kwargs = serialization.decode_inputs(row["inputs"], entry.fn)
         except Exception as exc:
             # One row that cannot run must not stop the others (nor, at launch,
             # the runtime): it ends as ERROR, saying why.
             poisoned.append(_cannot_run(row, exc))
-            continue
+            return
         spawn(
             runtime,
             entry,
-            wid,
+            row["workflow_id"],
             args,
             kwargs,
-            recorded.get(wid) or {},
+            recorded,
             row.get("deadline_epoch_ms"),
             fence=row.get("fence", 0),
             branched=row.get("branched_steps", True),
         )
+
+    waiting = {}  # those that may have a history, until it is read
+    for row, entry in runnable:
+        if row.get("has_steps", True):
+            waiting[row["workflow_id"]] = (row, entry)
+        else:
+            start(row, entry, {})
+    if waiting:
+        async for wid, recorded in steps_table.select_steps_paged(conn, list(waiting)):
+            start(*waiting.pop(wid), recorded)
+        for row, entry in waiting.values():  # nothing recorded after all
+            start(row, entry, {})
     for outcome in poisoned:
         await runtime.completion_writer.submit(outcome)
     return len(runnable) - len(poisoned)

@@ -10,7 +10,7 @@ one to read the winners' records.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from dbos_async.context import FencedOff
@@ -164,6 +164,40 @@ async def select_steps_of(
     for r in await conn.fetch(q(conn, "select_steps_of"), list(workflow_ids)):
         found[r["workflow_id"]][(r["branch"], r["step_id"])] = record_from_row(r)
     return found
+
+
+STEPS_PAGE = 5000
+"""Recorded steps read per round trip when a batch's history is read in pages."""
+
+
+async def select_steps_paged(
+    conn: Connection, workflow_ids: Sequence[str], page: int | None = None
+) -> AsyncIterator[tuple[str, dict[StepKey, StepRecord]]]:
+    """The recorded steps of ``workflow_ids``, one workflow's history at a time.
+
+    Rows are read ``page`` at a time, so the caller can start each workflow
+    as soon as its history is complete; one round trip when all of them fit
+    in a page. Workflows without any recorded step are not yielded.
+    """
+    page = page or STEPS_PAGE
+    after: tuple[str | None, str | None, int | None] = (None, None, None)
+    current: str | None = None
+    steps: dict[StepKey, StepRecord] = {}
+    ids = list(workflow_ids)
+    while True:
+        rows = await conn.fetch(q(conn, "select_steps_page"), ids, *after, page)
+        for r in rows:
+            if r["workflow_id"] != current:
+                if current is not None:
+                    yield current, steps
+                current, steps = r["workflow_id"], {}
+            steps[(r["branch"], r["step_id"])] = record_from_row(r)
+        if len(rows) < page:
+            break
+        last = rows[-1]
+        after = (last["workflow_id"], last["branch"], last["step_id"])
+    if current is not None:
+        yield current, steps
 
 
 async def select_step(

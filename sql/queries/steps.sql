@@ -150,6 +150,23 @@ UNION ALL
 SELECT workflow_id, branch, step_id, function_name, output, error, child_workflow_id
 FROM {schema}.branch_outputs WHERE workflow_id = ANY($1::text[]);
 
+-- name: select_steps_page
+-- select_steps_of a page at a time: at most $5 recorded steps of workflows
+-- $1, in (workflow_id, branch, step_id) order, after the key ($2, $3, $4)
+-- (NULL $2: from the first). Recovery reads a batch's history this way, so
+-- no batch of long histories is read (and held) whole.
+SELECT workflow_id, branch, step_id, function_name, output, error, child_workflow_id
+FROM (
+    SELECT workflow_id, ''::text AS branch, step_id, function_name, output, error,
+           child_workflow_id
+    FROM {schema}.operation_outputs WHERE workflow_id = ANY($1::text[])
+    UNION ALL
+    SELECT workflow_id, branch, step_id, function_name, output, error, child_workflow_id
+    FROM {schema}.branch_outputs WHERE workflow_id = ANY($1::text[])) AS s
+WHERE $2::text IS NULL OR (workflow_id, branch, step_id) > ($2::text, $3::text, $4::int4)
+ORDER BY workflow_id, branch, step_id
+LIMIT $5;
+
 -- name: select_step_winners
 -- For rows insert_steps did not write: the recorded steps for the
 -- (workflow_id, branch, step_id) keys given as three arrays, each with its

@@ -117,7 +117,7 @@ async def test_recovery_reads_recorded_steps_once(db_url: str, statements: list[
     statements.clear()
     async with DBOS(database_url=db_url, app_version="test") as dbos:
         await (await dbos.retrieve_workflow("replayed")).get_result()
-    step_reads = [s for s in statements if s == SQL["select_steps_of"]]
+    step_reads = [s for s in statements if s == SQL["select_steps_page"]]
     step_writes = [s for s in statements if "_outputs" in s and "INSERT INTO" in s]
     assert len(step_reads) == 1 and not step_writes, statements
 
@@ -170,4 +170,4 @@ async def test_round_trips_per_enqueue_and_claim(
                 if i + 1 < len(sent):  # else that claim is still in flight
                     assert sent[i + 1].startswith("COMMIT")
     assert claims >= 1
-    assert SQL["select_steps_of"] not in statements
+    assert SQL["select_steps_page"] not in statements

@@ -320,3 +320,58 @@ async def test_replay_in_branches_drops_their_records(db_url: str) -> None:
         await dbos.send("drops-branches", "went", topic="go")
         handle = await dbos.retrieve_workflow("drops-branches")
         assert await handle.get_result(timeout=10) == "went"
+
+
+# -- history read a page at a time -----------------------------------------------------
+
+step_runs: list[tuple[int, int]] = []
+
+
+@DBOS.step()
+async def paged_step(i: int, n: int) -> int:
+    step_runs.append((i, n))
+    return i * 10 + n
+
+
+@DBOS.workflow()
+async def four_steps(i: int) -> list[int]:
+    return [await paged_step(i, n) for n in range(4)]
+
+
+async def test_a_history_read_in_pages_replays_whole_and_once(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dbos_async.systemdb import steps as steps_table
+
+    step_runs.clear()
+    async with DBOS(database_url=db_url, app_version="paged") as dbos:
+        for i in range(5):
+            with SetWorkflowID(f"paged-{i}"):
+                assert await four_steps(i) == [i * 10 + n for n in range(4)]
+        async with dbos._runtime.connection() as conn:
+            await conn.execute(
+                "UPDATE workflow_status SET status = 'PENDING', output = NULL"
+                " WHERE workflow_id LIKE 'paged-%'"
+            )
+    ran_first = list(step_runs)
+    # 20 recorded steps, 3 a page: histories cross page boundaries.
+    monkeypatch.setattr(steps_table, "STEPS_PAGE", 3)
+    pages: list[int] = []
+    original = steps_table.select_steps_paged
+
+    async def counted(
+        conn: object, ids: list[str], page: int | None = None
+    ) -> AsyncIterator[tuple[str, dict[object, object]]]:
+        async for wid, steps in original(conn, ids, page):  # type: ignore[arg-type]
+            pages.append(len(steps))
+            yield wid, steps  # type: ignore[misc]
+
+    monkeypatch.setattr(steps_table, "select_steps_paged", counted)
+    async with DBOS(database_url=db_url, app_version="paged") as dbos:
+        results = [
+            await (await dbos.retrieve_workflow(f"paged-{i}")).get_result(timeout=20)
+            for i in range(5)
+        ]
+    assert results == [[i * 10 + n for n in range(4)] for i in range(5)]
+    assert pages == [4] * 5  # each workflow got its whole history, once
+    assert step_runs == ran_first  # no recorded step ran again
