@@ -72,6 +72,7 @@ async def test_workflows_finish_while_connections_are_cut_again_and_again(
         cut += proxy.cut()
         await anyio.sleep(0.1)
     assert cut >= 15
+    print(f"connections cut: {cut}, workflows: 60")
     assert await results(handles) == {f"wf-{i}": i + 6 for i in range(60)}
     assert await problems(ledger) == []
 
