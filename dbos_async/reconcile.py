@@ -23,7 +23,9 @@ outcome is unknown (``request()``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import anyio
@@ -53,6 +55,25 @@ class Reconciler:
         self._runtime = runtime
         self._wake = asyncio.Event()
         self.settle_seconds = settle_seconds
+        self._starting = 0  # claims between their commit and their workflows' start
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Mark claimed workflows being started (reading their histories takes a while).
+
+        The second phase waits until no claim is between its commit and its
+        start, so rows only slow to start are never taken for stranded ones.
+        """
+        self._starting += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._starting -= 1
+            if not self._starting:
+                self._idle.set()
 
     def request(self) -> None:
         """A claim's outcome is unknown: reconcile soon, not only at the next period."""
@@ -94,6 +115,7 @@ class Reconciler:
         if not seen:
             return 0
         await anyio.sleep(self.settle_seconds)
+        await self._idle.wait()
         for workflow_id in [w for w in seen if w in runtime.local]:
             del seen[workflow_id]  # started meanwhile: it was only slow
         if not seen:
@@ -106,7 +128,8 @@ class Reconciler:
                 return 0
             started = await run_claimed(runtime, conn, rows)
         logger.warning(
-            "started %d workflows claimed here whose claim's reply was lost",
+            "started %d workflows claimed here that nothing ran (a claim's reply or"
+            " an outcome was lost)",
             started,
             extra={"action": "reconcile"},
         )

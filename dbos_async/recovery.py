@@ -140,6 +140,11 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
     row says ``has_steps=False`` (a dequeued workflow that never ran). Returns
     how many were started (unregistered names are logged and skipped).
     """
+    with runtime.reconciler.starting():
+        return await _run_claimed(runtime, conn, rows)
+
+
+async def _run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
     runnable = []
     for row in rows:
         entry = registry.lookup(row["name"])

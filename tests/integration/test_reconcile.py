@@ -226,3 +226,48 @@ async def test_a_stranded_workflow_not_registered_here_is_left_alone(dbos: DBOS)
             )
             == 0
         )
+
+
+async def test_a_claim_slow_to_start_its_workflows_is_not_taken_for_a_lost_one(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dbos_async.recovery import run_claimed
+    from dbos_async.systemdb import steps as steps_table
+
+    reading = asyncio.Event()
+    release = asyncio.Event()
+    original = steps_table.select_steps_paged
+
+    async def slow(conn: Any, ids: Any, page: Any = None) -> Any:
+        reading.set()
+        await release.wait()  # a long history, read page after page
+        async for item in original(conn, ids, page):
+            yield item
+
+    monkeypatch.setattr(steps_table, "select_steps_paged", slow)
+    async with DBOS(database_url=db_url, app_version="test", lease_seconds=600) as dbos:
+        quick(dbos)
+        runtime = dbos._runtime
+        async with runtime.connection() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO dbos_async.workflow_status (workflow_id, status, name, inputs,"
+                " app_name, app_version, executor_id, created_at, updated_at, branched_steps,"
+                " claimed_by, fence) VALUES ('slow-start', 'PENDING', $1, $2, $3, $4, $5, 0, 0,"
+                " true, $6, 1) RETURNING workflow_id, name, inputs, fence",
+                TASK,
+                serialization.encode_inputs(("slow-start",), {}, TASK),
+                runtime.app_name,
+                runtime.app_version,
+                runtime.executor_id,
+                runtime.instance_id,
+            )
+            starting = asyncio.ensure_future(run_claimed(runtime, conn, [dict(row)]))
+            await reading.wait()
+            reconciling = asyncio.ensure_future(runtime.reconciler.reconcile())
+            await asyncio.sleep(0.3)  # part of the scenario: longer than the settle delay
+            release.set()
+            assert await starting == 1
+        assert await reconciling == 0
+        handle = await dbos.retrieve_workflow("slow-start")
+        assert await handle.get_result(timeout=10) == "slow-start"
+    assert ran == ["slow-start"]
