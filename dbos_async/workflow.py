@@ -384,6 +384,14 @@ async def _execute(
             try:
                 try:
                     value = await entry.fn(*args, **kwargs)
+                except BaseExceptionGroup as group:
+                    # A branch's checkpoint found the workflow no longer ours,
+                    # inside a task group of the workflow's: that, not the
+                    # group, is how the workflow ends.
+                    fenced = _fenced_in(group)
+                    if fenced is not None:
+                        raise fenced from group
+                    raise
                 finally:
                     _finish(ctx, root)
                 if ctx.lost:  # it caught an outage and went on: not an outcome either
@@ -461,6 +469,18 @@ async def _execute(
         if not replaying:
             _release(ctx.runtime, ctx.workflow_id, future, outcome)
         logger.debug("workflow task ended", extra={"workflow_id": ctx.workflow_id})
+
+
+def _fenced_in(group: BaseExceptionGroup[BaseException]) -> FencedOff | None:
+    """The first FencedOff among a group's exceptions, nested groups included."""
+    for exc in group.exceptions:
+        if isinstance(exc, FencedOff):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _fenced_in(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _interrupted(workflow_id: str) -> DBOSError:

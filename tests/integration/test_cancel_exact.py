@@ -150,3 +150,36 @@ async def test_a_deadline_cancels_only_for_the_current_owner(
     assert await conn.fetchval("SELECT status FROM workflow_status WHERE workflow_id='stale'") == (
         "PENDING"
     )
+
+
+@DBOS.workflow()
+async def held_in_a_task_group() -> list[str]:
+    out: list[str] = []
+
+    async def branch() -> None:
+        out.append(await held("in a branch"))
+        out.append(await after("after it"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(branch)
+    return out
+
+
+async def test_a_branch_fenced_off_inside_a_task_group_ends_the_workflow_not_the_runtime(
+    dbos: DBOS, conn: asyncpg.Connection
+) -> None:
+    with SetWorkflowID("grouped"):
+        handle = await dbos.start_workflow(held_in_a_task_group)
+    await started.wait()
+    # Cancelled behind the runtime's back (no notification): the branch learns
+    # it from its checkpoint, inside the workflow's own task group.
+    await conn.execute(
+        "UPDATE workflow_status SET status = 'CANCELLED' WHERE workflow_id = 'grouped'"
+    )
+    release.set()
+    with pytest.raises(WorkflowCancelledError):
+        await handle.get_result(timeout=10)
+    assert ran == ["in a branch"]  # nothing after the fenced checkpoint
+    assert dbos._runtime.state.value == "running"
+    with SetWorkflowID("after-the-fence"):
+        assert await after("still serving") == "still serving"
