@@ -332,14 +332,52 @@ def fork(
     """Copy a workflow under a new ID, reusing the outcomes of its first steps."""
 
     async def run(client: DBOSClient) -> WorkflowStatus:
+        await _check_fork(client, workflow_id, start_step, new_id)
         if new_id is None:
             handle = await client.fork_workflow(workflow_id, start_step, app_version)
         else:
             with SetWorkflowID(new_id):
                 handle = await client.fork_workflow(workflow_id, start_step, app_version)
-        return await handle.get_status()
+        status = await handle.get_status()
+        if status.forked_from != workflow_id:  # the ID was taken meanwhile
+            raise click.ClickException(_taken(status))
+        return status
 
     cli_output.started("forked", workflow_id, _with_client(database_url, schema, run), as_json)
+
+
+async def _check_fork(
+    client: DBOSClient, workflow_id: str, start_step: int, new_id: str | None
+) -> None:
+    """Refuse, before writing anything, a fork that would not fork what was asked.
+
+    The library's fork is idempotent under a taken ID (it returns the existing
+    workflow); a person who typed ``--new-id`` must hear that nothing was forked.
+    """
+    if start_step < 0:
+        raise click.BadParameter(
+            f"start_step must be at least 0, got {start_step}", param_hint="--step"
+        )
+    await _status_of(client, workflow_id)  # WorkflowNotFoundError names it
+    recorded = [s.step_id for s in await client.list_workflow_steps(workflow_id) if not s.branch]
+    count = max(recorded) + 1 if recorded else 0
+    if not 0 <= start_step <= count:
+        raise click.BadParameter(
+            f"{workflow_id} has recorded {count} steps: --step must be between 0 and {count}",
+            param_hint="--step",
+        )
+    if new_id is not None:
+        taken = await client.get_workflow_status(new_id)
+        if taken is not None:
+            raise click.ClickException(_taken(taken))
+
+
+def _taken(status: WorkflowStatus) -> str:
+    origin = f", a fork of {status.forked_from}" if status.forked_from else ""
+    return (
+        f"{status.workflow_id} already exists ({status.status.value}{origin}): "
+        "nothing was forked; choose another --new-id"
+    )
 
 
 @cli.group()

@@ -289,10 +289,15 @@ async def test_workflow_restart_and_fork(seeded: str, conn: asyncpg.Connection, 
         "workflow", "fork", HOSTILE, "--step", "1", "--new-id", "f-1", url=seeded
     )
     assert forked.code == 0 and forked.out.startswith(f"forked {HOSTILE} as f-1 ("), forked
-    again = await dbos_cli(
-        "workflow", "fork", HOSTILE, "--step", "1", "--new-id", "f-1", url=seeded
-    )
-    assert again.code == 0 and again.out.startswith(f"forked {HOSTILE} as f-1 ("), again
+    # Issue 19: the ID is taken, so nothing is forked, and the CLI says so.
+    for step in ("1", "0"):
+        again = await dbos_cli(
+            "workflow", "fork", HOSTILE, "--step", step, "--new-id", "f-1", url=seeded
+        )
+        assert again.code == 1 and "f-1 already exists" in again.err, again
+        assert "nothing was forked" in again.err and not again.out, again
+    beyond = await dbos_cli("workflow", "fork", HOSTILE, "--step", "99", url=seeded)
+    assert beyond.code == 1 and "--step must be between 0 and 2" in beyond.err, beyond
     # The CLI only enqueued it; the test's runtime dequeues the internal queue and runs it:
     # step 0 was copied, step 1 ran again.
     result = await (await dbos.retrieve_workflow("f-1")).get_result(timeout=10)
