@@ -22,8 +22,8 @@ from dbos_async import cli_output
 from dbos_async.client import DBOSClient
 from dbos_async.context import SetWorkflowID
 from dbos_async.errors import DBOSError, WorkflowNotFoundError
-from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.models import WorkflowStatus, WorkflowStatusString
+from dbos_async.systemdb import executors as executors_table
 from dbos_async.systemdb.migrate import migrate as run_migrations
 from dbos_async.systemdb.migrate import migrations
 from dbos_async.systemdb.pool import acquire, create_pool
@@ -272,17 +272,19 @@ def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: st
 def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """Continue a CANCELLED or failed workflow from its last completed step."""
 
-    async def run(client: DBOSClient) -> tuple[WorkflowStatusString, WorkflowStatus]:
+    async def run(
+        client: DBOSClient,
+    ) -> tuple[WorkflowStatusString, WorkflowStatus, int | None]:
         before = await _status_of(client, workflow_id)
         handle = await client.resume_workflow(workflow_id)
-        return before.status, await handle.get_status()
+        status = await handle.get_status()
+        return before.status, status, await _runners(client, status)
 
-    before, status = _with_client(database_url, schema, run)
+    before, status, runners = _with_client(database_url, schema, run)
     if as_json:
         cli_output.print_json(status)
     elif before in _RESUMABLE:
-        where = "for any runtime" if status.queue_name == INTERNAL_QUEUE else "again"
-        cli_output.say(f"resumed {workflow_id} (ENQUEUED on {status.queue_name} {where})")
+        cli_output.say(f"resumed {workflow_id} ({cli_output.waiting(status, runners)})")
     else:
         cli_output.say(f"{workflow_id} is {status.status.value}: nothing to resume")
 
@@ -301,10 +303,12 @@ _RESUMABLE = (
 def restart(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """Run a workflow again from scratch, with the same inputs, under a new ID."""
 
-    async def run(client: DBOSClient) -> WorkflowStatus:
-        return await (await client.restart_workflow(workflow_id)).get_status()
+    async def run(client: DBOSClient) -> tuple[WorkflowStatus, int | None]:
+        status = await (await client.restart_workflow(workflow_id)).get_status()
+        return status, await _runners(client, status)
 
-    cli_output.started("restarted", workflow_id, _with_client(database_url, schema, run), as_json)
+    status, runners = _with_client(database_url, schema, run)
+    cli_output.started("restarted", workflow_id, status, as_json, runners)
 
 
 @workflow.command("fork")
@@ -331,7 +335,7 @@ def fork(
 ) -> None:
     """Copy a workflow under a new ID, reusing the outcomes of its first steps."""
 
-    async def run(client: DBOSClient) -> WorkflowStatus:
+    async def run(client: DBOSClient) -> tuple[WorkflowStatus, int | None]:
         await _check_fork(client, workflow_id, start_step, new_id)
         if new_id is None:
             handle = await client.fork_workflow(workflow_id, start_step, app_version)
@@ -341,9 +345,24 @@ def fork(
         status = await handle.get_status()
         if status.forked_from != workflow_id:  # the ID was taken meanwhile
             raise click.ClickException(_taken(status))
-        return status
+        return status, await _runners(client, status)
 
-    cli_output.started("forked", workflow_id, _with_client(database_url, schema, run), as_json)
+    status, runners = _with_client(database_url, schema, run)
+    cli_output.started("forked", workflow_id, status, as_json, runners)
+
+
+_RUNNER_WINDOW_MS = 90_000
+"""A runtime heartbeats every lease/3 (10 s by default): one silent for 90 s is gone."""
+
+
+async def _runners(client: DBOSClient, status: WorkflowStatus) -> int | None:
+    """How many live runtimes could dequeue an ENQUEUED workflow (None: it is not)."""
+    if status.status is not WorkflowStatusString.ENQUEUED or not status.app_version:
+        return None
+    async with acquire(client.pool) as conn:
+        return await executors_table.count_live_executors(
+            conn, status.app_version, _RUNNER_WINDOW_MS
+        )
 
 
 async def _check_fork(

@@ -16,8 +16,7 @@ from typing import Any
 import click
 import orjson
 
-from dbos_async.management import INTERNAL_QUEUE
-from dbos_async.models import StepInfo, WorkflowStatus
+from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
 
 # C0 and C1 controls and DEL as \xNN; the bidirectional overrides, which can
 # make text read as something else, as \uNNNN.
@@ -156,14 +155,27 @@ def print_steps(steps: list[StepInfo], as_json: bool) -> None:
     print_table(headers, rows)
 
 
-def started(verb: str, original_id: str, status: WorkflowStatus, as_json: bool) -> None:
-    """Report a workflow started from another (restart, fork): where it will run."""
+def started(
+    verb: str, original_id: str, status: WorkflowStatus, as_json: bool, runners: int | None
+) -> None:
+    """Report a workflow started from another (restart, fork): where it will run.
+
+    ``runners`` is how many live runtimes could dequeue it (None: not asked).
+    """
     if as_json:
         print_json(status)
         return
-    where = (
-        f"ENQUEUED on {INTERNAL_QUEUE} for any runtime"
-        if status.queue_name == INTERNAL_QUEUE
-        else status.status.value
-    )
-    say(f"{verb} {original_id} as {status.workflow_id} ({where})")
+    say(f"{verb} {original_id} as {status.workflow_id} ({waiting(status, runners)})")
+
+
+def waiting(status: WorkflowStatus, runners: int | None) -> str:
+    """Where an enqueued workflow waits, and whether anything will run it."""
+    if status.status is not WorkflowStatusString.ENQUEUED or runners is None:
+        return status.status.value
+    version = status.app_version or "any"
+    if runners == 0:
+        return (
+            f"ENQUEUED on {status.queue_name}; no runtime of app version {version} is "
+            "running, so it waits until one starts"
+        )
+    return f"ENQUEUED on {status.queue_name} for a runtime of app version {version}"

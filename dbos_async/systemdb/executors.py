@@ -42,3 +42,8 @@ async def adopt_orphaned_workflows(
         instance,
     )
     return [record_dict(r) for r in rows]
+
+
+async def count_live_executors(conn: Connection, app_version: str, lease_ms: int) -> int:
+    """Executors of ``app_version`` that heartbeat within ``lease_ms``. One round trip."""
+    return int(await conn.fetchval(q(conn, "count_live_executors"), app_version, lease_ms))

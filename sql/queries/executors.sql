@@ -40,3 +40,10 @@ adopted AS (
               w.deadline_epoch_ms, w.fence, w.branched_steps)
 SELECT a.*, pg_notify('{schema}', 'a:' || a.fence || ':' || a.workflow_id)
 FROM adopted AS a;
+
+-- name: count_live_executors
+-- How many executors of app version $1 heartbeat within the last $2 ms, by the
+-- database's clock: whether any runtime will dequeue that version's work.
+SELECT count(*) FROM {schema}.executors
+WHERE app_version = $1
+  AND heartbeat_at >= (extract(epoch FROM clock_timestamp()) * 1000)::int8 - $2;

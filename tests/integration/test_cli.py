@@ -311,6 +311,14 @@ async def test_workflow_restart_and_fork(seeded: str, conn: asyncpg.Connection, 
         "workflow", "fork", "first", "--step", "0", "--app-version", "v2", "--json", url=seeded
     )
     assert versioned.json()["app_version"] == "v2"  # type: ignore[index, call-overload]
+    # Issue 19: no runtime of v2 runs, so it does not say "for any runtime".
+    stranded = await dbos_cli(
+        "workflow", "fork", "first", "--step", "0", "--app-version", "v2", url=seeded
+    )
+    assert stranded.code == 0, stranded
+    assert "no runtime of app version v2 is running, so it waits until one starts" in (
+        stranded.out
+    ), stranded
 
 
 # -- queue list ---------------------------------------------------------------------------
