@@ -10,6 +10,7 @@ traceback. ``click`` parses the arguments.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -54,7 +55,18 @@ def _database_options(fn: F) -> F:
     )(fn)
 
 
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def _json_anywhere(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    # ``dbos-async --json workflow list`` as well as ``... workflow list --json``.
+    return value or bool((ctx.find_root().obj or {}).get("as_json"))
+
+
+_json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=_json_anywhere,
+    help="Print JSON for scripts (also accepted before the command).",
+)
 
 
 def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -113,18 +125,35 @@ def _from_root(name: str, value: T) -> T:
 # -- commands ----------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """The root group; a reader that stops early (``| head``) is no error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # What it read is what it wanted. Later writes, and the flush at
+            # exit, go nowhere instead of failing (click would exit 1).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return None
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="dbos-async", prog_name="dbos-async")
 @click.option("--database-url", metavar="URL", help="Postgres URL (also accepted after a command).")
 @click.option("--schema", help="Schema of the system tables (also accepted after a command).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (also accepted after a command).")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, schema: str | None) -> None:
+def cli(ctx: click.Context, database_url: str | None, schema: str | None, as_json: bool) -> None:
     """Inspect and manage dbos_async workflows in their Postgres database.
 
-    Every command takes --database-url (or $DBOS_DATABASE_URL) and --schema,
-    before or after the command's name.
+    Every command takes --database-url (or $DBOS_DATABASE_URL), --schema and
+    (where it prints) --json, before or after the command's name.
     """
-    ctx.obj = {"database_url": database_url, "schema": schema}
+    ctx.obj = {"database_url": database_url, "schema": schema, "as_json": as_json}
 
 
 @cli.command()

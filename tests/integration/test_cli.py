@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -436,3 +438,34 @@ async def test_human_output_never_carries_raw_control_characters(dbos: DBOS) -> 
     # JSON keeps the exact text, escaped by JSON itself.
     as_json = (await dbos_cli("workflow", "get", ESCAPING, "--json", url=url)).json()
     assert as_json["workflow_id"] == ESCAPING  # type: ignore[index]
+
+
+async def test_json_before_the_command_and_a_reader_that_stops_early(
+    seeded: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # Issue 19: --json is accepted before the command too.
+    before = await dbos_cli("--json", "workflow", "get", "first", url=seeded)
+    assert before.code == 0, before
+    assert isinstance(before.json(), dict)
+    # `workflow list | head -1`: more than a pipe holds, and the reader stops
+    # after one line. That is no error: exit 0, nothing on stderr.
+    await conn.execute(
+        "INSERT INTO workflow_status (workflow_id, status, name, created_at, updated_at)"
+        " SELECT 'many-' || i, 'SUCCESS', 'cli.many', i, i FROM generate_series(1, 3000) AS i"
+    )
+    script = (
+        f"{shlex.quote(sys.executable)} -m dbos_async workflow list --limit 3000"
+        f" --database-url {shlex.quote(seeded)} 2>err.txt | head -1;"
+        ' echo "status=${PIPESTATUS[0]}"; cat err.txt'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        script,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    out = (await proc.communicate())[0].decode()
+    lines = out.splitlines()
+    assert lines[0].startswith("WORKFLOW ID") and lines[1] == "status=0", out
+    assert lines[2:] == [], out  # nothing on stderr
