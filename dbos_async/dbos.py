@@ -77,9 +77,27 @@ class _runtime_method(Generic[P, R]):
             fn = _outside_branches(fn)
         self._fn = fn
         self.__doc__ = fn.__doc__
+        signature = inspect.signature(fn)
+        # What help() and editors show: the call as users write it, without the runtime.
+        self._signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+        self._on_class: Callable[P, R] | None = None
 
     def __get__(self, obj: DBOS | None, cls: type | None = None) -> Callable[P, R]:
-        return functools.partial(self._fn, obj._runtime if obj is not None else None)
+        if obj is not None:
+            return self._bind(obj._runtime)
+        if self._on_class is None:
+            self._on_class = self._bind(None)
+        return self._on_class
+
+    def _bind(self, runtime: Runtime | None) -> Callable[P, R]:
+        fn = self._fn
+
+        def bound(*args: P.args, **kwargs: P.kwargs) -> R:
+            return fn(runtime, *args, **kwargs)
+
+        functools.update_wrapper(bound, fn)
+        bound.__signature__ = self._signature  # type: ignore[attr-defined]
+        return bound
 
 
 def _outside_branches(fn: Callable[P, Any]) -> Callable[P, Any]:
@@ -92,7 +110,12 @@ def _outside_branches(fn: Callable[P, Any]) -> Callable[P, Any]:
 
 
 class _WorkflowStarter:
-    """``start_workflow`` bound to a runtime (or to the active one)."""
+    """Start a workflow and return its handle once it is durably recorded.
+
+    ``DBOS.start_workflow(fn, *args, **kwargs)``: ``fn`` is a ``@DBOS.workflow``
+    function. On the class it uses the active runtime, on an instance its own.
+    Inside a workflow this starts a child workflow (one step of the parent).
+    """
 
     __slots__ = ("_runtime",)
 

@@ -38,7 +38,7 @@ __all__ = [
 
 
 class DBOSError(Exception):
-    """A dbos_async error."""
+    """The base of every error dbos_async raises on purpose."""
 
     def __init__(self, message: str | None = None) -> None:
         # The class docstring doubles as the default message.

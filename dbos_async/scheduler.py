@@ -89,7 +89,12 @@ def tick_workflow_id(schedule_name: str, tick: datetime) -> str:
 
 
 def scheduled(cron: str, catch_up: bool = False) -> Callable[[F], F]:
-    """Start the decorated workflow at every tick of ``cron`` (see ``DBOS.scheduled``).
+    """Start the decorated workflow at every tick of ``cron``, once across all runtimes.
+
+    Goes above ``@DBOS.workflow()``; the workflow takes ``(scheduled_at,
+    actual_at)``, both UTC datetimes. ``cron`` has 5 fields, or 6 with seconds
+    first. With ``catch_up``, ticks that passed while no runtime was up run
+    too, each once.
 
     Raises:
         ValueError: ``cron`` is invalid (raised here, at decoration).

@@ -36,7 +36,23 @@ def step(
     interval_seconds: float = 1.0,
     backoff_rate: float = 2.0,
 ) -> _StepDecorator:
-    """Declare a step (see ``DBOS.step``)."""
+    """Declare a step: its outcome is checkpointed, and replay returns it without running it.
+
+    Args:
+        name: The registered name (default: ``module.qualname``).
+        retries_allowed: Run the body again when it raises, up to
+            ``max_attempts`` runs in all, then raise ``MaxStepRetriesExceeded``.
+        max_attempts: Runs in all, with ``retries_allowed``.
+        interval_seconds: The wait before the first retry.
+        backoff_rate: Each later wait is this many times the one before.
+
+    A plain ``def`` runs in a worker thread. Called outside a workflow (or
+    inside a step) the function runs once, as a plain call.
+
+    Raises:
+        ValueError: ``max_attempts`` < 1, ``interval_seconds`` < 0 or
+            ``backoff_rate`` <= 0.
+    """
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
     if interval_seconds < 0 or backoff_rate <= 0:

@@ -48,7 +48,19 @@ class _AlreadyRecorded(Exception):
 def transaction(
     name: str | None = None, isolation: Isolation = "read committed"
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
-    """Declare a transaction (see ``DBOS.transaction``)."""
+    """Declare a transaction: its body and its checkpoint commit together, exactly once.
+
+    Args:
+        name: The registered name (default: ``module.qualname``).
+        isolation: ``"read committed"``, ``"repeatable read"`` or ``"serializable"``;
+            serialization failures and deadlocks are retried.
+
+    ``DBOS.connection`` is the transaction's asyncpg connection inside the body.
+
+    Raises:
+        ValueError: an unknown ``isolation``.
+        TypeError: the decorated function is not an ``async def``.
+    """
     if isolation not in _ISOLATION:
         raise ValueError(f"isolation must be one of {sorted(_ISOLATION)}, got {isolation!r}")
 

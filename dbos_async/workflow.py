@@ -57,7 +57,21 @@ class Outcome:
 def workflow(
     name: str | None = None, max_recovery_attempts: int = 100
 ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], Callable[P, Coroutine[Any, Any, R]]]:
-    """Declare a durable workflow (see ``DBOS.workflow``)."""
+    """Declare a durable workflow: an ``async def`` whose durable calls are checkpointed.
+
+    Args:
+        name: The registered name (default: ``module.qualname``); recovery
+            finds the function by it.
+        max_recovery_attempts: Recoveries allowed before the workflow is
+            marked MAX_RECOVERY_ATTEMPTS_EXCEEDED.
+
+    Calling the workflow runs it and returns its result; ``DBOS.start_workflow``
+    starts it in the background. ``SetWorkflowID`` makes a call idempotent.
+
+    Raises:
+        ValueError: ``max_recovery_attempts`` < 0.
+        TypeError: the decorated function is not an ``async def``.
+    """
     if max_recovery_attempts < 0:
         raise ValueError("max_recovery_attempts must be >= 0")
 
