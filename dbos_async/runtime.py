@@ -71,6 +71,24 @@ def active_runtime() -> Runtime:
     return _launched[-1]
 
 
+def _show_logs() -> None:
+    """Make the runtime's INFO and above visible when nothing else would show them.
+
+    Under a server that configures only its own loggers (uvicorn's default
+    setup), no handler reaches ``dbos_async`` and Python drops INFO. An app
+    that configured logging (any handler on the way to the root) is left as
+    it is.
+    """
+    package = logging.getLogger("dbos_async")
+    if package.hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package.addHandler(handler)
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)
+
+
 class State(enum.Enum):
     """Lifecycle of a runtime; each runtime launches at most once."""
 
@@ -345,17 +363,21 @@ class Runtime:
                     async with anyio.create_task_group() as group:
                         self._group = group
                         self.state = State.RUNNING
-                        await recover_pending(self)
+                        recovered = await recover_pending(self)
                         await group.start(checks.run)
                         await group.start(fleet.heartbeat_and_adopt, self)
                         await group.start(self.reconciler.run)
                         # Live (watching q:<queue>, sleeping until ticks) before launch returns.
                         await group.start(QueueWorker(self).run)
                         await group.start(Scheduler(self).run)
+                        _show_logs()
                         logger.info(
-                            "DBOS runtime launched (executor %s, app version %s)",
+                            "DBOS runtime launched (executor %s, app version %s,"
+                            " %d workflows recovered%s)",
                             self.executor_id,
                             self.app_version,
+                            recovered,
+                            " so far" if recovered else "",
                             extra={"action": "launch"},
                         )
                         started.set_result(None)

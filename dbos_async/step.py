@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
@@ -27,6 +28,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 StepDecorator = Callable[[Callable[P, Any]], Callable[P, Coroutine[Any, Any, Any]]]
+
+
+logger = logging.getLogger(__name__)
 
 
 def step(
@@ -180,8 +184,9 @@ async def _run_body(
 ) -> Any:
     """Run the body of a checkpointed step with its retry policy."""
     options = entry.options
+    attempts = options["attempts"]
     last: Exception | None = None
-    for attempt in range(options["attempts"]):
+    for attempt in range(attempts):
         if attempt:
             await anyio.sleep(options["interval"] * options["backoff"] ** (attempt - 1))
         try:
@@ -190,6 +195,17 @@ async def _run_body(
             return await _call_body(entry, args, kwargs, ctx.runtime.thread_limiter)
         except Exception as exc:
             last = exc
+            if attempt + 1 < attempts:
+                logger.warning(
+                    "step %s of workflow %s failed on attempt %d of %d (%r); retrying in %gs",
+                    entry.name,
+                    ctx.workflow_id,
+                    attempt + 1,
+                    attempts,
+                    exc,
+                    options["interval"] * options["backoff"] ** attempt,
+                    extra={"action": "step_retry", "workflow_id": ctx.workflow_id},
+                )
     assert last is not None
     if options["retries_allowed"] and not checkpoint.is_outage(last):  # no outcome: see failed
         raise MaxStepRetriesExceeded(entry.name, options["attempts"], last) from last

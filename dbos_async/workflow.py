@@ -449,6 +449,14 @@ async def _execute(
                 # Cancelled (or adopted) meanwhile: the row, not the function's
                 # result, says how it ended; waiters here read it.
                 outcome = Outcome(local=False)
+            elif outcome.error is not None:
+                logger.error(
+                    "workflow %s (%s) ended in ERROR: %r",
+                    ctx.workflow_id,
+                    entry.name,
+                    outcome.error,
+                    extra={"action": "workflow_error", "workflow_id": ctx.workflow_id},
+                )
     except FencedOff as fenced:
         # Adopted by another runtime, or cancelled: the row says what happened;
         # waiters here read it.
