@@ -45,6 +45,8 @@ Flush = Callable[[Connection, Sequence[Row]], Awaitable[Sequence[Result | BaseEx
 
 _RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0, 4.0)
 
+_CUT_OFF = object()  # a leader's outcome until its write returns
+
 
 class _Slot:
     """One writer: the right to use one connection, kept across batches."""
@@ -102,13 +104,15 @@ class GroupCommit(Generic[Row, Result]):
             # since the statement runs here). Under load something always is in
             # flight, and rows queue up to share a statement.
             slot = self._idle.pop()
-            outcome: Result | BaseException = self._abandoned()
+            outcome: Result | BaseException | object = _CUT_OFF
             async with self._shielded(slot):
                 try:
                     outcome = (await self._write(slot, [row]))[0]
                 finally:
                     self._idle.append(slot)
                     self._drain_soon()
+            if outcome is _CUT_OFF:  # the shutdown's bound ended the write
+                raise self._abandoned()
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome

@@ -89,6 +89,26 @@ def quick(dbos: DBOS) -> None:
     dbos._runtime.reconciler.settle_seconds = 0.1
 
 
+async def insert_stranded(
+    conn: Any, runtime: Runtime, workflow_id: str, name: str, inputs: str, fence: int = 0
+) -> Any:
+    """A PENDING row claimed by ``runtime`` that nothing runs: what a lost reply leaves."""
+    return await conn.fetchrow(
+        "INSERT INTO dbos_async.workflow_status (workflow_id, status, name, inputs, app_name,"
+        " app_version, executor_id, created_at, updated_at, branched_steps, claimed_by, fence)"
+        " VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, 0, 0, true, $7, $8)"
+        " RETURNING workflow_id, name, inputs, fence",
+        workflow_id,
+        name,
+        inputs,
+        runtime.app_name,
+        runtime.app_version,
+        runtime.executor_id,
+        runtime.instance_id,
+        fence,
+    )
+
+
 async def test_a_queue_claim_whose_reply_is_lost_still_runs_and_frees_its_slot(
     dbos: DBOS, queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,17 +162,8 @@ async def test_the_periodic_net_runs_what_no_error_reported(db_url: str) -> None
         quick(dbos)
         runtime = dbos._runtime
         async with runtime.connection() as conn:
-            await conn.execute(
-                "INSERT INTO dbos_async.workflow_status (workflow_id, status, name, inputs,"
-                " app_name, app_version, executor_id, created_at, updated_at, branched_steps,"
-                " claimed_by) VALUES ('stranded', 'PENDING', $1, $2, $3, $4, $5, 0, 0, true, $6)",
-                TASK,
-                serialization.encode_inputs(("stranded",), {}, TASK),
-                runtime.app_name,
-                runtime.app_version,
-                runtime.executor_id,
-                runtime.instance_id,
-            )
+            inputs = serialization.encode_inputs(("stranded",), {}, TASK)
+            await insert_stranded(conn, runtime, "stranded", TASK, inputs)
         handle = await dbos.retrieve_workflow("stranded")
         assert await handle.get_result(timeout=20) == "stranded"
     assert ran == ["stranded"]
@@ -208,16 +219,7 @@ async def test_a_stranded_workflow_not_registered_here_is_left_alone(dbos: DBOS)
     quick(dbos)
     runtime = dbos._runtime
     async with runtime.connection() as conn:
-        await conn.execute(
-            "INSERT INTO dbos_async.workflow_status (workflow_id, status, name, inputs,"
-            " app_name, app_version, executor_id, created_at, updated_at, branched_steps,"
-            " claimed_by) VALUES ('unknown', 'PENDING', 'elsewhere.only', '{}', $1, $2, $3,"
-            " 0, 0, true, $4)",
-            runtime.app_name,
-            runtime.app_version,
-            runtime.executor_id,
-            runtime.instance_id,
-        )
+        await insert_stranded(conn, runtime, "unknown", "elsewhere.only", "{}")
         # Not claimed again and again (each round would bump its fence and log).
         assert await runtime.reconciler.reconcile() == 0
         assert (
@@ -249,18 +251,8 @@ async def test_a_claim_slow_to_start_its_workflows_is_not_taken_for_a_lost_one(
         quick(dbos)
         runtime = dbos._runtime
         async with runtime.connection() as conn:
-            row = await conn.fetchrow(
-                "INSERT INTO dbos_async.workflow_status (workflow_id, status, name, inputs,"
-                " app_name, app_version, executor_id, created_at, updated_at, branched_steps,"
-                " claimed_by, fence) VALUES ('slow-start', 'PENDING', $1, $2, $3, $4, $5, 0, 0,"
-                " true, $6, 1) RETURNING workflow_id, name, inputs, fence",
-                TASK,
-                serialization.encode_inputs(("slow-start",), {}, TASK),
-                runtime.app_name,
-                runtime.app_version,
-                runtime.executor_id,
-                runtime.instance_id,
-            )
+            inputs = serialization.encode_inputs(("slow-start",), {}, TASK)
+            row = await insert_stranded(conn, runtime, "slow-start", TASK, inputs, fence=1)
             starting = asyncio.ensure_future(run_claimed(runtime, conn, [dict(row)]))
             await reading.wait()
             reconciling = asyncio.ensure_future(runtime.reconciler.reconcile())
