@@ -9,8 +9,10 @@ bound; nothing recorded is lost (the workflow stays PENDING and recovers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -39,18 +41,60 @@ async def frozen(conn: asyncpg.Connection) -> AsyncIterator[list[int]]:
     pids: list[int] = []
     yield pids
     for pid in pids:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def _stopped_idle(pid: int) -> bool:
+    """Wait for the kernel to stop the process; whether it stopped idle.
+
+    SIGSTOP takes effect at the process's next tick, within microseconds;
+    /proc is the only place that says when, and it has nothing to wait on.
+    "Idle" is the process title the backend sets before it reads the next
+    message: it holds no lock and is in no transaction. (pg_stat_activity
+    is no help: a Bind runs in a transaction while it still reads "idle".)
+    """
+    for _ in range(1000):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                # The state follows the command name, which is in parentheses.
+                stopped = stat.read().rsplit(")", 1)[1].split()[0] == "T"
+            if stopped:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    return cmdline.read().rstrip(b"\0 ").endswith(b" idle")
+        except FileNotFoundError:
+            return False  # gone: it closed its connection
+        time.sleep(0.0001)
+    raise AssertionError(f"backend {pid} did not stop")
 
 
 async def _freeze_runtime_backends(conn: asyncpg.Connection, pids: list[int]) -> None:
-    rows = await conn.fetch(
+    """SIGSTOP every backend of the runtime, each while it is idle.
+
+    A backend stopped mid-statement may hold a lock (or a lightweight lock in
+    shared memory) that every other backend, and every new connection, then
+    waits for: the whole server would hang, not just the runtime's
+    connections. So each is stopped, and kept stopped only if it was idle;
+    one caught working is continued and tried again.
+    """
+    query = (
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
         " AND application_name = 'dbos_async'"
     )
-    for row in rows:
-        os.kill(row["pid"], signal.SIGSTOP)
-        pids.append(row["pid"])
-    assert pids
+    with anyio.fail_after(10):
+        while True:
+            pending = [row["pid"] for row in await conn.fetch(query) if row["pid"] not in pids]
+            if pids and not pending:
+                return
+            for pid in pending:
+                pids.append(pid)  # the fixture continues it, whatever happens next
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                if not await anyio.to_thread.run_sync(_stopped_idle, pid):
+                    pids.remove(pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(0.01)  # let the ones caught working finish
 
 
 async def test_shutdown_returns_while_the_server_is_frozen(
