@@ -299,7 +299,10 @@ def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: st
 @_json_option
 @click.argument("workflow_id")
 def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
-    """Continue a CANCELLED or failed workflow from its last completed step."""
+    """Continue a CANCELLED, failed or stranded workflow from its last completed step.
+
+    Stranded: PENDING, but the runtime that claimed it is gone.
+    """
 
     async def run(
         client: DBOSClient,
@@ -310,10 +313,14 @@ def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: st
         return before.status, status, await _runners(client, status)
 
     before, status, runners = _with_client(database_url, schema, run)
+    # A stranded PENDING workflow is enqueued for a runtime of its version.
+    stranded = before is WorkflowStatusString.PENDING and status.status is not before
     if as_json:
         cli_output.print_json(status)
-    elif before in _RESUMABLE:
+    elif before in _RESUMABLE or stranded:
         cli_output.say(f"resumed {workflow_id} ({cli_output.waiting(status, runners)})")
+    elif before is WorkflowStatusString.PENDING:
+        cli_output.say(f"{workflow_id} is PENDING and its runtime is alive: nothing to resume")
     else:
         cli_output.say(f"{workflow_id} is {status.status.value}: nothing to resume")
 

@@ -147,13 +147,17 @@ class DBOS(metaclass=_DBOSMeta):
         app_name: The application's name.
         app_version: Recovery only resumes workflows of this version; None means
             ``$DBOS_APP_VERSION``, then a hash of the registered workflows' source.
-        executor_id: This process's identity for recovery; None means
-            ``$DBOS_EXECUTOR_ID``, then ``"local"``.
+        executor_id: Which workflows a restarted process looks after; None
+            means ``$DBOS_EXECUTOR_ID``, then ``"local"``. Many processes may
+            share it: none ever takes over another's live workflows (each
+            runtime is an instance of its own; see "How it works").
         schema: The Postgres schema holding the system tables.
         pool_size: Most connections to the system database.
         data_dir: Where the embedded Postgres keeps its data.
         lease_seconds: A runtime that has not heartbeat for this long is presumed
-            dead: a live runtime of the same app version adopts its PENDING workflows.
+            dead: a live runtime of the same app version adopts its PENDING
+            workflows (sooner when its process is seen to be gone). Infinite:
+            this runtime adopts nothing.
     """
 
     workflow = staticmethod(workflow_module.workflow)

@@ -1,80 +1,99 @@
-"""Fleet failover: heartbeats, and adopting the PENDING workflows of dead executors.
+"""Fleet failover: heartbeats, and adopting the PENDING workflows of gone instances.
 
-Every runtime refreshes its executor's heartbeat every ``lease_seconds / 3``
-and, as often, adopts PENDING workflows of its app version whose executor has
-not heartbeat for ``lease_seconds``. Adoption bumps each workflow's fence in
-the claiming statement, so exactly one runtime wins each workflow, and every
-later checkpoint of the old owner (which carries the old fence) writes nothing:
-a process that was only paused cannot corrupt the history when it wakes up.
+Every runtime instance refreshes its heartbeat (its own row in ``instances``
+and its executor's in ``executors``) every ``lease_seconds / 3``, and as
+often adopts PENDING workflows of its app version, of any executor, whose
+instance is gone: not heartbeat for ``lease_seconds``, or its advisory lock
+free for a settle period (see recovery.py). Adoption bumps each workflow's
+fence in the claiming statement, so exactly one runtime wins each workflow,
+and every later checkpoint of the old owner (which carries the old fence)
+writes nothing: a process that was only paused cannot corrupt the history
+when it wakes up.
+
+With an infinite lease nothing is adopted; the heartbeat still runs (every
+``IDLE_HEARTBEAT_SECONDS``), so that the instance's row is not taken for a
+long-dead one's.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
 
-from dbos_async.clock import now_ms
-from dbos_async.recovery import run_claimed, split_exhausted
+from dbos_async.recovery import (
+    LOCK_SETTLE_SECONDS,
+    RECOVERY_BATCH,
+    Suspects,
+    claim_batch,
+    proven_gone,
+)
 from dbos_async.systemdb import executors as executors_table
-from dbos_async.systemdb import workflows as wf_table
+from dbos_async.systemdb.executors import Suspect
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
-ADOPT_BATCH = 500
-"""Most workflows adopted per round; the next round takes the rest."""
+IDLE_HEARTBEAT_SECONDS = 10.0
+"""The heartbeat's period when the lease is infinite (nothing is adopted then)."""
 
 
 async def heartbeat_and_adopt(
     runtime: Runtime, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Heartbeat now, then every lease/3 heartbeat again and adopt orphans; runs until cancelled."""
+    """Every lease/3 heartbeat and adopt orphans; runs until cancelled.
+
+    The first heartbeat is the launch's (it registers the instance).
+    """
     lease = runtime.config.lease_seconds
-    await _heartbeat(runtime)
+    adopting = not math.isinf(lease)
     task_status.started()
-    if math.isinf(lease):
-        return
+    suspects: Suspects = []
+    seen_at = 0.0
     while True:
-        await anyio.sleep(lease / 3)
+        await anyio.sleep(lease / 3 if adopting else IDLE_HEARTBEAT_SECONDS)
         try:
-            await _heartbeat(runtime)
-            while await adopt_orphans(runtime) == ADOPT_BATCH:
+            await heartbeat(runtime)
+            if not adopting:
+                continue
+            ready: list[Suspect] = []
+            # Suspects count once they have stayed lockless a settle period;
+            # one whose process this host can see is gone counts at once.
+            aged = time.monotonic() - seen_at >= LOCK_SETTLE_SECONDS
+            if aged or not suspects:
+                ready = list(suspects) if aged else []
+                async with runtime.connection() as conn:
+                    suspects = await executors_table.select_lockless_instances(
+                        conn, runtime.instance
+                    )
+                seen_at = time.monotonic()
+                ready += [s for s in suspects if proven_gone(s)]
+            while await adopt_orphans(runtime, ready) == RECOVERY_BATCH:
                 pass
         except Exception as exc:  # a lost database (or a bug) must not stop the runtime
             runtime.reconciler.request()  # an adoption may have committed
             logger.warning("heartbeat failed: %r", exc, extra={"action": "heartbeat"})
 
 
-async def _heartbeat(runtime: Runtime) -> None:
+async def heartbeat(runtime: Runtime) -> None:
+    """Record that this instance and its executor are alive. One round trip."""
     async with runtime.connection() as conn:
-        await executors_table.upsert_heartbeat(
-            conn, runtime.executor_id, runtime.app_name, runtime.app_version
-        )
+        await executors_table.upsert_heartbeat(conn, runtime.instance)
 
 
-async def adopt_orphans(runtime: Runtime) -> int:
+async def adopt_orphans(runtime: Runtime, suspects: Suspects) -> int:
     """Adopt one batch of orphaned workflows and run them here; returns how many were claimed."""
-    async with runtime.connection() as conn:
-        rows = await executors_table.adopt_orphaned_workflows(
-            conn,
-            runtime.executor_id,
-            runtime.app_version,
-            int(runtime.config.lease_seconds * 1000),
-            now_ms(),
-            ADOPT_BATCH,
-            runtime.instance_id,
+    claimed, _ = await claim_batch(runtime, suspects, only_executor=None)
+    if claimed:
+        logger.info(
+            "adopted %d workflows of gone runtime instances",
+            claimed,
+            extra={"action": "adopt"},
         )
-        if not rows:
-            return 0
-        runnable, exhausted = split_exhausted(rows)
-        if exhausted:
-            await wf_table.mark_max_recovery_exceeded(conn, exhausted, now_ms())
-        await run_claimed(runtime, conn, runnable)
-    logger.info("adopted %d workflows of dead executors", len(rows), extra={"action": "adopt"})
-    return len(rows)
+    return claimed

@@ -248,6 +248,9 @@ async def cancel_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None 
 async def resume_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None = None) -> None:
     """Continue a CANCELLED, ERROR or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow.
 
+    Also a stranded PENDING one: the runtime instance that claimed it is gone
+    (it does not hold its lock), and none of its app version took it over.
+
     It replays from the start, returning its recorded steps, so it goes on
     from its last completed step, with no deadline. A workflow of a queue is
     enqueued there again, so the queue's limits hold; any other runs on

@@ -26,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
-import asyncpg
 from anyio.abc import TaskStatus
 
+from dbos_async.systemdb.pool import SystemConnection, connect
 from dbos_async.systemdb.queries import statements
 
 logger = logging.getLogger(__name__)
@@ -69,8 +69,21 @@ class Watch:
 class Listener:
     """The runtime's notification listener; see the module docstring."""
 
-    def __init__(self, database_url: str, channel: str, name: str = "dbos_async listener") -> None:
+    def __init__(
+        self,
+        database_url: str,
+        channel: str,
+        name: str = "dbos_async listener",
+        on_connect: Callable[[SystemConnection], Awaitable[None]] | None = None,
+    ) -> None:
+        """Listen on ``channel``, the system schema's name.
+
+        ``on_connect`` runs on each new connection before it LISTENs (the
+        runtime takes its instance lock there: the lock lives exactly as long
+        as the connection).
+        """
         self._url = database_url
+        self._on_connect = on_connect
         self._channel = channel
         self._name = name  # its application_name, for operators (and tests) to find it
         self._watches: dict[tuple[str, str | None], set[Watch]] = {}
@@ -140,11 +153,11 @@ class Listener:
         attempt = 0
         started = False
         while True:
-            conn: asyncpg.Connection[asyncpg.Record] | None = None
+            conn: SystemConnection | None = None
             try:
-                conn = await asyncpg.connect(
-                    self._url, server_settings={"application_name": self._name}
-                )
+                conn = await connect(self._url, schema=self._channel, application_name=self._name)
+                if self._on_connect is not None:
+                    await self._on_connect(conn)
                 self._lost.clear()
                 conn.add_termination_listener(lambda _c: self._lost.set())
                 await conn.add_listener(self._channel, self._on_notify)
@@ -180,7 +193,7 @@ class Listener:
                     with anyio.CancelScope(shield=True):
                         await _close_quietly(conn)
 
-    async def _supervise(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    async def _supervise(self, conn: SystemConnection) -> None:
         """Return (by raising) when the connection is lost; probe it now and then."""
         while True:
             with anyio.move_on_after(_HEALTH_CHECK_SECONDS):
@@ -195,7 +208,7 @@ class Listener:
             self.fire(kind, key)
 
 
-async def _close_quietly(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+async def _close_quietly(conn: SystemConnection) -> None:
     try:
         await asyncio.wait_for(conn.close(), timeout=2)
     except Exception:

@@ -1,17 +1,32 @@
-"""Recovery: resume this executor's PENDING workflows of the current app version.
+"""Recovery: claim and resume PENDING workflows whose runtime instance is gone.
 
-A batch at a time, so that neither launch nor memory grows with the number
-of PENDING workflows: launch claims and starts the first ``RECOVERY_BATCH``,
-and a task of the runtime recovers the rest, one batch after another. Each
-batch is two round trips: one claims it (counting a recovery attempt on each
-workflow, and bumping its fence), one reads its workflows' recorded steps.
-Each workflow then replays from the start, returning recorded step outcomes
-until it reaches the first step that never completed.
+Every PENDING workflow is claimed by one runtime instance (``claimed_by``),
+the one that runs it. Several processes may share an executor ID (uvicorn
+workers, scripts, containers: all "local" by default), so a workflow is
+taken over only when its instance is gone, never because it shares this
+executor ID. An instance is gone when it has not heartbeat for the lease, or
+when its advisory lock (held by its listener connection for its whole life)
+has been free for ``LOCK_SETTLE_SECONDS``; a runtime that shuts down cleanly
+deletes its row, which says so at once. (0008_instances.sql, fleet.py.)
+
+At launch, the executor's workflows whose instance is known gone are
+claimed and started before launch returns, the first ``RECOVERY_BATCH`` of
+them; a task of the runtime claims the rest, then, once the settle period
+has passed, those of instances whose lock was free at launch (a process
+that was killed a moment ago). The periodic round in fleet.py adopts the
+orphans of any executor of this app version the same way.
+
+Each batch is two round trips: one claims it (counting a recovery attempt on
+each workflow and bumping its fence), one reads its workflows' recorded
+steps. Each workflow then replays from the start, returning recorded step
+outcomes until it reaches the first step that never completed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +35,7 @@ import anyio
 from dbos_async import registry, serialization
 from dbos_async.clock import now_ms
 from dbos_async.errors import SerializationError
+from dbos_async.systemdb import executors as executors_table
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.pool import Connection
@@ -31,65 +47,128 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RECOVERY_BATCH = 500
-"""Most workflows claimed, and whose steps are read, per batch (as ADOPT_BATCH in fleet.py)."""
+"""Most workflows claimed, and whose steps are read, per batch."""
 
 RETRY_SECONDS = (1.0, 30.0)
 """The first and the longest wait before claiming again after a batch failed."""
 
+LOCK_SETTLE_SECONDS = 3.0
+"""How long an instance's lock must stay free before the instance counts as gone.
+
+A live instance whose listener connection dropped takes its lock again as it
+reconnects (the first reconnects come within two seconds); a process that
+exited never does.
+"""
+
+Suspects = Sequence[executors_table.Suspect]
+"""Instances seen with their lock free."""
+
+
+def _host_key() -> str | None:
+    """The kernel (boot ID) and pid namespace this process runs in; None off Linux."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{boot_id}/{namespace}"
+
+
+HOST_KEY = _host_key()
+"""Read once, at import: the event loop never waits on /proc."""
+
+
+def proven_gone(suspect: executors_table.Suspect) -> bool:
+    """Whether a lockless instance is gone for sure: its process does not exist.
+
+    Only a process in this kernel and pid namespace can tell (a hostname is
+    no proof: containers may share one). A pid taken by another process since
+    proves nothing, and the suspect waits out the settle period.
+    """
+    if HOST_KEY is None or suspect.host_key != HOST_KEY:
+        return False
+    try:
+        os.kill(suspect.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, under another user
+        return False
+    return False
+
 
 async def recover_pending(runtime: Runtime) -> int:
-    """Start the first batch of recoverable workflows; returns how many were started.
+    """Start the first batch of this executor's orphaned workflows; returns how many started.
 
     The rest are recovered by a task of the runtime's workflow group, one batch
     after the other has started (not finished): each batch's workflows run
     while the next is claimed and read.
     """
-    claimed, started, watermark = await recover_batch(runtime, None)
-    if claimed:
-        runtime.workflow_group.start_soon(_recover_rest, runtime, watermark)
+    async with runtime.connection() as conn:
+        suspects = await executors_table.select_lockless_instances(conn, runtime.instance)
+    # A predecessor on this host whose process is gone (a restart) is
+    # recovered now; the rest once they stay lockless for the settle period.
+    gone = [s for s in suspects if proven_gone(s)]
+    waiting = [s for s in suspects if s not in gone]
+    claimed, started = await claim_batch(runtime, gone, only_executor=runtime.executor_id)
+    if claimed or waiting:
+        runtime.workflow_group.start_soon(_recover_rest, runtime, gone, claimed > 0, waiting)
     return started
 
 
-async def recover_batch(runtime: Runtime, watermark: int | None) -> tuple[int, int, int | None]:
-    """Claim, read and start one batch. Two round trips.
+async def claim_batch(
+    runtime: Runtime, suspects: Suspects, *, only_executor: str | None
+) -> tuple[int, int]:
+    """Claim, read and start one batch of orphaned workflows. Two round trips.
 
-    ``watermark`` is None for a recovery's first batch (see the query
-    ``claim_recoverable_workflows``). Returns how many workflows were claimed
-    and started, and the watermark for the next batches.
+    ``suspects``: instances seen with their lock free at least
+    ``LOCK_SETTLE_SECONDS`` ago. ``only_executor``: that executor's workflows
+    only (None: any executor's). Returns how many workflows were claimed and
+    how many started.
     """
+    lease = runtime.config.lease_seconds
     async with runtime.connection() as conn:
-        rows = await wf_table.claim_recoverable_workflows(
+        rows = await executors_table.claim_orphaned_workflows(
             conn,
-            runtime.executor_id,
-            runtime.app_version,
-            now_ms(),
-            runtime.instance_id,
-            RECOVERY_BATCH,
-            watermark,
+            runtime.instance,
+            only_executor=only_executor,
+            lease_ms=None if math.isinf(lease) else int(lease * 1000),
+            suspects=suspects,
+            now_ms=now_ms(),
+            limit=RECOVERY_BATCH,
         )
         if not rows:
-            return 0, 0, watermark
+            return 0, 0
         runnable, exhausted = split_exhausted(rows)
         if exhausted:
             await wf_table.mark_max_recovery_exceeded(conn, exhausted, now_ms())
         started = await run_claimed(runtime, conn, runnable)
     logger.info("recovering %d workflows", started, extra={"action": "recover"})
-    return len(rows), started, rows[0]["watermark"]
+    return len(rows), started
 
 
-async def _recover_rest(runtime: Runtime, watermark: int | None) -> None:
-    """Recover batch after batch until a claim finds nothing left.
+async def _recover_rest(runtime: Runtime, gone: Suspects, more: bool, suspects: Suspects) -> None:
+    """Recover batch after batch until a claim finds nothing left; then the suspects'.
 
-    Each batch leaves the rows it claimed out of the next (they are claimed
-    by this instance), so this ends. A batch that fails is claimed again
-    later (a lost database must not leave workflows unrecovered until the
-    next launch); if its claim had committed, the reconciler runs those rows.
+    Each batch's rows are claimed by this instance, so the next leaves them
+    out, and this ends. A batch that fails is claimed again later (a lost
+    database must not leave workflows unrecovered until the next launch); if
+    its claim had committed, the reconciler runs those rows.
     """
+    if more:
+        await _claim_until_empty(runtime, gone)
+    if suspects:
+        await anyio.sleep(LOCK_SETTLE_SECONDS)
+        await _claim_until_empty(runtime, suspects)
+    logger.info("recovery done", extra={"action": "recovered"})
+
+
+async def _claim_until_empty(runtime: Runtime, suspects: Suspects) -> None:
     first, longest = RETRY_SECONDS
     delay = first
     while True:
         try:
-            claimed, _, watermark = await recover_batch(runtime, watermark)
+            claimed, _ = await claim_batch(runtime, suspects, only_executor=runtime.executor_id)
         except Exception as exc:
             runtime.reconciler.request()  # the claim may have committed
             logger.warning(
@@ -102,7 +181,6 @@ async def _recover_rest(runtime: Runtime, watermark: int | None) -> None:
             delay = min(delay * 2, longest)
             continue
         if not claimed:
-            logger.info("recovery done", extra={"action": "recovered"})
             return
         delay = first
 

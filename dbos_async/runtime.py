@@ -15,6 +15,8 @@ import contextvars
 import enum
 import logging
 import os
+import secrets
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,9 +32,10 @@ from dbos_async.errors import DBOSError
 from dbos_async.notifications import Listener
 from dbos_async.queue_worker import QueueWorker
 from dbos_async.reconcile import Reconciler
-from dbos_async.recovery import recover_pending
+from dbos_async.recovery import HOST_KEY, recover_pending
 from dbos_async.scheduler import Scheduler
 from dbos_async.streams import Announcer
+from dbos_async.systemdb import executors as executors_table
 from dbos_async.systemdb import queues as queues_table
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
@@ -42,6 +45,7 @@ from dbos_async.systemdb.pool import (
     COMMAND_TIMEOUT_SECONDS,
     Pool,
     PooledConnection,
+    SystemConnection,
     acquire,
     create_pool,
 )
@@ -145,6 +149,10 @@ def resolve_config(
     )
 
 
+FORGET_SECONDS = 2.0
+"""Longest shutdown spends deleting the instance's row."""
+
+
 class Runtime:
     """Everything one ``DBOS`` instance runs; see the module docstring."""
 
@@ -153,9 +161,11 @@ class Runtime:
         self.state = State.NEW
         self.app_name = config.app_name
         self.executor_id = config.executor_id
-        # This process's runtime, among any that share its executor ID: what
-        # it claims carries this (claimed_by), so it reconciles only its own.
+        # This runtime, among any that share its executor ID (in this process
+        # or others): what it claims carries this (claimed_by), and no other
+        # instance takes it while this one lives (recovery.py).
         self.instance_id = uuid.uuid4().hex
+        self._instance: executors_table.Instance | None = None
         self.reconciler = Reconciler(self)
         self.app_version = config.app_version or ""
         self.database_url = ""
@@ -190,6 +200,12 @@ class Runtime:
         self._check_running()
         assert self._pool is not None
         return self._pool
+
+    @property
+    def instance(self) -> executors_table.Instance:
+        """What this runtime instance records about itself (set at launch)."""
+        assert self._instance is not None, "the runtime has not registered yet"
+        return self._instance
 
     @property
     def listener(self) -> Listener:
@@ -302,8 +318,21 @@ class Runtime:
                 max_size=self.config.pool_size,
                 command_timeout=self.command_timeout,
             )
-            async with self._pool.acquire() as conn:
+            self._instance = executors_table.Instance(
+                instance_id=self.instance_id,
+                executor_id=self.executor_id,
+                app_name=self.app_name,
+                app_version=self.app_version,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                lock_key=secrets.randbits(63),  # a bigint advisory lock key; see 0008
+                host_key=HOST_KEY,
+            )
+            async with acquire(self._pool) as conn:
                 await migrate(conn, self.config.schema)
+                # Registered before anything is claimed, and before the listener
+                # takes the lock that says the instance lives.
+                await executors_table.upsert_heartbeat(conn, self._instance)
             self.thread_limiter = anyio.CapacityLimiter(40)
             writers = 2 if self.config.pool_size >= 8 else 1  # per kind; each holds a connection
             self.workflow_writer = GroupCommit(
@@ -348,6 +377,7 @@ class Runtime:
                 self.database_url,
                 channel=self.config.schema,
                 name=f"dbos_async listener {self.executor_id}"[:63],
+                on_connect=self._hold_instance_lock,
             )
             # Hints only: the rows are re-read before anything is stopped.
             checks = workflow.RowChecks(self)
@@ -402,10 +432,35 @@ class Runtime:
             raise
         finally:
             self.state = State.STOPPING
+            await self._forget_instance()
             await self._close_pools()
             self.local.clear()
             self.state = State.STOPPED
             logger.info("DBOS runtime stopped", extra={"action": "shutdown"})
+
+    async def _hold_instance_lock(self, conn: SystemConnection) -> None:
+        await executors_table.lock_instance(conn, self.instance)
+
+    async def _forget_instance(self) -> None:
+        """Delete this instance's row: its PENDING workflows are orphans at once.
+
+        Its workflows have stopped, so a successor (or a sibling's next round)
+        takes them over without waiting for the lock's settle period. If the
+        database cannot be reached, the lock (gone with the connection) says
+        the same a little later.
+        """
+        if self._pool is None or self._instance is None:
+            return
+        # Short: a server that stopped answering must not hold shutdown (the
+        # freed lock tells the same a little later).
+        with anyio.move_on_after(min(self.shutdown_grace, FORGET_SECONDS), shield=True):
+            try:
+                async with acquire(self._pool) as conn:
+                    await executors_table.forget_instance(conn, self._instance)
+            except Exception as exc:
+                logger.warning(
+                    "could not deregister this runtime: %r", exc, extra={"action": "shutdown"}
+                )
 
     def _bound_writes(self) -> None:
         self.shields.bound(self.shutdown_grace)

@@ -14,6 +14,19 @@
 -- column executors.app_version text NOT NULL
 -- column executors.executor_id text NOT NULL
 -- column executors.heartbeat_at bigint NOT NULL
+-- column held_advisory_locks.lock_key bigint
+-- column held_advisory_locks.pid integer
+-- column instances.app_name text NOT NULL
+-- column instances.app_version text NOT NULL
+-- column instances.executor_id text NOT NULL
+-- column instances.heartbeat_at bigint NOT NULL
+-- column instances.host_key text
+-- column instances.hostname text NOT NULL
+-- column instances.instance_id text NOT NULL
+-- column instances.lock_key bigint NOT NULL
+-- column instances.locked_at bigint
+-- column instances.pid integer NOT NULL
+-- column instances.started_at bigint NOT NULL
 -- column messages.consumed_at bigint
 -- column messages.created_at bigint NOT NULL
 -- column messages.destination_id text NOT NULL
@@ -74,6 +87,7 @@
 -- constraint branch_outputs branch_outputs_branch_check CHECK ((branch <> ''::text))
 -- constraint branch_outputs branch_outputs_pkey PRIMARY KEY (workflow_id, branch, step_id)
 -- constraint executors executors_pkey PRIMARY KEY (executor_id)
+-- constraint instances instances_pkey PRIMARY KEY (instance_id)
 -- constraint messages messages_idempotency_key_key UNIQUE (idempotency_key)
 -- constraint messages messages_pkey PRIMARY KEY (message_id)
 -- constraint operation_outputs operation_outputs_pkey PRIMARY KEY (workflow_id, step_id)
@@ -96,6 +110,7 @@
 -- index CREATE INDEX workflow_status_status_created_at_idx ON workflow_status USING btree (status, created_at)
 -- index CREATE UNIQUE INDEX branch_outputs_pkey ON branch_outputs USING btree (workflow_id, branch, step_id)
 -- index CREATE UNIQUE INDEX executors_pkey ON executors USING btree (executor_id)
+-- index CREATE UNIQUE INDEX instances_pkey ON instances USING btree (instance_id)
 -- index CREATE UNIQUE INDEX messages_idempotency_key_key ON messages USING btree (idempotency_key)
 -- index CREATE UNIQUE INDEX messages_pkey ON messages USING btree (message_id)
 -- index CREATE UNIQUE INDEX operation_outputs_pkey ON operation_outputs USING btree (workflow_id, step_id)

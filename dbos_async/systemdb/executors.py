@@ -1,45 +1,122 @@
-"""The ``executors`` table: heartbeats, and adoption of a dead executor's workflows."""
+"""The ``executors`` and ``instances`` tables: heartbeats, liveness, and claiming orphans."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dbos_async.systemdb.pool import Connection, record_dict
 from dbos_async.systemdb.queries import q
 
 
-async def upsert_heartbeat(
-    conn: Connection, executor_id: str, app_name: str, app_version: str
-) -> None:
-    """Record that this executor is alive, by the database's clock. One round trip."""
-    await conn.execute(q(conn, "upsert_heartbeat"), executor_id, app_name, app_version)
+@dataclass(frozen=True)
+class Instance:
+    """What a runtime instance records about itself (see 0008_instances.sql)."""
+
+    instance_id: str
+    executor_id: str
+    app_name: str
+    app_version: str
+    hostname: str
+    pid: int
+    lock_key: int
+    host_key: str | None
 
 
-async def adopt_orphaned_workflows(
+async def upsert_heartbeat(conn: Connection, me: Instance) -> None:
+    """Record that this instance (and its executor) is alive, by the database's clock.
+
+    One round trip; it also deletes the rows of instances gone for a day.
+    """
+    await conn.execute(
+        q(conn, "upsert_heartbeat"),
+        me.instance_id,
+        me.executor_id,
+        me.app_name,
+        me.app_version,
+        me.hostname,
+        me.pid,
+        me.lock_key,
+        me.host_key,
+    )
+
+
+async def lock_instance(conn: Connection, me: Instance) -> None:
+    """Take this instance's advisory lock for the session of ``conn``.
+
+    One round trip, unless an earlier session of this instance (one the
+    server still thinks alive) holds it: that session is ended first.
+
+    Raises:
+        ConnectionError: the lock stayed held by another session.
+    """
+    if await conn.fetchval(q(conn, "lock_instance"), me.instance_id, me.lock_key):
+        return
+    await conn.fetchval(q(conn, "free_instance_lock"), me.lock_key, FREE_LOCK_WAIT_MS)
+    if not await conn.fetchval(q(conn, "lock_instance"), me.instance_id, me.lock_key):
+        raise ConnectionError("another session holds this runtime instance's lock")
+
+
+FREE_LOCK_WAIT_MS = 5000
+"""How long to wait for an earlier session holding the instance lock to exit."""
+
+
+async def forget_instance(conn: Connection, me: Instance) -> None:
+    """Delete this instance's row (it shut down). One round trip."""
+    await conn.execute(q(conn, "forget_instance"), me.instance_id)
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """An instance seen with its lock free."""
+
+    instance_id: str
+    locked_at: int | None  # as seen then: a reconnect changes it
+    host_key: str | None
+    pid: int
+
+
+async def select_lockless_instances(conn: Connection, me: Instance) -> list[Suspect]:
+    """Other instances whose lock nobody holds. One round trip."""
+    rows = await conn.fetch(q(conn, "select_lockless_instances"), me.instance_id)
+    return [Suspect(r["instance_id"], r["locked_at"], r["host_key"], r["pid"]) for r in rows]
+
+
+async def claim_orphaned_workflows(
     conn: Connection,
-    executor_id: str,
-    app_version: str,
-    lease_ms: int,
+    me: Instance,
+    *,
+    only_executor: str | None,
+    lease_ms: int | None,
+    suspects: Sequence[Suspect],
     now_ms: int,
     limit: int,
-    instance: str,
 ) -> list[dict[str, Any]]:
-    """Claim PENDING workflows whose executor has not heartbeat for ``lease_ms``. One round trip.
+    """Claim PENDING workflows of this app version whose claiming instance is gone.
 
-    The lease is measured on the database's clock, like the heartbeats.
+    ``only_executor``: only that executor's workflows (None: any executor's).
+    ``lease_ms``: an instance that has not heartbeat for this long is gone
+    (None: never by its heartbeat). ``suspects``: instances seen with their
+    lock free a settle period ago, with the locked_at seen then; each whose
+    lock is still free, with that locked_at, is gone. See the query.
 
     Each returned row (``workflow_id``, ``name``, ``inputs``,
-    ``recovery_attempts``, ``deadline_epoch_ms``, ``fence``) now belongs to
-    ``executor_id`` (runtime ``instance``) under its new fence.
+    ``recovery_attempts``, ``deadline_epoch_ms``, ``fence``,
+    ``branched_steps``) now belongs to this instance under its new fence.
+    One round trip.
     """
     rows = await conn.fetch(
-        q(conn, "adopt_orphaned_workflows"),
-        executor_id,
-        app_version,
+        q(conn, "claim_orphaned_workflows"),
+        only_executor,
+        me.app_version,
         lease_ms,
         now_ms,
         limit,
-        instance,
+        me.instance_id,
+        [s.instance_id for s in suspects],
+        [s.locked_at for s in suspects],
+        me.executor_id,
     )
     return [record_dict(r) for r in rows]
 

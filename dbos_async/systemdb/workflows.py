@@ -143,34 +143,6 @@ async def select_workflow_outcome(conn: Connection, workflow_id: str) -> dict[st
     return None if row is None else record_dict(row)
 
 
-async def claim_recoverable_workflows(
-    conn: Connection,
-    executor_id: str,
-    app_version: str,
-    now_ms: int,
-    instance: str,
-    limit: int,
-    watermark: int | None = None,
-) -> list[dict[str, Any]]:
-    """Claim for ``instance`` up to ``limit`` of this executor's PENDING workflows, oldest first.
-
-    Counts a recovery attempt on each and bumps its fence. Rows ``instance``
-    claimed before, and rows updated after ``watermark``, are left alone (see
-    the query). ``watermark`` is None on a recovery's first batch, whose rows
-    each carry the one later batches pass. One round trip.
-    """
-    rows = await conn.fetch(
-        q(conn, "claim_recoverable_workflows"),
-        executor_id,
-        app_version,
-        now_ms,
-        instance,
-        limit,
-        watermark,
-    )
-    return [record_dict(r) for r in rows]
-
-
 async def mark_max_recovery_exceeded(
     conn: Connection, workflow_ids: Sequence[str], now_ms: int
 ) -> None:

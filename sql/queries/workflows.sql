@@ -109,56 +109,6 @@ SELECT * FROM {schema}.workflow_status WHERE workflow_id = $1;
 -- Status, output and error of workflow $1 (what get_result waits for).
 SELECT status, name, output, error FROM {schema}.workflow_status WHERE workflow_id = $1;
 
--- name: claim_recoverable_workflows
--- Claim for runtime instance $4 up to $5 PENDING workflows of executor $1 and
--- app version $2, oldest first: count one more recovery attempt on each and
--- bump its fence (an earlier process of this executor that is somehow still
--- running is cut off). Returns them with their inputs, and the watermark.
--- Recovery claims a batch at a time (recovery.py), until a claim is empty. What
--- it recovers is what was PENDING here when it began, as if claimed at once:
--- * Not rows claimed by $4. That is everything this instance claimed, by any
---   means (an earlier batch of this run, a start, a dequeue, an adoption, a
---   resume): it runs them, or reconcile.py runs them again, and claiming one
---   would bump the fence under a live execution and stop it.
--- * Not rows updated after the first batch's snapshot ($6, the watermark: NULL
---   on the first batch, which takes the newest updated_at among the rows it
---   could claim then, and returns it). Every claim (and every status change)
---   sets updated_at, so a row another process claimed since, such as a
---   sibling sharing this executor ID that launched meanwhile, stays with it;
---   without this, two such runtimes would take each other's batches back and
---   forth until every row ran out of recovery attempts. It is a value read
---   from the rows, not this host's clock: a host whose clock runs behind
---   still recovers every row a faster one left.
--- FOR UPDATE without SKIP LOCKED: a row a concurrent statement holds (a
--- cancel, an adoption) is waited for and re-checked, not skipped, so an empty
--- claim means nothing is left. (A re-checked row that no longer qualifies
--- leaves its slot empty: a short batch does not mean the last one.)
--- A workflow recorded by an earlier release that has recorded no step yet has
--- no flat-numbered history to stay compatible with: its claim switches it to
--- branch IDs (branched_steps, 0006_branches.sql).
-WITH mark AS (
-    SELECT COALESCE($6::int8, (
-        SELECT max(updated_at) FROM {schema}.workflow_status
-        WHERE executor_id = $1 AND app_version = $2 AND status = 'PENDING'
-          AND claimed_by IS DISTINCT FROM $4)) AS watermark),
-batch AS (
-    SELECT w.workflow_id
-    FROM {schema}.workflow_status AS w, mark
-    WHERE w.executor_id = $1 AND w.app_version = $2 AND w.status = 'PENDING'
-      AND w.claimed_by IS DISTINCT FROM $4 AND w.updated_at <= mark.watermark
-    ORDER BY w.created_at, w.workflow_id
-    LIMIT $5
-    FOR UPDATE OF w)
-UPDATE {schema}.workflow_status AS w
-SET recovery_attempts = w.recovery_attempts + 1, updated_at = $3, fence = w.fence + 1,
-    claimed_by = $4,
-    branched_steps = w.branched_steps OR NOT EXISTS (
-        SELECT 1 FROM {schema}.operation_outputs AS o WHERE o.workflow_id = w.workflow_id)
-FROM batch, mark
-WHERE w.workflow_id = batch.workflow_id AND w.status = 'PENDING'
-RETURNING w.workflow_id, w.name, w.inputs, w.recovery_attempts, w.deadline_epoch_ms, w.fence,
-          w.branched_steps, mark.watermark;
-
 -- name: mark_max_recovery_exceeded
 -- Give up on workflows $1 that were recovered too many times.
 UPDATE {schema}.workflow_status
@@ -166,8 +116,10 @@ SET status = 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', updated_at = $2
 WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 
 -- name: resume_workflow
--- Put a CANCELLED, ERROR or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow $1 back to
--- work from its last completed step, with its deadline and recovery count
+-- Put a CANCELLED, ERROR or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow $1, or a
+-- stranded PENDING one (the runtime instance that claimed it does not hold its
+-- lock: it is gone, see 0008_instances.sql), back to work from its last
+-- completed step, with its deadline and recovery count
 -- cleared. A workflow of a user queue goes back to ENQUEUED on that queue, so
 -- the queue's limits still hold; any other is claimed by executor $2 (PENDING,
 -- app version $3, runtime instance $6) or, when $2 is NULL, ENQUEUED on the internal queue $4. An
@@ -176,8 +128,14 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 -- Announces q:<queue> when it enqueues. Returns the status it had and, if it
 -- changed, its name, inputs, fence and new status; no row if absent.
 WITH old AS (
-    SELECT workflow_id, status, queue_name FROM {schema}.workflow_status WHERE workflow_id = $1
-    FOR UPDATE),
+    SELECT w.workflow_id, w.status, w.queue_name,
+           w.status = 'PENDING' AND NOT EXISTS (
+               SELECT 1 FROM {schema}.instances AS i
+               WHERE i.instance_id = w.claimed_by
+                 AND i.lock_key IN (SELECT lock_key FROM {schema}.held_advisory_locks)
+           ) AS stranded
+    FROM {schema}.workflow_status AS w WHERE w.workflow_id = $1
+    FOR UPDATE OF w),
 target AS (
     SELECT old.workflow_id, old.status = 'ENQUEUED' AS bypass,
            CASE WHEN old.status <> 'ENQUEUED' AND old.queue_name IS NOT NULL
@@ -185,7 +143,8 @@ target AS (
                 WHEN $2::text IS NULL THEN $4
            END AS queue_name  -- NULL: claimed by $2
     FROM old
-    WHERE old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', 'ENQUEUED')),
+    WHERE old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', 'ENQUEUED')
+       OR old.stranded),
 changed AS (
     UPDATE {schema}.workflow_status AS w
     SET status = CASE WHEN t.queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END,
@@ -200,7 +159,7 @@ changed AS (
     WHERE w.workflow_id = t.workflow_id
     RETURNING w.workflow_id, w.name, w.inputs, w.fence, w.status, w.queue_name,
               w.branched_steps)
-SELECT old.status, changed.workflow_id, changed.name, changed.inputs, changed.fence,
+SELECT old.status, old.stranded, changed.workflow_id, changed.name, changed.inputs, changed.fence,
        changed.branched_steps, changed.status AS new_status,
        (SELECT count(pg_notify('{schema}', 'q:' || queue_name))
         FROM changed WHERE status = 'ENQUEUED') AS notified

@@ -279,6 +279,44 @@ async def test_workflow_cancel_and_resume(seeded: str, conn: asyncpg.Connection)
     assert isinstance(as_json, dict) and as_json["status"] == "ERROR"
 
 
+@DBOS.workflow()
+async def waits_for_go() -> object:
+    return await DBOS.recv("go", timeout_seconds=60)
+
+
+async def test_workflow_resume_of_a_pending_workflow(dbos: DBOS, conn: asyncpg.Connection) -> None:
+    # Issue 19: a PENDING workflow whose runtime is gone is resumed, not
+    # reported as "nothing to resume"; one whose runtime lives is left alone.
+    with SetWorkflowID("live"):
+        handle = await dbos.start_workflow(waits_for_go)
+    fence = await conn.fetchval("SELECT fence FROM workflow_status WHERE workflow_id = 'live'")
+    live = await dbos_cli("workflow", "resume", "live", url=dbos.database_url)
+    assert live.code == 0 and live.out.strip() == (
+        "live is PENDING and its runtime is alive: nothing to resume"
+    ), live
+    row = await conn.fetchrow(
+        "SELECT status, fence FROM workflow_status WHERE workflow_id = 'live'"
+    )
+    assert tuple(row) == ("PENDING", fence)  # type: ignore[arg-type]
+    # Claimed by a runtime that is gone, of a version no runtime here runs
+    # (so nothing adopts it): stranded.
+    await conn.execute(
+        "INSERT INTO workflow_status (workflow_id, status, name, inputs, app_name, app_version,"
+        " executor_id, created_at, updated_at, branched_steps, claimed_by)"
+        " VALUES ('stranded', 'PENDING', $1, '{\"args\": [], \"kwargs\": {}}', 'app', 'old',"
+        " 'local', 0, 0, true, 'a-gone-runtime')",
+        waits_for_go.__dbos_entry__.name,  # type: ignore[attr-defined]
+    )
+    stranded = await dbos_cli("workflow", "resume", "stranded", url=dbos.database_url)
+    assert stranded.code == 0 and stranded.out.startswith("resumed stranded ("), stranded
+    row = await conn.fetchrow(
+        "SELECT status, queue_name, app_version FROM workflow_status WHERE workflow_id = 'stranded'"
+    )
+    assert tuple(row) == ("ENQUEUED", INTERNAL_QUEUE, "old")  # type: ignore[arg-type]
+    await dbos.send("live", "go", topic="go")
+    assert await handle.get_result(timeout=10) == "go"
+
+
 async def test_workflow_restart_and_fork(seeded: str, conn: asyncpg.Connection, dbos: DBOS) -> None:
     run = await dbos_cli("workflow", "restart", "first", "--json", url=seeded)
     assert run.code == 0, run

@@ -85,7 +85,7 @@ async def test_a_stale_owners_checkpoint_racing_an_adoption_keeps_one_history(
     db_url: str, system: SystemConnection, checkpoint: str
 ) -> None:
     async with (
-        # The stale owner: it heartbeats once, then looks dead.
+        # The stale owner: it heartbeats at launch, then looks dead.
         DBOS(
             database_url=db_url, app_version="v", executor_id="stale", lease_seconds=math.inf
         ) as stale,
@@ -93,12 +93,21 @@ async def test_a_stale_owners_checkpoint_racing_an_adoption_keeps_one_history(
     ):
         with SetWorkflowID("raced"):
             await stale.start_workflow(three)
-        await system.execute("UPDATE executors SET heartbeat_at = 0 WHERE executor_id = 'stale'")
+        await system.execute(
+            "UPDATE instances SET heartbeat_at = 0 WHERE instance_id = $1",
+            stale._runtime.instance_id,
+        )
         await gate["first recorded"].wait()  # the stale owner is between its steps
         adoption = system.transaction()
         await adoption.start()
-        rows = await executors_table.adopt_orphaned_workflows(
-            system, "adopter", "v", 1000, now_ms(), 10, adopter._runtime.instance_id
+        rows = await executors_table.claim_orphaned_workflows(
+            system,
+            adopter._runtime.instance,
+            only_executor=None,
+            lease_ms=1000,
+            suspects=[],
+            now_ms=now_ms(),
+            limit=10,
         )
         assert [r["workflow_id"] for r in rows] == ["raced"]
         if checkpoint == "before the adoption commits":

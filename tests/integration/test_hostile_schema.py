@@ -59,7 +59,8 @@ async def test_a_replayed_transaction_commits_once_despite_shadow_tables(
     with SetWorkflowID("pay-2"):
         assert await pay(5) == 110
     await shadows.execute(
-        "UPDATE dbos_async.workflow_status SET status = 'PENDING' WHERE workflow_id = 'pay-2'"
+        "UPDATE dbos_async.workflow_status SET status = 'PENDING', claimed_by = 'crashed'"
+        " WHERE workflow_id = 'pay-2'"
     )
     async with DBOS(database_url=dbos.database_url, app_version="test") as again:
         assert await (await again.retrieve_workflow("pay-2")).get_result(timeout=10) == 110

@@ -62,7 +62,9 @@ _BACKGROUND = {
     SQL[name]
     for name in (
         "upsert_heartbeat",
-        "adopt_orphaned_workflows",
+        "select_lockless_instances",
+        "claim_orphaned_workflows",
+        "lock_instance",
         "lock_queue",
         "claim_queued_workflows",
         "check_alive",

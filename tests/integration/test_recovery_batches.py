@@ -194,8 +194,16 @@ async def test_rows_claimed_elsewhere_since_the_first_batch_stay_there(
         await launch_while_locked(dbos, locker)
         try:
             # Another process sharing the executor ID claims the newest rows
-            # (as its own recovery would) while this one's batches wait.
+            # (as its own recovery would) while this one's batches wait. It
+            # lives: it heartbeats and holds its instance lock.
             sibling = ROWS - batch_size()
+            await locker.execute(
+                "INSERT INTO instances (instance_id, executor_id, app_name, app_version,"
+                " hostname, pid, lock_key, started_at, heartbeat_at)"
+                " SELECT 'sibling', 'local', 'app', 'test', 'elsewhere', 1, 4242, t, t"
+                " FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS c(t)"
+            )
+            await locker.execute("SELECT pg_advisory_lock(4242)")  # held past the COMMIT
             await locker.execute(
                 "UPDATE workflow_status SET claimed_by = 'sibling', fence = fence + 1,"
                 " updated_at = (extract(epoch FROM clock_timestamp()) * 1000)::int8"
