@@ -241,14 +241,18 @@ class DBOSClient:
             SerializationError: the arguments cannot be encoded (nothing was written).
         """
         self._check_open()
+        # SetWorkflowID's on_conflict applies to the key it set.
+        strict = workflow_id is None and context.strict_inputs()
+        workflow_id = workflow_id or context.take_next_workflow_id()
         workflow_id = await enqueue_by_name(
             self.pool,
             queue_name=queue_name,
             workflow_name=workflow_name,
             args=args,
-            workflow_id=workflow_id or context.take_next_workflow_id(),
+            workflow_id=workflow_id,
             deduplication_id=deduplication_id,
             priority=priority,
+            on_conflict="raise" if strict and workflow_id is not None else "return",
         )
         return WorkflowHandle(self, workflow_id)
 

@@ -176,19 +176,53 @@ class _Setter:
         self._token = None
 
 
+_on_conflict: ContextVar[str] = ContextVar("dbos_async_on_conflict", default="return")
+
+ON_CONFLICT = ("return", "raise")
+
+
 class SetWorkflowID(_Setter):
-    """Use ``workflow_id`` for the next workflow started in this block.
+    """Use ``workflow_id`` for the next workflow started (or enqueued) in this block.
 
     The ID is an idempotency key: starting again under an ID that exists runs
-    nothing and returns the first execution's result.
+    nothing and returns the first execution's handle. ``on_conflict`` says
+    what happens when the inputs differ from the first execution's:
+    ``"return"`` (the default, as in DBOS) returns its handle all the same;
+    ``"raise"`` raises ``WorkflowConflictError`` (so an HTTP service can
+    answer 409 to a key reused with another body). Inputs are compared as the
+    JSON they are recorded as: key order in a dict does not matter.
     """
 
     _var = _next_workflow_id
 
-    def __init__(self, workflow_id: str) -> None:
+    def __init__(self, workflow_id: str, on_conflict: str = "return") -> None:
         from dbos_async.validation import check_workflow_id
 
+        if on_conflict not in ON_CONFLICT:
+            raise ValueError(f"on_conflict must be 'return' or 'raise', got {on_conflict!r}")
         super().__init__(check_workflow_id(workflow_id))
+        self._on_conflict = on_conflict
+        self._policy_token: Token[str] | None = None
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        self._policy_token = _on_conflict.set(self._on_conflict)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._policy_token is not None
+        _on_conflict.reset(self._policy_token)
+        self._policy_token = None
+        super().__exit__(exc_type, exc, tb)
+
+
+def strict_inputs() -> bool:
+    """Whether the innermost ``SetWorkflowID`` asked for ``on_conflict="raise"``."""
+    return _on_conflict.get() == "raise"
 
 
 class SetWorkflowTimeout(_Setter):

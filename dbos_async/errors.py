@@ -54,16 +54,35 @@ class WorkflowNotFoundError(DBOSError):
 
 
 class WorkflowConflictError(DBOSError):
-    """This workflow ID is already used by a different workflow function."""
+    """This workflow ID is already used by a different workflow function.
 
-    def __init__(self, workflow_id: str, existing_name: str, requested_name: str) -> None:
+    Or, with ``SetWorkflowID(..., on_conflict="raise")``, by the same function
+    with different inputs (``different_inputs`` is then True).
+    """
+
+    def __init__(
+        self,
+        workflow_id: str,
+        existing_name: str,
+        requested_name: str,
+        *,
+        different_inputs: bool = False,
+    ) -> None:
         self.workflow_id = workflow_id
         self.existing_name = existing_name
         self.requested_name = requested_name
-        super().__init__(
-            f"Workflow ID {workflow_id!r} is already used by {existing_name!r}; "
-            f"cannot start {requested_name!r} under it"
-        )
+        self.different_inputs = different_inputs
+        if different_inputs:
+            message = (
+                f"Workflow ID {workflow_id!r} already ran {existing_name!r} with other"
+                " inputs (on_conflict='raise')"
+            )
+        else:
+            message = (
+                f"Workflow ID {workflow_id!r} is already used by {existing_name!r}; "
+                f"cannot start {requested_name!r} under it"
+            )
+        super().__init__(message)
 
 
 class NonDeterministicWorkflowError(DBOSError):

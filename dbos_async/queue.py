@@ -22,6 +22,7 @@ from dbos_async.clock import now_ms
 from dbos_async.context import EnqueueOptions, WorkflowContext
 from dbos_async.errors import DBOSError, QueueDeduplicatedError, WorkflowConflictError
 from dbos_async.handle import WorkflowHandle
+from dbos_async.idempotency import check_same_inputs
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.systemdb import queues as queues_table
 from dbos_async.systemdb.pool import Pool, acquire
@@ -134,13 +135,17 @@ class Queue:
         entry = entry_of(fn)
         options = context.enqueue_options()
         self._check(options)
+        strict = context.strict_inputs()
         workflow_id = context.take_next_workflow_id()
+        strict = strict and workflow_id is not None
         timeout_s = context.workflow_timeout()
         # Taken now, before any await: see checkpoint.take.
         call = checkpoint.take(entry.name)
         if call is not None:
             return self._enqueue_child(call, entry, args, kwargs, options, workflow_id, timeout_s)
-        return self._enqueue(active_runtime(), entry, args, kwargs, options, workflow_id, timeout_s)
+        return self._enqueue(
+            active_runtime(), entry, args, kwargs, options, workflow_id, timeout_s, strict=strict
+        )
 
     def _check(self, options: EnqueueOptions) -> None:
         if self.partition_queue and options.queue_partition_key is None:
@@ -160,6 +165,8 @@ class Queue:
         workflow_id: str | None,
         timeout_s: float | None,
         parent: WorkflowContext | None = None,
+        *,
+        strict: bool = False,
     ) -> WorkflowHandle[Any]:
         name = entry.name
         if entry.kind != "workflow":  # a single step runs inside RUN_STEP
@@ -183,7 +190,11 @@ class Queue:
             deadline_epoch_ms=parent.deadline_epoch_ms if parent is not None else None,
         )
         # Group-committed with concurrent enqueues: one statement for many.
-        workflow_id = enqueued_id(row, await runtime.enqueue_writer.submit(row))
+        result = await runtime.enqueue_writer.submit(row)
+        workflow_id = enqueued_id(row, result)
+        if strict and result is not None:  # the ID was taken: by the same inputs?
+            async with runtime.connection() as conn:
+                await check_same_inputs(conn, workflow_id, row.name, row.inputs)
         return WorkflowHandle(runtime, workflow_id)
 
     async def _enqueue_child(
@@ -239,6 +250,7 @@ async def enqueue_by_name(
     timeout_seconds: float | None = None,
     parent_workflow_id: str | None = None,
     app_name: str | None = None,
+    on_conflict: str = "return",
 ) -> str:
     """Enqueue a workflow by its registered name; returns its workflow ID once durable.
 
@@ -266,10 +278,13 @@ async def enqueue_by_name(
         timeout_seconds: The workflow's timeout, counted from its dequeue.
         parent_workflow_id: The workflow that enqueued it, if any.
         app_name: Recorded with the workflow.
+        on_conflict: ``"raise"``: refuse a ``workflow_id`` that exists with
+            other inputs (see ``SetWorkflowID``).
 
     Raises:
         QueueDeduplicatedError: the deduplication ID is live on this queue.
-        WorkflowConflictError: ``workflow_id`` belongs to another function.
+        WorkflowConflictError: ``workflow_id`` belongs to another function (or,
+            with ``on_conflict="raise"``, was recorded with other inputs).
         SerializationError: the arguments cannot be encoded (nothing was written).
         ValueError: a name or an option is invalid.
     """
@@ -290,7 +305,10 @@ async def enqueue_by_name(
     )
     async with acquire(pool) as conn:
         (result,) = await queues_table.enqueue_workflows(conn, [row])
-    return enqueued_id(row, result)
+        workflow_id = enqueued_id(row, result)
+        if on_conflict == "raise" and result is not None:
+            await check_same_inputs(conn, workflow_id, row.name, row.inputs)
+    return workflow_id
 
 
 def queued_row(

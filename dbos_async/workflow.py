@@ -31,6 +31,7 @@ from dbos_async.errors import (
     WorkflowConflictError,
 )
 from dbos_async.handle import WorkflowHandle
+from dbos_async.idempotency import check_same_inputs
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.steps import StepKey, StepRecord
@@ -134,12 +135,17 @@ async def _start(
     workflow_id: str | None = None,
     parent: WorkflowContext | None = None,
 ) -> WorkflowHandle[Any]:
+    # Strict only for a key the caller chose with SetWorkflowID.
+    strict = workflow_id is None and context.strict_inputs()
     workflow_id = workflow_id or context.take_next_workflow_id() or str(uuid.uuid4())
     inputs = serialization.encode_inputs(args, kwargs, entry.name)  # before any write
     running = runtime.local.get(workflow_id)
     if running is not None:
         if running.name != entry.name:
             raise WorkflowConflictError(workflow_id, running.name, entry.name)
+        if strict:
+            async with runtime.connection() as conn:
+                await check_same_inputs(conn, workflow_id, entry.name, inputs)
         return WorkflowHandle(runtime, workflow_id)
     timeout = context.workflow_timeout()
     created = now_ms()
@@ -180,6 +186,9 @@ async def _start(
         _release(runtime, workflow_id, future, Outcome(local=False))
         if existing.name != entry.name:
             raise WorkflowConflictError(workflow_id, existing.name, entry.name)
+        if strict:
+            async with runtime.connection() as conn:
+                await check_same_inputs(conn, workflow_id, entry.name, inputs)
         return WorkflowHandle(runtime, workflow_id)
     spawn(runtime, entry, workflow_id, args, kwargs, {}, deadline, future)
     return WorkflowHandle(runtime, workflow_id)

@@ -92,17 +92,15 @@ def create_app(dbos: DBOS | None = None) -> FastAPI:
         if order.customer != x_customer:
             raise HTTPException(403, "you can only check out as yourself")
         try:
-            with SetWorkflowID(checkout_id(x_customer, idempotency_key)):
+            # A key names one order: the same key with another order is a
+            # mistake, not a retry, and on_conflict="raise" refuses it.
+            with SetWorkflowID(checkout_id(x_customer, idempotency_key), on_conflict="raise"):
                 handle = await dbos.start_workflow(checkout, order, idempotency_key)
             receipt: Receipt = await handle.get_result()
         except WorkflowConflictError as exc:
-            raise HTTPException(409, str(exc)) from exc
+            raise HTTPException(409, "this Idempotency-Key was used for another order") from exc
         except PaymentDeclinedError as exc:
             raise HTTPException(402, str(exc)) from exc
-        # A key names one order: the same key with another order is a mistake,
-        # not a retry (its answer is the first order's receipt).
-        if receipt.amount_cents != order.amount_cents:
-            raise HTTPException(409, "this Idempotency-Key was used for another order")
         return receipt
 
     @app.get("/checkout/{key:path}")
