@@ -44,6 +44,11 @@ IDLE_HEARTBEAT_SECONDS = 10.0
 """The heartbeat's period when the lease is infinite (nothing is adopted then)."""
 
 
+def heartbeat_seconds(lease_seconds: float) -> float:
+    """How often an instance with this lease heartbeats."""
+    return IDLE_HEARTBEAT_SECONDS if math.isinf(lease_seconds) else lease_seconds / 3
+
+
 async def heartbeat_and_adopt(
     runtime: Runtime, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
@@ -57,7 +62,7 @@ async def heartbeat_and_adopt(
     suspects: Suspects = []
     seen_at = 0.0
     while True:
-        await anyio.sleep(lease / 3 if adopting else IDLE_HEARTBEAT_SECONDS)
+        await anyio.sleep(heartbeat_seconds(lease))
         try:
             await heartbeat(runtime)
             if not adopting:

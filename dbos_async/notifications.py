@@ -40,7 +40,10 @@ SAFETY_POLL_SECONDS = 30.0
 """Longest a watch sleeps without a notification before its owner re-reads anyway."""
 
 _HEALTH_CHECK_SECONDS = 10.0  # a half-open TCP connection delivers nothing and says nothing
-_RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# At most a second apart: the connection holds the runtime instance's lock, and
+# a sibling takes the instance for gone once the lock has stayed free for
+# recovery.LOCK_SETTLE_SECONDS (well above this, and a connect's round trips).
+_RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class Watch:

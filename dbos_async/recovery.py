@@ -52,12 +52,12 @@ RECOVERY_BATCH = 500
 RETRY_SECONDS = (1.0, 30.0)
 """The first and the longest wait before claiming again after a batch failed."""
 
-LOCK_SETTLE_SECONDS = 3.0
+LOCK_SETTLE_SECONDS = 5.0
 """How long an instance's lock must stay free before the instance counts as gone.
 
 A live instance whose listener connection dropped takes its lock again as it
-reconnects (the first reconnects come within two seconds); a process that
-exited never does.
+reconnects (its attempts are at most a second apart); a process that exited
+never does.
 """
 
 Suspects = Sequence[executors_table.Suspect]

@@ -17,8 +17,9 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,24 @@ FORGET_SECONDS = 2.0
 """Longest shutdown spends deleting the instance's row."""
 
 
+class BodyThreads:
+    """Sync step bodies running in worker threads; one whose workflow was cancelled runs on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # counted from the worker threads
+        self.running = 0
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn`` in this (worker) thread, counted while it runs."""
+        with self._lock:
+            self.running += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
 class Runtime:
     """Everything one ``DBOS`` instance runs; see the module docstring."""
 
@@ -179,6 +198,7 @@ class Runtime:
         self._group: TaskGroup | None = None
         self._writers: list[GroupCommit[Any, Any]] = []
         self.thread_limiter: anyio.CapacityLimiter | None = None
+        self.body_threads = BodyThreads()
         self.embedded: Any = None
         self._listener: Listener | None = None
         self.stream_announcer = Announcer()
@@ -327,6 +347,7 @@ class Runtime:
                 pid=os.getpid(),
                 lock_key=secrets.randbits(63),  # a bigint advisory lock key; see 0008
                 host_key=HOST_KEY,
+                heartbeat_ms=int(fleet.heartbeat_seconds(self.config.lease_seconds) * 1000),
             )
             async with acquire(self._pool) as conn:
                 await migrate(conn, self.config.schema)
@@ -450,6 +471,17 @@ class Runtime:
         the same a little later.
         """
         if self._pool is None or self._instance is None:
+            return
+        if self.body_threads.running:
+            # A step body still runs (Python cannot stop a thread): its workflow
+            # must not start elsewhere at once. Left registered, the instance's
+            # workflows are taken over only after the lock's settle period.
+            logger.warning(
+                "%d step bodies still run in threads: this runtime's workflows are"
+                " taken over only after the settle period",
+                self.body_threads.running,
+                extra={"action": "shutdown"},
+            )
             return
         # Short: a server that stopped answering must not hold shutdown (the
         # freed lock tells the same a little later).

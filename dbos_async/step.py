@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 import anyio
 
@@ -23,6 +23,9 @@ from dbos_async.clock import now_ms
 from dbos_async.context import WorkflowContext, current_step_id
 from dbos_async.errors import DatabaseUnavailableError, MaxStepRetriesExceeded, SerializationError
 from dbos_async.systemdb.steps import StepRecord
+
+if TYPE_CHECKING:
+    from dbos_async.runtime import Runtime
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -192,7 +195,7 @@ async def _run_body(
         try:
             if options["is_async"]:  # inline: every async step's path
                 return await entry.fn(*args, **kwargs)
-            return await _call_body(entry, args, kwargs, ctx.runtime.thread_limiter)
+            return await _call_body(entry, args, kwargs, ctx.runtime)
         except Exception as exc:
             last = exc
             if attempt + 1 < attempts:
@@ -216,16 +219,22 @@ def _call_body(
     entry: registry.Registered,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    limiter: anyio.CapacityLimiter | None,
+    runtime: Runtime | None,
 ) -> Coroutine[Any, Any, Any]:
-    """Run the body once; a sync body goes to a worker thread."""
+    """Run the body once; a sync body goes to a worker thread.
+
+    ``runtime``: the workflow's (None: a plain call outside any workflow).
+    """
     if entry.options["is_async"]:
         return cast(Coroutine[Any, Any, Any], entry.fn(*args, **kwargs))
+    if runtime is None:
+        return anyio.to_thread.run_sync(functools.partial(entry.fn, *args, **kwargs))
     # A thread cannot be interrupted: on cancellation the workflow moves on at
-    # once and the body finishes unrecorded in the background.
+    # once and the body finishes unrecorded in the background (counted, so a
+    # shutdown knows it is still running).
     return anyio.to_thread.run_sync(
-        functools.partial(entry.fn, *args, **kwargs),
-        limiter=limiter,
+        functools.partial(runtime.body_threads.run, entry.fn, *args, **kwargs),
+        limiter=runtime.thread_limiter,
         abandon_on_cancel=True,
     )
 

@@ -20,6 +20,7 @@
 -- column instances.app_version text NOT NULL
 -- column instances.executor_id text NOT NULL
 -- column instances.heartbeat_at bigint NOT NULL
+-- column instances.heartbeat_ms bigint NOT NULL
 -- column instances.host_key text
 -- column instances.hostname text NOT NULL
 -- column instances.instance_id text NOT NULL

@@ -22,6 +22,7 @@ class Instance:
     pid: int
     lock_key: int
     host_key: str | None
+    heartbeat_ms: int  # how often it heartbeats
 
 
 async def upsert_heartbeat(conn: Connection, me: Instance) -> None:
@@ -39,6 +40,7 @@ async def upsert_heartbeat(conn: Connection, me: Instance) -> None:
         me.pid,
         me.lock_key,
         me.host_key,
+        me.heartbeat_ms,
     )
 
 

@@ -16,9 +16,10 @@
 -- so a restarted process recovers its predecessor's work without waiting.
 -- (The hostname alone is no proof: containers may share one.)
 --
--- Additive only: the previous release neither reads nor writes it. Rows of a
--- long-dead instance are deleted by the live ones' heartbeats; a workflow
--- claimed by an instance with no row counts as orphaned.
+-- Additive only: the previous release neither reads nor writes it. Rows of an
+-- instance gone for a day are deleted by the live ones' heartbeats once no
+-- PENDING workflow names it, so a workflow whose claimant has no row was
+-- claimed by a release before this table, and the old rules apply to it.
 CREATE TABLE instances (
     instance_id   text PRIMARY KEY,
     executor_id   text NOT NULL,
@@ -30,7 +31,10 @@ CREATE TABLE instances (
     lock_key      bigint NOT NULL,
     locked_at     bigint,
     started_at    bigint NOT NULL,
-    heartbeat_at  bigint NOT NULL
+    heartbeat_at  bigint NOT NULL,
+    -- How often it heartbeats (ms): it counts as gone by its heartbeat only
+    -- after missing three, whatever the lease of the one looking.
+    heartbeat_ms  bigint NOT NULL
 );
 
 -- The advisory locks held now in this database, as the bigint keys they were

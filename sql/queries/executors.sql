@@ -1,10 +1,10 @@
 -- name: upsert_heartbeat
 -- Runtime instance $1 of executor $2, app $3, version $4 (host $5, pid $6,
--- advisory lock key $7, host key $8) is alive now; so is its executor. Now is the
+-- advisory lock key $7, host key $8, heartbeat period $9 ms) is alive now; so is its executor. Now is the
 -- database's clock, as in claim_orphaned_workflows: hosts' clocks differ, and
 -- one running ahead would take every other host's workflows for orphans.
--- Also deletes the rows of instances gone for a day (their lock free): a
--- workflow one of them claimed counts as orphaned without its row anyway.
+-- Also deletes the rows of instances gone for a day (their lock free) that no
+-- PENDING workflow names: a row is what says an instance is alive or gone.
 WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms),
 executor AS (
     INSERT INTO {schema}.executors (executor_id, app_name, app_version, heartbeat_at)
@@ -15,10 +15,13 @@ executor AS (
 gone AS (
     DELETE FROM {schema}.instances AS i USING clock
     WHERE i.heartbeat_at < clock.now_ms - 86400000 AND i.instance_id <> $1
-      AND i.lock_key NOT IN (SELECT lock_key FROM {schema}.held_advisory_locks))
+      AND i.lock_key NOT IN (SELECT lock_key FROM {schema}.held_advisory_locks)
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.workflow_status AS w
+          WHERE w.claimed_by = i.instance_id AND w.status = 'PENDING'))
 INSERT INTO {schema}.instances (instance_id, executor_id, app_name, app_version, hostname,
-                                pid, lock_key, host_key, started_at, heartbeat_at)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, clock.now_ms, clock.now_ms FROM clock
+                                pid, lock_key, host_key, started_at, heartbeat_at, heartbeat_ms)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, clock.now_ms, clock.now_ms, $9 FROM clock
 ON CONFLICT (instance_id)
 DO UPDATE SET app_version = excluded.app_version, heartbeat_at = excluded.heartbeat_at;
 
@@ -63,13 +66,14 @@ WHERE i.instance_id <> $1
 -- app version $2 (and of executor $1, unless NULL) whose claiming instance is
 -- gone, at $4 (this host's clock, for updated_at). An instance is gone when:
 -- * it has not heartbeat for $3 ms by the database's clock (NULL: never, the
---   lease is infinite); or
+--   lease is infinite), nor for three of its own heartbeat periods; or
 -- * it is one of the suspects $7, seen with locked_at $8 and its lock free a
 --   settle period ago, and its lock is still free with that same locked_at
 --   (it did not reconnect meanwhile); or
--- * it has no row (a release before 0008_instances.sql, or long dead).
--- A workflow claimed by no instance (a release before 0007_claims.sql) is
--- orphaned when its executor is $1 or has not heartbeat for $3 ms.
+-- A workflow whose claimant has no row (a release before 0008_instances.sql,
+-- which may still be running during a deploy) or none at all (before
+-- 0007_claims.sql) follows those releases' rule: orphaned when its executor
+-- is $1 or has not heartbeat for $3 ms.
 -- Each claimed workflow gets its fence bumped, so the old owner (were it
 -- somehow running) can write no further checkpoint, a recovery attempt
 -- counted, and a:<fence>:<id> announced, so such an owner stops at once.
@@ -87,7 +91,8 @@ WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS no
 gone AS (
     SELECT i.instance_id
     FROM {schema}.instances AS i, clock
-    WHERE i.instance_id <> $6 AND i.heartbeat_at < clock.now_ms - $3::int8
+    WHERE i.instance_id <> $6 AND $3::int8 IS NOT NULL
+      AND i.heartbeat_at < clock.now_ms - greatest($3::int8, 3 * i.heartbeat_ms)
     UNION
     SELECT i.instance_id
     FROM {schema}.instances AS i
@@ -105,8 +110,7 @@ orphans AS (
       AND ($1::text IS NULL OR w.executor_id = $1)
       AND w.claimed_by IS DISTINCT FROM $6
       AND (w.claimed_by IN (SELECT instance_id FROM gone)
-           OR (w.claimed_by IS NOT NULL AND i.instance_id IS NULL)
-           OR (w.claimed_by IS NULL
+           OR (i.instance_id IS NULL
                AND (w.executor_id = $1 OR e.heartbeat_at IS NULL
                     OR e.heartbeat_at < clock.now_ms - $3::int8)))
     ORDER BY w.created_at, w.workflow_id

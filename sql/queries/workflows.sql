@@ -117,9 +117,10 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 
 -- name: resume_workflow
 -- Put a CANCELLED, ERROR or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow $1, or a
--- stranded PENDING one (the runtime instance that claimed it does not hold its
--- lock: it is gone, see 0008_instances.sql), back to work from its last
--- completed step, with its deadline and recovery count
+-- stranded PENDING one (the runtime instance that claimed it is gone: it does
+-- not hold its lock and has missed three heartbeats, see 0008_instances.sql;
+-- a lock free for a moment is a reconnect, not proof), back to work from its
+-- last completed step, with its deadline and recovery count
 -- cleared. A workflow of a user queue goes back to ENQUEUED on that queue, so
 -- the queue's limits still hold; any other is claimed by executor $2 (PENDING,
 -- app version $3, runtime instance $6) or, when $2 is NULL, ENQUEUED on the internal queue $4. An
@@ -129,10 +130,12 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 -- changed, its name, inputs, fence and new status; no row if absent.
 WITH old AS (
     SELECT w.workflow_id, w.status, w.queue_name,
-           w.status = 'PENDING' AND NOT EXISTS (
+           w.status = 'PENDING' AND EXISTS (
                SELECT 1 FROM {schema}.instances AS i
                WHERE i.instance_id = w.claimed_by
-                 AND i.lock_key IN (SELECT lock_key FROM {schema}.held_advisory_locks)
+                 AND i.lock_key NOT IN (SELECT lock_key FROM {schema}.held_advisory_locks)
+                 AND i.heartbeat_at < (extract(epoch FROM clock_timestamp()) * 1000)::int8
+                                      - 3 * i.heartbeat_ms
            ) AS stranded
     FROM {schema}.workflow_status AS w WHERE w.workflow_id = $1
     FOR UPDATE OF w),

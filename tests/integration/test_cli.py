@@ -298,8 +298,13 @@ async def test_workflow_resume_of_a_pending_workflow(dbos: DBOS, conn: asyncpg.C
         "SELECT status, fence FROM workflow_status WHERE workflow_id = 'live'"
     )
     assert tuple(row) == ("PENDING", fence)  # type: ignore[arg-type]
-    # Claimed by a runtime that is gone, of a version no runtime here runs
-    # (so nothing adopts it): stranded.
+    # Claimed by a runtime that is gone (its lock free, its heartbeats long
+    # missed), of a version no runtime here runs (so nothing adopts it): stranded.
+    await conn.execute(
+        "INSERT INTO instances (instance_id, executor_id, app_name, app_version, hostname,"
+        " pid, lock_key, started_at, heartbeat_at, heartbeat_ms)"
+        " VALUES ('a-gone-runtime', 'local', 'app', 'old', 'h', 1, 5150, 0, 0, 10000)"
+    )
     await conn.execute(
         "INSERT INTO workflow_status (workflow_id, status, name, inputs, app_name, app_version,"
         " executor_id, created_at, updated_at, branched_steps, claimed_by)"

@@ -59,9 +59,10 @@ async def gone_elsewhere(conn: asyncpg.Connection) -> AsyncIterator[str]:
     ran.clear()
     await conn.execute(
         "INSERT INTO instances (instance_id, executor_id, app_name, app_version, hostname,"
-        " host_key, pid, lock_key, locked_at, started_at, heartbeat_at)"
+        " host_key, pid, lock_key, locked_at, started_at, heartbeat_at, heartbeat_ms)"
         " SELECT 'elsewhere', 'local', 'app', 'test', 'other-host', 'other-kernel/1', 1, 77,"
-        "  t, t, t FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS c(t)"
+        "  t, t, t, 10000"
+        " FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS c(t)"
     )
     await conn.execute(
         "INSERT INTO workflow_status (workflow_id, status, name, inputs, app_name, app_version,"
@@ -234,3 +235,68 @@ async def _alive(conn: asyncpg.Connection, other: asyncpg.Connection) -> bool:
             "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", other.get_server_pid()
         )
     )
+
+
+async def insert_parked(
+    conn: asyncpg.Connection, workflow_id: str, executor: str, claimant: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO workflow_status (workflow_id, status, name, inputs, app_name, app_version,"
+        " executor_id, created_at, updated_at, branched_steps, claimed_by)"
+        " VALUES ($1, 'PENDING', $2, '{\"args\": [\"x\"], \"kwargs\": {}}', 'app', 'test', $3,"
+        " 0, 0, true, $4)",
+        workflow_id,
+        parked.__dbos_entry__.name,  # type: ignore[attr-defined]
+        executor,
+        claimant,
+    )
+
+
+async def test_a_claimant_of_an_earlier_release_follows_its_rules(
+    db_url: str, conn: asyncpg.Connection
+) -> None:
+    # Claimed by a process of a release before instances (no row names it),
+    # whose executor still heartbeats: it may be running it. Taken only once
+    # that executor stops heartbeating, as that release would.
+    await conn.execute(
+        "INSERT INTO executors (executor_id, app_name, app_version, heartbeat_at)"
+        " VALUES ('older', 'app', 'test', (extract(epoch FROM clock_timestamp()) * 1000)::int8)"
+    )
+    await insert_parked(conn, "older-work", "older", "an-older-process")
+    async with DBOS(database_url=db_url, app_version="test", executor_id="newer") as dbos:
+        assert await adopt_orphans(dbos._runtime, []) == 0
+        await conn.execute("UPDATE executors SET heartbeat_at = 0 WHERE executor_id = 'older'")
+        assert await adopt_orphans(dbos._runtime, []) == 1
+        await dbos.send("older-work", "done", topic="go")
+        handle = await dbos.retrieve_workflow("older-work")
+        assert await handle.get_result(timeout=10) == "done"
+
+
+async def test_an_instance_is_judged_by_its_own_heartbeat_period(
+    db_url: str, conn: asyncpg.Connection
+) -> None:
+    # It heartbeats every 100 s (a long lease), last 40 s ago, and holds its
+    # lock: alive, though a claimer with a 30 s lease would count it out.
+    holder = await asyncpg.connect(db_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(99)")
+        await conn.execute(
+            "INSERT INTO instances (instance_id, executor_id, app_name, app_version, hostname,"
+            " pid, lock_key, started_at, heartbeat_at, heartbeat_ms)"
+            " SELECT 'slow', 'local', 'app', 'test', 'h', 1, 99, t, t - 40000, 100000"
+            " FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS c(t)"
+        )
+        await insert_parked(conn, "slow-work", "local", "slow")
+        async with DBOS(database_url=db_url, app_version="test", lease_seconds=30) as dbos:
+            assert await adopt_orphans(dbos._runtime, []) == 0
+            # Three of its periods missed: gone, lock or not (a paused process).
+            await conn.execute(
+                "UPDATE instances SET heartbeat_at = heartbeat_at - 300000"
+                " WHERE instance_id = 'slow'"
+            )
+            assert await adopt_orphans(dbos._runtime, []) == 1
+            await dbos.send("slow-work", "done", topic="go")
+            handle = await dbos.retrieve_workflow("slow-work")
+            assert await handle.get_result(timeout=10) == "done"
+    finally:
+        await holder.close()

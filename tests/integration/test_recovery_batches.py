@@ -199,8 +199,8 @@ async def test_rows_claimed_elsewhere_since_the_first_batch_stay_there(
             sibling = ROWS - batch_size()
             await locker.execute(
                 "INSERT INTO instances (instance_id, executor_id, app_name, app_version,"
-                " hostname, pid, lock_key, started_at, heartbeat_at)"
-                " SELECT 'sibling', 'local', 'app', 'test', 'elsewhere', 1, 4242, t, t"
+                " hostname, pid, lock_key, started_at, heartbeat_at, heartbeat_ms)"
+                " SELECT 'sibling', 'local', 'app', 'test', 'elsewhere', 1, 4242, t, t, 10000"
                 " FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS c(t)"
             )
             await locker.execute("SELECT pg_advisory_lock(4242)")  # held past the COMMIT

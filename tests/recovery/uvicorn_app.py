@@ -39,7 +39,9 @@ async def job(n: int) -> int:
     return sum([await work(n, k) for k in range(STEPS)])
 
 
-dbos = DBOS(app_name="uvicorn-workers", app_version="uvicorn-workers")
+# A long lease: the survivor's failover round (every lease/3) never comes round
+# during the test, so what the dead worker left is the respawned worker's to find.
+dbos = DBOS(app_name="uvicorn-workers", app_version="uvicorn-workers", lease_seconds=600)
 app = FastAPI(lifespan=dbos.lifespan)
 
 
