@@ -21,6 +21,8 @@ the message text.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 __all__ = [
     "DBOSError",
     "DatabaseUnavailableError",
@@ -117,11 +119,22 @@ class NonDeterministicWorkflowError(DBOSError):
 
 
 class WorkflowCancelledError(DBOSError):
-    """The workflow was cancelled."""
+    """The workflow was cancelled, by ``cancel_workflow`` or because its deadline passed.
 
-    def __init__(self, workflow_id: str) -> None:
+    ``deadline_epoch_ms`` is the deadline when that is why (a timeout), else None.
+    """
+
+    def __init__(self, workflow_id: str, deadline_epoch_ms: int | None = None) -> None:
         self.workflow_id = workflow_id
-        super().__init__(f"Workflow {workflow_id!r} was cancelled")
+        self.deadline_epoch_ms = deadline_epoch_ms
+        if deadline_epoch_ms is None:
+            super().__init__(f"Workflow {workflow_id!r} was cancelled")
+        else:
+            at = datetime.fromtimestamp(deadline_epoch_ms / 1000).astimezone()
+            super().__init__(
+                f"Workflow {workflow_id!r} timed out: its deadline passed at"
+                f" {at.isoformat(timespec='milliseconds')}, and it was cancelled"
+            )
 
 
 class MaxRecoveryAttemptsExceededError(DBOSError):

@@ -194,7 +194,9 @@ def _decode_outcome(workflow_id: str, status: WorkflowStatusString, row: dict[st
         annotation = serialization.return_annotation(entry.fn) if entry else Any
         return serialization.decode(row["output"], annotation)
     if status is WorkflowStatusString.CANCELLED:
-        raise WorkflowCancelledError(workflow_id)
+        raise WorkflowCancelledError(
+            workflow_id, row["deadline_epoch_ms"] if row.get("timed_out") else None
+        )
     if status is WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED:
         entry = registry.lookup(row["name"])
         limit = entry.options.get("max_recovery_attempts", 0) if entry else 0

@@ -439,8 +439,10 @@ async def _execute(
         if ctx.adopted:
             raise FencedOff(ctx.workflow_id)
         if scope.cancel_called:
-            outcome = Outcome(error=WorkflowCancelledError(ctx.workflow_id))
-            if not ctx.cancelled:  # the deadline passed: record it (cancel_workflow already did)
+            timed_out = not ctx.cancelled  # else cancel_workflow did it
+            deadline = ctx.deadline_epoch_ms if timed_out else None
+            outcome = Outcome(error=WorkflowCancelledError(ctx.workflow_id, deadline))
+            if timed_out:  # the deadline passed: record it (cancel_workflow already did)
                 ctx.cancelled = True
                 with runtime.shields.scope():
                     async with runtime.connection() as conn:

@@ -1,6 +1,6 @@
 """The ticket checkout from the DBOS docs, made durable with dbos_async.
 
-    make demo            # or: python examples/quickstart.py
+    make demo            # or: python examples/quickstart.py [--reset] [--help]
 
 Two customers check out: reserve a ticket (a transaction), wait for the bank
 (a durable sleep), pay (a step), and undo the reservation if the payment is
@@ -82,6 +82,21 @@ async def checkout(show: str, customer: str, card: str) -> bool:
 ORDERS = [("order-ada", "ada", "4111111111111111"), ("order-bob", "bob", "4000000000000000")]
 
 
+async def report_resumed(dbos: DBOS) -> None:
+    """Say which checkouts an earlier run left unfinished, and how long their wait has left."""
+    for workflow_id, _, _ in ORDERS:
+        status = await dbos.get_workflow_status(workflow_id)
+        if status is None or status.status.is_terminal:
+            continue
+        steps = await dbos.list_workflow_steps(workflow_id)
+        wakes = [s.output for s in steps if s.name == "DBOS.sleep" and s.output is not None]
+        if wakes:
+            left = max(0.0, float(wakes[0]) - time.time())
+            say(workflow_id, f"resumed after a restart: {left:.1f}s of the bank's wait left")
+        else:
+            say(workflow_id, "resumed after a restart, before the bank's wait began")
+
+
 async def main(reset: bool) -> None:
     async with DBOS(app_name="quickstart", app_version="quickstart-1") as dbos:
         print(f"dbos_async quickstart on {dbos.database_url}", flush=True)
@@ -101,6 +116,7 @@ async def main(reset: bool) -> None:
                 )
         finally:
             await pool.close()
+        await report_resumed(dbos)
         handles = []
         for workflow_id, customer, card in ORDERS:
             with SetWorkflowID(workflow_id):
@@ -113,8 +129,19 @@ async def main(reset: bool) -> None:
             say(handle.workflow_id, f"checkout {'succeeded' if paid else 'failed'}")
 
 
+USAGE = "usage: python examples/quickstart.py [--reset] [--help]"
+
 if __name__ == "__main__":
+    options = set(sys.argv[1:])
+    if options & {"-h", "--help"}:
+        print(USAGE + "\n" + (__doc__ or ""))
+        sys.exit(0)
+    unknown = sorted(options - {"--reset"})
+    if unknown:
+        print(f"{USAGE}\nunknown option: {' '.join(unknown)}", file=sys.stderr)
+        sys.exit(2)
     try:
-        asyncio.run(main(reset="--reset" in sys.argv))
+        asyncio.run(main(reset="--reset" in options))
     except KeyboardInterrupt:
         print("\ninterrupted: the checkouts stay PENDING; run again to resume them", flush=True)
+        sys.exit(130)  # 128 + SIGINT, as a shell reports an interrupted command

@@ -106,8 +106,11 @@ FROM old;
 SELECT * FROM {schema}.workflow_status WHERE workflow_id = $1;
 
 -- name: select_workflow_outcome
--- Status, output and error of workflow $1 (what get_result waits for).
-SELECT status, name, output, error FROM {schema}.workflow_status WHERE workflow_id = $1;
+-- Status, output and error of workflow $1 (what get_result waits for), and
+-- whether a CANCELLED one was cancelled because its deadline passed.
+SELECT status, name, output, error, deadline_epoch_ms,
+       deadline_epoch_ms IS NOT NULL AND updated_at >= deadline_epoch_ms AS timed_out
+FROM {schema}.workflow_status WHERE workflow_id = $1;
 
 -- name: mark_max_recovery_exceeded
 -- Give up on workflows $1 that were recovered too many times.

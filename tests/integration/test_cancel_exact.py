@@ -183,3 +183,26 @@ async def test_a_branch_fenced_off_inside_a_task_group_ends_the_workflow_not_the
     assert dbos._runtime.state.value == "running"
     with SetWorkflowID("after-the-fence"):
         assert await after("still serving") == "still serving"
+
+
+async def test_a_timeout_says_the_deadline_passed_and_when(dbos: DBOS, db_url: str) -> None:
+    # Issue 19, item 3: a timed-out workflow does not just read "was cancelled".
+    with SetWorkflowID("timed"), SetWorkflowTimeout(0.2):
+        handle = await DBOS.start_workflow(waits_long)
+    with pytest.raises(WorkflowCancelledError) as here:
+        await handle.get_result(timeout=10)
+    async with DBOSClient(db_url) as client:  # read from the row, as elsewhere
+        with pytest.raises(WorkflowCancelledError) as there:
+            await (await client.retrieve_workflow("timed")).get_result(timeout=10)
+        with SetWorkflowID("cancelled"):
+            cancelled = await DBOS.start_workflow(waits_long)
+        await client.cancel_workflow("cancelled")
+        with pytest.raises(WorkflowCancelledError) as plain:
+            await (await client.retrieve_workflow("cancelled")).get_result(timeout=10)
+    status = await handle.get_status()
+    for caught in (here.value, there.value):
+        assert caught.deadline_epoch_ms == status.deadline_epoch_ms is not None
+        assert "timed out: its deadline passed at 20" in str(caught), caught
+    assert plain.value.deadline_epoch_ms is None and "was cancelled" in str(plain.value)
+    with pytest.raises(WorkflowCancelledError):
+        await cancelled.get_result(timeout=10)
