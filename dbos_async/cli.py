@@ -198,6 +198,9 @@ def workflow() -> None:
     help="Only this status (repeatable).",
 )
 @click.option("--name", multiple=True, help="Only this workflow name (repeatable).")
+@click.option(
+    "--exclude-name", multiple=True, help="Not this workflow name, e.g. a cron's (repeatable)."
+)
 @click.option("--queue", multiple=True, help="Only this queue (repeatable).")
 @click.option("--app-version", multiple=True, help="Only this app version (repeatable).")
 @click.option("--executor-id", multiple=True, help="Only this executor (repeatable).")
@@ -216,6 +219,7 @@ def list_workflows(
     as_json: bool,
     status: tuple[str, ...],
     name: tuple[str, ...],
+    exclude_name: tuple[str, ...],
     queue: tuple[str, ...],
     app_version: tuple[str, ...],
     executor_id: tuple[str, ...],
@@ -232,6 +236,7 @@ def list_workflows(
         lambda client: client.list_workflows(
             status=[s.upper() for s in status] or None,
             name=list(name) or None,
+            exclude_name=list(exclude_name) or None,
             queue_name=list(queue) or None,
             app_version=list(app_version) or None,
             executor_id=list(executor_id) or None,

@@ -85,7 +85,7 @@ def print_statuses(statuses: list[WorkflowStatus], as_json: bool) -> None:
     if not statuses:
         say("no workflows")
         return
-    headers = ["WORKFLOW ID", "STATUS", "NAME", "QUEUE", "EXECUTOR", "CREATED (UTC)"]
+    headers = ["WORKFLOW ID", "STATUS", "NAME", "QUEUE", "EXECUTOR", "APP VERSION", "CREATED (UTC)"]
     rows = [
         [
             s.workflow_id,
@@ -93,6 +93,7 @@ def print_statuses(statuses: list[WorkflowStatus], as_json: bool) -> None:
             s.name,
             s.queue_name or "",
             s.executor_id or "",
+            s.app_version or "",
             time_text(s.created_at),
         ]
         for s in statuses

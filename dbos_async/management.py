@@ -56,6 +56,7 @@ class QueuedFilters(TypedDict, total=False):
     queue_name: str | Sequence[str] | None
     status: str | Sequence[str] | None
     name: str | Sequence[str] | None
+    exclude_name: str | Sequence[str] | None
     start_time: int | datetime | None
     end_time: int | datetime | None
     executor_id: str | Sequence[str] | None
@@ -78,6 +79,7 @@ def workflow_filter(
     workflow_ids: Sequence[str] | None = None,
     status: str | Sequence[str] | None = None,
     name: str | Sequence[str] | None = None,
+    exclude_name: str | Sequence[str] | None = None,
     queue_name: str | Sequence[str] | None = None,
     start_time: int | datetime | None = None,
     end_time: int | datetime | None = None,
@@ -109,6 +111,7 @@ def workflow_filter(
         end_time=_epoch_ms(end_time, "end_time"),
         app_versions=_strings(app_version, "app_version"),
         executor_ids=_strings(executor_id, "executor_id"),
+        excluded_names=_strings(exclude_name, "name"),
         queued_only=queued_only,
         load_input=bool(load_input),
         load_output=bool(load_output),
@@ -156,8 +159,10 @@ async def list_workflows(pool: Pool, **filters: Unpack[ListFilters]) -> list[Wor
         pool: The system database pool.
         **filters: ``workflow_ids``; ``status``, ``name``, ``queue_name``,
             ``app_version``, ``executor_id`` (each one value or a list: any
-            of them matches); ``start_time``/``end_time`` (on ``created_at``,
-            inclusive, epoch ms or datetime); ``limit``, ``offset``;
+            of them matches); ``exclude_name`` (one or a list: none of them,
+            e.g. a cron workflow whose ticks flood the listing);
+            ``start_time``/``end_time`` (on ``created_at``, inclusive, epoch
+            ms or datetime); ``limit``, ``offset``;
             ``sort_desc`` (newest first); ``load_input``/``load_output``
             (False: the payloads are not even read, and come back as None).
 

@@ -25,6 +25,7 @@ class WorkflowFilter:
     end_time: int | None = None
     app_versions: Sequence[str] | None = None
     executor_ids: Sequence[str] | None = None
+    excluded_names: Sequence[str] | None = None
     queued_only: bool = False
     load_input: bool = True
     load_output: bool = True
@@ -52,6 +53,7 @@ def list_workflows_statement(
         f.load_output,
         f.limit,
         f.offset,
+        _array(f.excluded_names),
     )
     return query, args
 

@@ -2,7 +2,7 @@
 -- Workflows matching every filter given (a NULL filter matches all), oldest
 -- first: $1 IDs, $2 statuses, $3 names, $4 queue names, $5..$6 created_at
 -- range (epoch ms, inclusive), $7 app versions, $8 executor IDs, $9 only
--- workflows on a queue. Limit $12 (NULL: all), offset $13.
+-- workflows on a queue, $14 names to leave out. Limit $12 (NULL: all), offset $13.
 -- Payloads are read only when asked for ($10 inputs, $11 output and error):
 -- otherwise the CASE never touches the column, so a TOASTed payload is neither
 -- fetched nor sent. The filters fold away in a custom plan, leaving only the
@@ -25,6 +25,7 @@ WHERE ($1::text[] IS NULL OR workflow_id = ANY($1::text[]))
   AND ($7::text[] IS NULL OR app_version = ANY($7::text[]))
   AND ($8::text[] IS NULL OR executor_id = ANY($8::text[]))
   AND (NOT $9::boolean OR queue_name IS NOT NULL)
+  AND ($14::text[] IS NULL OR name <> ALL($14::text[]))
 ORDER BY created_at, workflow_id
 LIMIT $12::int8 OFFSET $13::int8;
 
@@ -48,6 +49,7 @@ WHERE ($1::text[] IS NULL OR workflow_id = ANY($1::text[]))
   AND ($7::text[] IS NULL OR app_version = ANY($7::text[]))
   AND ($8::text[] IS NULL OR executor_id = ANY($8::text[]))
   AND (NOT $9::boolean OR queue_name IS NOT NULL)
+  AND ($14::text[] IS NULL OR name <> ALL($14::text[]))
 ORDER BY created_at DESC, workflow_id DESC
 LIMIT $12::int8 OFFSET $13::int8;
 

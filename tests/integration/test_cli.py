@@ -144,9 +144,13 @@ async def test_workflow_list_prints_an_aligned_table(seeded: str) -> None:
         "NAME",
         "QUEUE",
         "EXECUTOR",
+        "APP",
+        "VERSION",
         "CREATED",
         "(UTC)",
     ]
+    version_col = lines[0].index("APP VERSION")
+    assert lines[1][version_col:].split()[0] == "test"  # "broken", of the test's runtime
     status_col = lines[0].index("STATUS")
     assert [line[status_col:].split()[0] for line in lines[1:]] == [
         "ERROR",
@@ -184,6 +188,12 @@ async def test_workflow_list_json_and_filters(seeded: str) -> None:
     assert [w["workflow_id"] for w in window.json()] == ["queued"]  # type: ignore[attr-defined]
     none = await dbos_cli("workflow", "list", "--name", "no.such.workflow", url=seeded)
     assert none.code == 0 and none.out.strip() == "no workflows"
+    # Issue 19: a name can be left out (a cron's ticks would flood the listing).
+    two_steps_name = two_steps.__dbos_entry__.name  # type: ignore[attr-defined]
+    rest = await dbos_cli(
+        "workflow", "list", "--json", "--exclude-name", two_steps_name, url=seeded
+    )
+    assert [w["workflow_id"] for w in rest.json()] == ["broken", "queued"]  # type: ignore[attr-defined]
 
 
 async def test_workflow_get(seeded: str) -> None:
