@@ -92,9 +92,10 @@ async def report_resumed(dbos: DBOS) -> None:
         wakes = [s.output for s in steps if s.name == "DBOS.sleep" and s.output is not None]
         if wakes:
             left = max(0.0, float(wakes[0]) - time.time())
-            say(workflow_id, f"resumed after a restart: {left:.1f}s of the bank's wait left")
+            wait = f"{left:.1f}s of the bank's wait left"
+            say(workflow_id, f"unfinished by an earlier run, resuming: {wait}")
         else:
-            say(workflow_id, "resumed after a restart, before the bank's wait began")
+            say(workflow_id, "unfinished by an earlier run, resuming before the bank's wait")
 
 
 async def main(reset: bool) -> None:

@@ -40,7 +40,7 @@ async def test_ctrl_c_exits_non_zero_and_the_next_run_says_what_resumed(db_url: 
 
     second = await Child.start(DEMO, env=env)
     resumed = await second.wait_for("[", within=30)
-    while "resumed after a restart" not in resumed:
+    while "unfinished by an earlier run, resuming" not in resumed:
         resumed = await second.wait_for("[", within=30)
     left = re.search(r"(\d+\.\d)s of the bank's wait left", resumed)
     assert left is not None, resumed
