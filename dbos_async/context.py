@@ -181,6 +181,12 @@ _on_conflict: ContextVar[str] = ContextVar("dbos_async_on_conflict", default="re
 ON_CONFLICT = ("return", "raise")
 
 
+class _OnConflict(_Setter):
+    """The ``on_conflict`` of the ``SetWorkflowID`` block it belongs to."""
+
+    _var = _on_conflict
+
+
 class SetWorkflowID(_Setter):
     """Use ``workflow_id`` for the next workflow started (or enqueued) in this block.
 
@@ -201,12 +207,11 @@ class SetWorkflowID(_Setter):
         if on_conflict not in ON_CONFLICT:
             raise ValueError(f"on_conflict must be 'return' or 'raise', got {on_conflict!r}")
         super().__init__(check_workflow_id(workflow_id))
-        self._on_conflict = on_conflict
-        self._policy_token: Token[str] | None = None
+        self._policy = _OnConflict(on_conflict)
 
     def __enter__(self) -> None:
         super().__enter__()
-        self._policy_token = _on_conflict.set(self._on_conflict)
+        self._policy.__enter__()
 
     def __exit__(
         self,
@@ -214,9 +219,7 @@ class SetWorkflowID(_Setter):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._policy_token is not None
-        _on_conflict.reset(self._policy_token)
-        self._policy_token = None
+        self._policy.__exit__(exc_type, exc, tb)
         super().__exit__(exc_type, exc, tb)
 
 

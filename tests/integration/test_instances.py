@@ -64,13 +64,7 @@ async def gone_elsewhere(conn: asyncpg.Connection) -> AsyncIterator[str]:
         "  t, t, t, 10000"
         " FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS c(t)"
     )
-    await conn.execute(
-        "INSERT INTO workflow_status (workflow_id, status, name, inputs, app_name, app_version,"
-        " executor_id, created_at, updated_at, branched_steps, claimed_by)"
-        " VALUES ('orphan', 'PENDING', $1, '{\"args\": [\"orphan\"], \"kwargs\": {}}', 'app',"
-        " 'test', 'local', 0, 0, true, 'elsewhere')",
-        parked.__dbos_entry__.name,  # type: ignore[attr-defined]
-    )
+    await insert_parked(conn, "orphan", "local", "elsewhere")
     yield "orphan"
 
 
@@ -240,11 +234,12 @@ async def _alive(conn: asyncpg.Connection, other: asyncpg.Connection) -> bool:
 async def insert_parked(
     conn: asyncpg.Connection, workflow_id: str, executor: str, claimant: str
 ) -> None:
+    """A PENDING ``parked(workflow_id)`` of executor ``executor``, claimed by ``claimant``."""
     await conn.execute(
         "INSERT INTO workflow_status (workflow_id, status, name, inputs, app_name, app_version,"
         " executor_id, created_at, updated_at, branched_steps, claimed_by)"
-        " VALUES ($1, 'PENDING', $2, '{\"args\": [\"x\"], \"kwargs\": {}}', 'app', 'test', $3,"
-        " 0, 0, true, $4)",
+        " VALUES ($1, 'PENDING', $2, '{\"args\": [\"' || $1 || '\"], \"kwargs\": {}}',"
+        " 'app', 'test', $3, 0, 0, true, $4)",
         workflow_id,
         parked.__dbos_entry__.name,  # type: ignore[attr-defined]
         executor,
