@@ -118,6 +118,8 @@ class Call:
         error: str | None = None,
         child_workflow_id: str | None = None,
         started_at: int | None = None,
+        attempts: int | None = None,
+        label: str | None = None,
     ) -> StepRecord:
         """This call's checkpoint row with the given outcome, completed now."""
         completed = now_ms()
@@ -134,6 +136,8 @@ class Call:
             ctx.fence,
             self.branch,
             self.origin,
+            attempts,
+            label,
         )
 
     def child_id(self) -> str:
@@ -215,6 +219,8 @@ async def record(
     error: str | None = None,
     child_workflow_id: str | None = None,
     started_at: int | None = None,
+    attempts: int | None = None,
+    label: str | None = None,
 ) -> StepRecord | None:
     """Checkpoint ``call``'s outcome. One round trip, group-committed with other workflows'.
 
@@ -228,7 +234,12 @@ async def record(
     if ctx.interrupts:
         await settle(ctx)
     mine = call.row(
-        output=output, error=error, child_workflow_id=child_workflow_id, started_at=started_at
+        output=output,
+        error=error,
+        child_workflow_id=child_workflow_id,
+        started_at=started_at,
+        attempts=attempts,
+        label=label,
     )
     winner: StepRecord = await ctx.runtime.step_writer.submit(mine)
     return None if winner is mine else await earlier(call, winner)
@@ -326,17 +337,20 @@ async def settle(ctx: WorkflowContext) -> None:
 # -- durable time -----------------------------------------------------------------------
 
 
-async def wake_time(call: Call, seconds: float, *, wake_at: float | None = None) -> float:
+async def wake_time(
+    call: Call, seconds: float, *, wake_at: float | None = None, label: str | None = None
+) -> float:
     """The epoch time ``seconds`` from now (or ``wake_at``), recorded as ``call``.
 
     Returns what was recorded, by this call or an earlier execution. Durable
     sleeps and the timeouts of ``recv``/``get_event`` use it, so a recovered
     workflow keeps its original schedule. One round trip, none on replay.
+    ``label`` says what the time is for, where ``call.name`` does not.
     """
     found = await replay(call) if call.recorded is not None else None
     if found is None:
         at = time.time() + seconds if wake_at is None else wake_at
-        found = await record(call, output=_encode_time(at))
+        found = await record(call, output=_encode_time(at), label=label)
         if found is None:
             return at
     return _decode_time(found.output)
@@ -352,7 +366,7 @@ def _decode_time(raw: str | None) -> float:
     return math.inf if at is None else float(at)
 
 
-def arm_timer(call: Call, wake_at: float) -> asyncio.Future[float]:
+def arm_timer(call: Call, wake_at: float, label: str | None = None) -> asyncio.Future[float]:
     """Record ``wake_at`` as ``call`` in the background; the future gives what won.
 
     The write belongs to the runtime's task group, not to the waiter, so a
@@ -363,7 +377,7 @@ def arm_timer(call: Call, wake_at: float) -> asyncio.Future[float]:
     async def write() -> None:
         # Never raises into the runtime's task group: the waiter gets the outcome.
         try:
-            armed.set_result(await wake_time(call, 0, wake_at=wake_at))
+            armed.set_result(await wake_time(call, 0, wake_at=wake_at, label=label))
         except anyio.get_cancelled_exc_class():
             armed.cancel()
             raise
@@ -380,8 +394,11 @@ async def durable_wait(
     seconds: float,
     watch: Watch,
     attempt: Callable[[], Awaitable[tuple[bool, Any]]],
+    label: str,
 ) -> tuple[bool, Any]:
     """Call ``attempt`` until it finds something or the durable deadline passes.
+
+    ``label`` names the deadline for people (it is recorded as a DBOS.sleep).
 
     The deadline (now + ``seconds``, or what an earlier execution recorded as
     ``timer``) is recorded in the background: a message that arrives
@@ -397,7 +414,7 @@ async def durable_wait(
         wake_at = _decode_time(recorded.output)
     else:
         wake_at = time.time() + seconds
-        armed = arm_timer(timer, wake_at)
+        armed = arm_timer(timer, wake_at, label)
     while True:
         left = wake_at - time.time()
         if left <= 0:

@@ -1,6 +1,9 @@
 """How ``dbos-async`` prints records.
 
-Aligned tables and ``key: value`` lines for people, JSON for scripts. Times are UTC.
+Aligned tables and ``key: value`` lines for people, JSON for scripts. Times
+are ISO 8601 in the local time zone, with its offset, for people; epoch
+milliseconds in JSON. Errors go by the qualified name of the type they were
+raised as, which the CLI, without the application's code, cannot rebuild.
 Everything printed for people goes through ``say`` or ``print_table``, which
 escape control characters: IDs, names and errors come from the database, and
 a terminal would obey an escape sequence hidden in one. JSON escapes them itself.
@@ -16,7 +19,9 @@ from typing import Any
 import click
 import orjson
 
+from dbos_async.messaging import GET_EVENT_DEADLINE, RECV_DEADLINE
 from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
+from dbos_async.serialization import error_message, recorded_traceback, type_name
 
 # C0 and C1 controls and DEL as \xNN; the bidirectional overrides, which can
 # make text read as something else, as \uNNNN.
@@ -34,22 +39,27 @@ def say(text: str, *, err: bool = False) -> None:
     click.echo(escape(text), err=err)
 
 
-def time_text(ms: int | None) -> str:
-    """Epoch milliseconds as ``YYYY-MM-DD HH:MM:SS.mmm`` (UTC); "" for None."""
+def time_text(ms: int | float | None) -> str:
+    """Epoch milliseconds as ISO 8601 in the local time zone, with its offset; "" for None."""
     if ms is None:
         return ""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    when = datetime.fromtimestamp(ms / 1000, UTC).astimezone()
+    return when.isoformat(timespec="milliseconds")
 
 
 def error_text(error: BaseException | None) -> str:
-    """``Type: message`` of a recorded error; "" for None."""
-    return "" if error is None else f"{type(error).__name__}: {error}"
+    """``module.Type: message`` of a recorded error; "" for None."""
+    return "" if error is None else f"{type_name(error)}: {error_message(error)}"
 
 
 def plain(value: Any) -> Any:
-    """A JSON-ready copy of a record (exceptions become type and message)."""
+    """A JSON-ready copy of a record (exceptions become type, message and traceback)."""
     if isinstance(value, BaseException):
-        return {"type": type(value).__name__, "message": str(value)}
+        return {
+            "type": type_name(value),
+            "message": error_message(value),
+            "traceback": recorded_traceback(value),
+        }
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list):
@@ -85,7 +95,7 @@ def print_statuses(statuses: list[WorkflowStatus], as_json: bool) -> None:
     if not statuses:
         say("no workflows")
         return
-    headers = ["WORKFLOW ID", "STATUS", "NAME", "QUEUE", "EXECUTOR", "APP VERSION", "CREATED (UTC)"]
+    headers = ["WORKFLOW ID", "STATUS", "NAME", "QUEUE", "EXECUTOR", "APP VERSION", "CREATED"]
     rows = [
         [
             s.workflow_id,
@@ -102,14 +112,17 @@ def print_statuses(statuses: list[WorkflowStatus], as_json: bool) -> None:
 
 
 def print_status(status: WorkflowStatus, as_json: bool) -> None:
-    """Print every field of one workflow as ``key: value`` lines, or as JSON."""
+    """Print every field of one workflow as ``key: value`` lines, or as JSON.
+
+    A recorded error is followed by the traceback recorded with it.
+    """
     if as_json:
         print_json(status)
         return
     for field in dataclasses.fields(status):
         value = getattr(status, field.name)
         if field.name in ("created_at", "updated_at", "deadline_epoch_ms") and value is not None:
-            text = f"{time_text(value)} UTC ({value})"
+            text = f"{time_text(value)} ({value})"
         elif field.name in ("input", "output"):
             text = "" if value is None else orjson.dumps(value, default=str).decode()
         elif field.name == "error":
@@ -119,6 +132,11 @@ def print_status(status: WorkflowStatus, as_json: bool) -> None:
         else:
             text = "" if value is None else str(value)
         say(f"{field.name + ':':<20}{text}".rstrip())
+    trace = recorded_traceback(status.error) if status.error is not None else ""
+    if trace:
+        say("traceback:")
+        for line in trace.rstrip("\n").splitlines():
+            say(f"  {line}")
 
 
 def print_steps(steps: list[StepInfo], as_json: bool) -> None:
@@ -128,6 +146,8 @@ def print_steps(steps: list[StepInfo], as_json: bool) -> None:
     workflow ran concurrent branches, a BRANCH column names each step's branch
     and its name is indented by the branch's depth, so the table reads as the
     tree: a branch's steps sit just before the step its creator made next.
+    A durable sleep or deadline shows the time it wakes at; ATTEMPTS, how
+    many times a step's body ran (blank for calls without a body).
     """
     if as_json:
         print_json(steps)
@@ -136,24 +156,41 @@ def print_steps(steps: list[StepInfo], as_json: bool) -> None:
         say("no steps recorded")
         return
     branched = any(s.branch for s in steps)
-    headers = ["STEP", "NAME", "OUTCOME", "CHILD WORKFLOW", "STARTED (UTC)", "MS"]
+    headers = ["STEP", "NAME", "OUTCOME", "ATTEMPTS", "CHILD WORKFLOW", "STARTED", "MS"]
     if branched:
         headers.insert(0, "BRANCH")
     rows = []
     for s in steps:
-        outcome = f"error: {error_text(s.error)}" if s.error is not None else compact(s.output)
         took = (s.completed_at or 0) - (s.started_at or 0) if s.started_at is not None else None
         depth = s.branch.count(".") + 1 if s.branch else 0
         row = [
             str(s.step_id),
             "  " * depth + s.name,
-            outcome,
+            step_outcome(s),
+            "" if s.attempts is None else str(s.attempts),
             s.child_workflow_id or "",
             time_text(s.started_at),
             "" if took is None else str(took),
         ]
         rows.append([s.branch or "-", *row] if branched else row)
     print_table(headers, rows)
+
+
+_TIMERS = frozenset({"DBOS.sleep", RECV_DEADLINE, GET_EVENT_DEADLINE})
+
+
+def step_outcome(step: StepInfo) -> str:
+    """What a step returned or raised, in one line; a timer's wake-up as a time."""
+    if step.error is not None:
+        return f"error: {error_text(step.error)}"
+    if step.name in _TIMERS:
+        # Recorded as epoch seconds; null is a wait without a deadline.
+        wake = step.output
+        if wake is None:
+            return "no deadline"
+        if isinstance(wake, int | float):
+            return f"until {time_text(wake * 1000)}"
+    return compact(step.output)
 
 
 def started(

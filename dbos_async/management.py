@@ -194,6 +194,8 @@ async def _list(pool: Pool, f: mgmt_table.WorkflowFilter) -> list[WorkflowStatus
 async def list_workflow_steps(pool: Pool, workflow_id: str) -> list[StepInfo]:
     """The recorded steps of a workflow, in step order.
 
+    A step is named by what it is: the deadline of ``DBOS.recv`` is
+    ``"DBOS.recv deadline"``, though replay knows it as a ``DBOS.sleep``.
     Outputs decode to the step's annotated return type when the step is
     registered in this process, else to plain JSON.
 
@@ -215,12 +217,14 @@ def _step_from_row(row: dict[str, Any]) -> StepInfo:
     return StepInfo(
         step_id=row["step_id"],
         branch=row["branch"],
-        name=row["function_name"],
+        # A label says what a call recorded under a shared name was for.
+        name=row["label"] or row["function_name"],
         output=serialization.decode(row["output"], annotation),
         error=serialization.decode_exception(error) if error is not None else None,
         child_workflow_id=row["child_workflow_id"],
         started_at=row["started_at"],
         completed_at=row["completed_at"],
+        attempts=row["attempts"],
     )
 
 

@@ -33,6 +33,10 @@ GET_EVENT_STEP = "DBOS.get_event"
 GET_ALL_EVENTS_STEP = "DBOS.get_all_events"
 SEND_STEP = "DBOS.send"
 SET_EVENT_STEP = "DBOS.set_event"
+# The deadlines of recv and get_event are recorded as DBOS.sleep calls (replay
+# checks that name, and an earlier release must still replay them) with these labels.
+RECV_DEADLINE = "DBOS.recv deadline"
+GET_EVENT_DEADLINE = "DBOS.get_event deadline"
 
 
 def _topic(topic: str | None) -> str:
@@ -176,7 +180,9 @@ async def _recv(
             return payload is not None, serialization.decode(payload)
 
         with runtime.listener.watch("m", ctx.workflow_id) as arrived:
-            found_one, value = await checkpoint.durable_wait(timer, wait_seconds, arrived, consume)
+            found_one, value = await checkpoint.durable_wait(
+                timer, wait_seconds, arrived, consume, RECV_DEADLINE
+            )
         if found_one:
             return value
         return await _record_value(call, None)
@@ -279,7 +285,7 @@ async def _get_event_in_workflow(
 
         with runtime.listener.watch("e", workflow_id) as changed:
             found_one, value = await checkpoint.durable_wait(
-                timer, wait_seconds, changed, read_and_record
+                timer, wait_seconds, changed, read_and_record, GET_EVENT_DEADLINE
             )
         if found_one:
             return value

@@ -55,6 +55,9 @@ class StepInfo:
     sequence, else the position of the task that made it (``"0"`` is the
     first task the workflow created, ``"2.1"`` the second task created by the
     workflow's third). ``step_id`` is the call's order within its branch.
+    ``attempts`` is how many times a step's body ran, its retries included
+    (None for calls without a body of their own, such as ``DBOS.sleep``, and
+    for steps recorded before 0.3).
     """
 
     step_id: int
@@ -65,3 +68,4 @@ class StepInfo:
     started_at: int | None = None
     completed_at: int | None = None
     branch: str = ""
+    attempts: int | None = None

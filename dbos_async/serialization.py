@@ -434,17 +434,49 @@ def _recorded_class(module: Any, qualname: Any) -> type[Exception] | None:
 
 
 _RECORDED = "__dbos_recorded__"  # a dunder: never encoded again (see _jsonable)
+_TRACEBACK = "__dbos_traceback__"
 
 
 def decode_exception(raw: str) -> BaseException:
     """Rebuild a recorded exception as its own type when possible, else WorkflowError."""
     record = orjson.loads(raw)
     exc = _exception_from_record(record)
+    trace = record.get("traceback")
+    trace = trace if isinstance(trace, str) else ""
     if not isinstance(exc, DBOSError) or isinstance(exc, WorkflowError):
-        exc.add_note(f"Recorded traceback:\n{record.get('traceback', '')}")
+        exc.add_note(f"Recorded traceback:\n{trace}")
     with contextlib.suppress(AttributeError, TypeError):  # an extension type may refuse
         setattr(exc, _RECORDED, True)
+        setattr(exc, _TRACEBACK, trace)
     return exc
+
+
+def recorded_traceback(exc: BaseException) -> str:
+    """The traceback recorded with an exception rebuilt from a record ("" if none)."""
+    trace = getattr(exc, _TRACEBACK, "")
+    return trace if isinstance(trace, str) else ""
+
+
+def type_name(exc: BaseException) -> str:
+    """The qualified name of the type an exception was raised as.
+
+    For a record whose type could not be rebuilt (a ``WorkflowError`` in a
+    process without the application's code, such as the CLI), the type it
+    names. Built-in types go by their bare name.
+    """
+    if isinstance(exc, WorkflowError) and exc.original_type:
+        return exc.original_type
+    cls = type(exc)
+    module = cls.__module__ if isinstance(cls.__module__, str) else "builtins"
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def error_message(exc: BaseException) -> str:
+    """An exception's message, without the type name a ``WorkflowError`` puts before it."""
+    text = str(exc)
+    if isinstance(exc, WorkflowError) and exc.original_type:
+        return text.removeprefix(f"{exc.original_type}: ")
+    return text
 
 
 def is_recorded(exc: BaseException) -> bool:

@@ -131,9 +131,10 @@ async def _run_step(
         started = now_ms()
         token = current_step_id.set(call.step_id)
         try:
-            value = await _run_body(entry, args, kwargs, call.ctx)
+            value, attempts = await _run_body(entry, args, kwargs, call.ctx)
         except Exception as exc:
-            return await failed(call, entry, exc, started)
+            # It raises only once every attempt has failed.
+            return await failed(call, entry, exc, started, entry.options["attempts"])
         finally:
             current_step_id.reset(token)
         try:
@@ -141,16 +142,22 @@ async def _run_step(
         except SerializationError as exc:
             # The body ran: its error is recorded like any other, so replay
             # raises it without running the body again.
-            return await failed(call, entry, exc, started)
-        found = await checkpoint.record(call, output=output, started_at=started)
+            return await failed(call, entry, exc, started, attempts)
+        found = await checkpoint.record(call, output=output, started_at=started, attempts=attempts)
         # Another execution of this workflow recorded the step first: its outcome stands.
         return value if found is None else outcome(entry, found)
 
 
 async def failed(
-    call: checkpoint.Call, entry: registry.Registered, exc: Exception, started: int
+    call: checkpoint.Call,
+    entry: registry.Registered,
+    exc: Exception,
+    started: int,
+    attempts: int | None = None,
 ) -> Any:
     """Record the body's error as the call's outcome and raise it again.
+
+    ``attempts``: how many times the body ran (None: the call has no body).
 
     If an earlier execution recorded the call first, its outcome stands instead.
 
@@ -166,7 +173,7 @@ async def failed(
             f"Step {entry.name!r} lost its database connection: {exc!r}"
         ) from exc
     error = serialization.encode_exception(exc)
-    found = await checkpoint.record(call, error=error, started_at=started)
+    found = await checkpoint.record(call, error=error, started_at=started, attempts=attempts)
     if found is None:
         raise exc
     return outcome(entry, found)
@@ -184,8 +191,13 @@ async def _run_body(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     ctx: WorkflowContext,
-) -> Any:
-    """Run the body of a checkpointed step with its retry policy."""
+) -> tuple[Any, int]:
+    """Run the body of a checkpointed step with its retry policy: its value, and the runs it took.
+
+    Raises:
+        MaxStepRetriesExceeded: every one of the step's retries failed.
+        Exception: what the body raised (a step without retries), or an outage.
+    """
     options = entry.options
     attempts = options["attempts"]
     last: Exception | None = None
@@ -194,8 +206,8 @@ async def _run_body(
             await anyio.sleep(options["interval"] * options["backoff"] ** (attempt - 1))
         try:
             if options["is_async"]:  # inline: every async step's path
-                return await entry.fn(*args, **kwargs)
-            return await _call_body(entry, args, kwargs, ctx.runtime)
+                return await entry.fn(*args, **kwargs), attempt + 1
+            return await _call_body(entry, args, kwargs, ctx.runtime), attempt + 1
         except Exception as exc:
             last = exc
             if attempt + 1 < attempts:

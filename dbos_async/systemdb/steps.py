@@ -38,6 +38,8 @@ class StepRecord:
     fence: int = 0  # the writer's fencing token (see 0003_failover.sql); not stored
     branch: str = ""  # "" is the workflow's own sequence
     origin: int = 0  # where the branch's top-level ancestor was created (branches only)
+    attempts: int | None = None  # runs of a step's body; None for calls without one
+    label: str | None = None  # what the call was for, where function_name does not say
 
     @property
     def key(self) -> StepKey:
@@ -72,7 +74,7 @@ def _columns(rows: Sequence[StepRecord], *, branched: bool) -> tuple[list[object
     )
     if branched:
         columns += ([r.branch for r in rows], [r.origin for r in rows])
-    return columns
+    return (*columns, [r.attempts for r in rows], [r.label for r in rows])
 
 
 async def insert_steps(

@@ -61,15 +61,15 @@ LIMIT $12::int8 OFFSET $13::int8;
 -- with a NULL step_id when it has none, no row at all when the workflow does
 -- not exist.
 SELECT o.branch, o.step_id, o.function_name, o.output, o.error, o.child_workflow_id,
-       o.started_at, o.completed_at
+       o.started_at, o.completed_at, o.attempts, o.label
 FROM {schema}.workflow_status AS w
 LEFT JOIN (
     SELECT workflow_id, ''::text AS branch, step_id, step_id AS origin, function_name,
-           output, error, child_workflow_id, started_at, completed_at
+           output, error, child_workflow_id, started_at, completed_at, attempts, label
     FROM {schema}.operation_outputs WHERE workflow_id = $1
     UNION ALL
     SELECT workflow_id, branch, step_id, origin, function_name, output, error,
-           child_workflow_id, started_at, completed_at
+           child_workflow_id, started_at, completed_at, attempts, label
     FROM {schema}.branch_outputs WHERE workflow_id = $1) AS o ON o.workflow_id = w.workflow_id
 WHERE w.workflow_id = $1
 ORDER BY o.origin, o.branch = '', string_to_array(o.branch, '.')::int[], o.step_id;
@@ -107,18 +107,18 @@ forked AS (
 copied AS (
     INSERT INTO {schema}.operation_outputs (
         workflow_id, step_id, function_name, output, error, child_workflow_id,
-        started_at, completed_at)
+        started_at, completed_at, attempts, label)
     SELECT f.workflow_id, o.step_id, o.function_name, o.output, o.error,
-           o.child_workflow_id, o.started_at, o.completed_at
+           o.child_workflow_id, o.started_at, o.completed_at, o.attempts, o.label
     FROM {schema}.operation_outputs AS o, forked AS f
     WHERE o.workflow_id = $1 AND o.step_id < $3::int4
     RETURNING '' AS branch, step_id, function_name, output, completed_at),
 copied_branches AS (
     INSERT INTO {schema}.branch_outputs (
         workflow_id, branch, step_id, origin, function_name, output, error,
-        child_workflow_id, started_at, completed_at)
+        child_workflow_id, started_at, completed_at, attempts, label)
     SELECT f.workflow_id, b.branch, b.step_id, b.origin, b.function_name, b.output,
-           b.error, b.child_workflow_id, b.started_at, b.completed_at
+           b.error, b.child_workflow_id, b.started_at, b.completed_at, b.attempts, b.label
     FROM {schema}.branch_outputs AS b, forked AS f
     WHERE b.workflow_id = $1 AND b.origin <= $3::int4 AND $3::int4 > 0
     RETURNING branch, step_id, function_name, output, completed_at),

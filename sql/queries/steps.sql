@@ -7,20 +7,23 @@
 -- nothing more, even when its runtime missed the notification.
 
 -- name: insert_steps
--- Checkpoint completed steps, many rows in one statement (group commit).
+-- Checkpoint completed steps, many rows in one statement (group commit);
+-- $12 and $13 (for insert_own_steps $10 and $11) hold each step's attempts
+-- and label (see 0009_step_attempts.sql).
 -- The first writer of (workflow_id, branch, step_id) wins; a row whose fence
 -- ($9) is not the workflow's current one is not written (its writer lost the
 -- workflow to another runtime). RETURNING names the rows written now.
 WITH own AS (
     INSERT INTO {schema}.operation_outputs (
         workflow_id, step_id, function_name, output, error, child_workflow_id,
-        started_at, completed_at)
+        started_at, completed_at, attempts, label)
     SELECT u.workflow_id, u.step_id, u.function_name, u.output, u.error,
-           u.child_workflow_id, u.started_at, u.completed_at
+           u.child_workflow_id, u.started_at, u.completed_at, u.attempts, u.label
     FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
-                $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::text[])
+                $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::text[],
+                $12::int4[], $13::text[])
          AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
-              started_at, completed_at, fence, branch)
+              started_at, completed_at, fence, branch, attempts, label)
     JOIN {schema}.workflow_status AS w
       ON w.workflow_id = u.workflow_id AND w.fence = u.fence AND w.status = 'PENDING'
     WHERE u.branch = ''
@@ -29,13 +32,14 @@ WITH own AS (
 branched AS (
     INSERT INTO {schema}.branch_outputs (
         workflow_id, branch, step_id, origin, function_name, output, error,
-        child_workflow_id, started_at, completed_at)
+        child_workflow_id, started_at, completed_at, attempts, label)
     SELECT u.workflow_id, u.branch, u.step_id, u.origin, u.function_name, u.output,
-           u.error, u.child_workflow_id, u.started_at, u.completed_at
+           u.error, u.child_workflow_id, u.started_at, u.completed_at, u.attempts, u.label
     FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
-                $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::text[], $11::int4[])
+                $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::text[], $11::int4[],
+                $12::int4[], $13::text[])
          AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
-              started_at, completed_at, fence, branch, origin)
+              started_at, completed_at, fence, branch, origin, attempts, label)
     JOIN {schema}.workflow_status AS w
       ON w.workflow_id = u.workflow_id AND w.fence = u.fence AND w.status = 'PENDING'
     WHERE u.branch <> ''
@@ -50,13 +54,13 @@ SELECT workflow_id, branch, step_id FROM branched;
 -- rows): the common case, without the second INSERT.
 INSERT INTO {schema}.operation_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
-    started_at, completed_at)
+    started_at, completed_at, attempts, label)
 SELECT u.workflow_id, u.step_id, u.function_name, u.output, u.error, u.child_workflow_id,
-       u.started_at, u.completed_at
+       u.started_at, u.completed_at, u.attempts, u.label
 FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[],
-            $6::text[], $7::int8[], $8::int8[], $9::int4[])
+            $6::text[], $7::int8[], $8::int8[], $9::int4[], $10::int4[], $11::text[])
      AS u(workflow_id, step_id, function_name, output, error, child_workflow_id,
-          started_at, completed_at, fence)
+          started_at, completed_at, fence, attempts, label)
 JOIN {schema}.workflow_status AS w
       ON w.workflow_id = u.workflow_id AND w.fence = u.fence AND w.status = 'PENDING'
 ON CONFLICT (workflow_id, step_id) DO NOTHING
@@ -65,22 +69,22 @@ RETURNING workflow_id, ''::text AS branch, step_id;
 -- name: insert_step_if_absent
 -- insert_steps for one row of the workflow's own sequence: the single-row form
 -- is cheaper than unnest. The command tag (INSERT 0 1 or INSERT 0 0) says
--- whether it was written.
+-- whether it was written. $10, $11: attempts, label.
 INSERT INTO {schema}.operation_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
-    started_at, completed_at)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8
+    started_at, completed_at, attempts, label)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11
 WHERE EXISTS (SELECT 1 FROM {schema}.workflow_status WHERE workflow_id = $1 AND fence = $9
                     AND status = 'PENDING')
 ON CONFLICT (workflow_id, step_id) DO NOTHING;
 
 -- name: insert_branch_step_if_absent
 -- insert_steps for one row of branch $10 (origin $11); the command tag says
--- whether it was written.
+-- whether it was written. $12, $13: attempts, label.
 INSERT INTO {schema}.branch_outputs (
     workflow_id, step_id, function_name, output, error, child_workflow_id,
-    started_at, completed_at, branch, origin)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11
+    started_at, completed_at, branch, origin, attempts, label)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $12, $13
 WHERE EXISTS (SELECT 1 FROM {schema}.workflow_status WHERE workflow_id = $1 AND fence = $9
                     AND status = 'PENDING')
 ON CONFLICT (workflow_id, branch, step_id) DO NOTHING;
@@ -89,12 +93,13 @@ ON CONFLICT (workflow_id, branch, step_id) DO NOTHING;
 -- Checkpoint one step of branch $10 (origin $11) inside a caller's transaction
 -- (@DBOS.transaction): no ON CONFLICT, so a recorded step raises a unique
 -- violation that aborts that transaction, and the body commits exactly once.
--- Returns 0 when the fence ($9) is stale: the caller rolls back.
+-- Returns 0 when the fence ($9) is stale: the caller rolls back. $12, $13:
+-- attempts, label.
 WITH own AS (
     INSERT INTO {schema}.operation_outputs (
         workflow_id, step_id, function_name, output, error, child_workflow_id,
-        started_at, completed_at)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8
+        started_at, completed_at, attempts, label)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $12::int4, $13::text
     WHERE $10 = ''
       AND EXISTS (SELECT 1 FROM {schema}.workflow_status WHERE workflow_id = $1 AND fence = $9
                     AND status = 'PENDING')
@@ -102,8 +107,8 @@ WITH own AS (
 branched AS (
     INSERT INTO {schema}.branch_outputs (
         workflow_id, step_id, function_name, output, error, child_workflow_id,
-        started_at, completed_at, branch, origin)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11
+        started_at, completed_at, branch, origin, attempts, label)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $12::int4, $13::text
     WHERE $10 <> ''
       AND EXISTS (SELECT 1 FROM {schema}.workflow_status WHERE workflow_id = $1 AND fence = $9
                     AND status = 'PENDING')

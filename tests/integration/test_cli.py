@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import AsyncIterator
@@ -34,10 +35,14 @@ class Run:
         return json.loads(self.out)
 
 
-async def dbos_cli(*args: str, url: str | None = None, env_url: str | None = None) -> Run:
+async def dbos_cli(
+    *args: str, url: str | None = None, env_url: str | None = None, tz: str | None = None
+) -> Run:
     env = {k: v for k, v in os.environ.items() if k != "DBOS_DATABASE_URL"}
     if env_url is not None:
         env["DBOS_DATABASE_URL"] = env_url
+    if tz is not None:
+        env["TZ"] = tz
     argv = [*args, "--database-url", url] if url is not None else list(args)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -147,7 +152,6 @@ async def test_workflow_list_prints_an_aligned_table(seeded: str) -> None:
         "APP",
         "VERSION",
         "CREATED",
-        "(UTC)",
     ]
     version_col = lines[0].index("APP VERSION")
     assert lines[1][version_col:].split()[0] == "test"  # "broken", of the test's runtime
@@ -206,6 +210,40 @@ async def test_workflow_get(seeded: str) -> None:
     as_json = (await dbos_cli("workflow", "get", "broken", "--json", url=seeded)).json()
     assert isinstance(as_json, dict)
     assert as_json["status"] == "ERROR" and as_json["error"]["type"] == "RuntimeError"
+
+
+class CardDeclined(Exception):
+    """An application's own error type, which the CLI process cannot import."""
+
+
+@DBOS.workflow()
+async def declines() -> None:
+    raise CardDeclined("card ending 4242 declined")
+
+
+async def test_workflow_get_shows_the_original_error_type_and_its_traceback(dbos: DBOS) -> None:
+    # Issue 19: the error went by WorkflowError, with no traceback.
+    with SetWorkflowID("declined"), pytest.raises(CardDeclined):
+        await declines()
+    qualified = f"{__name__}.CardDeclined"
+    run = await dbos_cli("workflow", "get", "declined", url=dbos.database_url, tz="IST-5:30")
+    assert run.code == 0, run
+    lines = run.out.splitlines()
+    assert f"error:              {qualified}: card ending 4242 declined" in lines, run.out
+    trace = lines[lines.index("traceback:") + 1 :]
+    assert trace[0] == "  Traceback (most recent call last):", trace
+    assert any('raise CardDeclined("card ending 4242 declined")' in line for line in trace)
+    assert trace[-1] == f"  {qualified}: card ending 4242 declined"
+    # Times are ISO 8601 in the local zone (here +05:30), with the epoch ms.
+    created = next(line for line in lines if line.startswith("created_at:"))
+    assert re.fullmatch(r"created_at:\s+\d{4}-\d\d-\d\dT[\d:.]+\+05:30 \(\d+\)", created)
+    as_json = (
+        await dbos_cli("workflow", "get", "declined", "--json", url=dbos.database_url)
+    ).json()
+    assert isinstance(as_json, dict)
+    error = as_json["error"]
+    assert error["type"] == qualified and error["message"] == "card ending 4242 declined"
+    assert "raise CardDeclined" in error["traceback"]
 
 
 async def test_the_url_may_come_before_the_command_and_wins_over_the_environment(
@@ -267,6 +305,74 @@ async def test_workflow_steps_shows_the_branch_tree(dbos: DBOS) -> None:
     assert lines[2].index(name) > lines[1].index(name)
     steps = (await dbos_cli("workflow", "steps", "tree", "--json", url=dbos.database_url)).json()
     assert [s["branch"] for s in steps] == ["", "0", "0", "1", "1", ""]  # type: ignore[attr-defined, index]
+
+
+flaky_runs: list[int] = []
+
+
+@DBOS.step(retries_allowed=True, max_attempts=5, interval_seconds=0)
+async def flaky() -> str:
+    flaky_runs.append(1)
+    if len(flaky_runs) < 3:
+        raise ConnectionResetError("the payment API hung up")
+    return "paid"
+
+
+@DBOS.workflow()
+async def built_ins() -> object:
+    paid = await flaky()
+    await DBOS.sleep(0.01)
+    got = await DBOS.recv("nothing", timeout_seconds=0.01)
+    event = await DBOS.get_event("nobody", "nothing", timeout_seconds=0.01)
+    return [paid, got, event]
+
+
+async def test_workflow_steps_names_built_ins_and_shows_times_and_attempts(dbos: DBOS) -> None:
+    # Issue 19: a sleep's wake-up was a raw epoch float, a recv deadline read
+    # as a DBOS.sleep step, and retries did not show.
+    flaky_runs.clear()
+    with SetWorkflowID("built-ins"):
+        assert await built_ins() == ["paid", None, None]
+    run = await dbos_cli("workflow", "steps", "built-ins", url=dbos.database_url, tz="IST-5:30")
+    assert run.code == 0, run
+    lines = run.out.splitlines()
+    headers = ["STEP", "NAME", "OUTCOME", "ATTEMPTS", "CHILD", "WORKFLOW", "STARTED", "MS"]
+    assert lines[0].split() == headers
+    names = ["DBOS.recv deadline", "DBOS.get_event deadline"]
+    for label in names:  # two words: cut the table where its next column starts
+        assert sum(label in line for line in lines) == 1, (label, run.out)
+    cells = [line.replace(" deadline", "_deadline").split() for line in lines[1:]]
+    assert [c[:2] for c in cells] == [
+        ["0", f"{__name__}.flaky"],
+        ["1", "DBOS.sleep"],
+        ["2", "DBOS.recv"],
+        ["3", "DBOS.recv_deadline"],
+        ["4", "DBOS.get_event"],
+        ["5", "DBOS.get_event_deadline"],
+    ]
+    assert cells[0][2:4] == ['"paid"', "3"]  # three runs of its body, the first two failed
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+05:30"
+    for row in (cells[1], cells[3], cells[5]):  # each timer: the time it wakes at, local
+        assert row[2] == "until" and re.fullmatch(iso, row[3]), row
+    attempts = slice(lines[0].index("ATTEMPTS"), lines[0].index("CHILD WORKFLOW"))
+    started = slice(lines[0].index("STARTED"), lines[0].index("MS"))
+    assert [line[attempts].strip() for line in lines[1:]] == ["3", "", "", "", "", ""]
+    for line in lines[1:]:
+        assert re.fullmatch(iso, line[started].strip()), line
+    steps = await dbos.list_workflow_steps("built-ins")
+    assert [s.attempts for s in steps] == [3, None, None, None, None, None]
+    assert [s.name for s in steps][1:] == [
+        "DBOS.sleep",
+        "DBOS.recv",
+        *names[:1],
+        "DBOS.get_event",
+        *names[1:],
+    ]
+    as_json = (
+        await dbos_cli("workflow", "steps", "built-ins", "--json", url=dbos.database_url)
+    ).json()
+    assert [s["attempts"] for s in as_json] == [3, None, None, None, None, None]  # type: ignore[attr-defined, index]
+    assert isinstance(as_json[1]["output"], float)  # type: ignore[index] # scripts get epoch seconds
 
 
 # -- workflow cancel / resume / restart / fork ---------------------------------------------

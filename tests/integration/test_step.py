@@ -44,8 +44,9 @@ async def test_retries_back_off_then_succeed(dbos: DBOS, conn: asyncpg.Connectio
         assert await uses_flaky(3) == "ok after 3"
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.01 and gaps[1] >= 0.03  # interval * backoff**k
-    # Only the final outcome is checkpointed, once.
+    # Only the final outcome is checkpointed, once, with the runs it took.
     assert await conn.fetchval("SELECT count(*) FROM operation_outputs") == 1
+    assert [s.attempts for s in await DBOS.list_workflow_steps("flaky-ok")] == [3]
 
 
 async def test_retries_exhausted_raise_max_step_retries(dbos: DBOS) -> None:
@@ -58,6 +59,7 @@ async def test_retries_exhausted_raise_max_step_retries(dbos: DBOS) -> None:
     assert status is not None and status.status is WorkflowStatusString.ERROR
     assert isinstance(status.error, MaxStepRetriesExceeded)
     assert isinstance(status.error.last_error, ConnectionError)
+    assert [s.attempts for s in await DBOS.list_workflow_steps("flaky-bad")] == [4]
 
 
 threads: list[str] = []
