@@ -19,14 +19,14 @@ from typing import Any, TypeVar
 import asyncpg
 import click
 
-from dbos_async import cli_output
+from dbos_async import cli_output, management
 from dbos_async.client import DBOSClient
 from dbos_async.context import SetWorkflowID
 from dbos_async.errors import DBOSError, WorkflowNotFoundError
 from dbos_async.models import WorkflowStatus, WorkflowStatusString
 from dbos_async.systemdb import executors as executors_table
 from dbos_async.systemdb.migrate import migrate as run_migrations
-from dbos_async.systemdb.migrate import migrations
+from dbos_async.systemdb.migrate import migrations, newer_migrations
 from dbos_async.systemdb.pool import acquire, create_pool
 from dbos_async.validation import check_schema_name
 
@@ -164,15 +164,16 @@ def migrate(database_url: str | None, schema: str) -> None:
     schema = _from_root("schema", schema)
     check_schema_name(schema)
 
-    async def run() -> list[int]:
+    async def run() -> tuple[list[int], list[int]]:
         pool = await create_pool(url, schema=schema, max_size=1)
         try:
             async with acquire(pool) as conn:
-                return await run_migrations(conn, schema)
+                applied = await run_migrations(conn, schema)
+                return applied, await newer_migrations(conn, schema)
         finally:
             await pool.close()
 
-    applied = asyncio.run(run())
+    applied, newer = asyncio.run(run())
     names = {m.version: m.name for m in migrations()}
     if applied:
         cli_output.say(f"applied {len(applied)} migrations to schema {schema}:")
@@ -180,6 +181,13 @@ def migrate(database_url: str | None, schema: str) -> None:
             cli_output.say(f"  {names[version]}")
     else:
         cli_output.say(f"schema {schema} is up to date ({len(names)} migrations)")
+    if newer:
+        # Migrations only add, so this release still works on it; but "up to
+        # date" alone would hide that a newer release shares the database.
+        cli_output.say(
+            f"schema {schema} also has migrations {', '.join(map(str, newer))}, applied by "
+            "a newer release of dbos-async"
+        )
 
 
 @cli.group()
@@ -286,15 +294,17 @@ def list_steps(database_url: str | None, schema: str, as_json: bool, workflow_id
 def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """Cancel a PENDING or ENQUEUED workflow (a finished one is left as it is)."""
 
-    async def run(client: DBOSClient) -> WorkflowStatus:
-        await client.cancel_workflow(workflow_id)
-        return await _status_of(client, workflow_id)
+    async def run(client: DBOSClient) -> tuple[bool, WorkflowStatus]:
+        cancelled = await management.cancel_workflow(client.pool, workflow_id)
+        return cancelled, await _status_of(client, workflow_id)
 
-    status = _with_client(database_url, schema, run)
+    cancelled, status = _with_client(database_url, schema, run)
     if as_json:
         cli_output.print_json(status)
-    elif status.status is WorkflowStatusString.CANCELLED:
+    elif cancelled:
         cli_output.say(f"cancelled {workflow_id}")
+    elif status.status is WorkflowStatusString.CANCELLED:
+        cli_output.say(f"{workflow_id} was already CANCELLED: left as it is")
     else:
         cli_output.say(f"{workflow_id} is {status.status.value}: left as it is")
 
@@ -306,35 +316,33 @@ def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: st
 def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """Continue a CANCELLED, failed or stranded workflow from its last completed step.
 
-    Stranded: PENDING, but the runtime that claimed it is gone.
+    Stranded: PENDING, but the runtime that claimed it is gone. An ENQUEUED
+    workflow leaves its queue and waits on the internal one, which starts it
+    without the queue's limits.
     """
 
     async def run(
         client: DBOSClient,
-    ) -> tuple[WorkflowStatusString, WorkflowStatus, int | None]:
-        before = await _status_of(client, workflow_id)
-        handle = await client.resume_workflow(workflow_id)
-        status = await handle.get_status()
-        return before.status, status, await _runners(client, status)
+    ) -> tuple[WorkflowStatusString | None, WorkflowStatus, int | None]:
+        # What the statement itself did, not two reads around it: another
+        # runtime may dequeue or finish the workflow in between.
+        resumed = await management.resume_workflow(client.pool, workflow_id)
+        status = await _status_of(client, workflow_id)
+        return resumed, status, await _runners(client, status)
 
-    before, status, runners = _with_client(database_url, schema, run)
-    # A stranded PENDING workflow is enqueued for a runtime of its version.
-    stranded = before is WorkflowStatusString.PENDING and status.status is not before
+    resumed, status, runners = _with_client(database_url, schema, run)
     if as_json:
         cli_output.print_json(status)
-    elif before in _RESUMABLE or stranded:
+    elif resumed is WorkflowStatusString.ENQUEUED:
+        cli_output.say(
+            f"started {workflow_id} ahead of its queue ({cli_output.waiting(status, runners)})"
+        )
+    elif resumed is not None:
         cli_output.say(f"resumed {workflow_id} ({cli_output.waiting(status, runners)})")
-    elif before is WorkflowStatusString.PENDING:
+    elif status.status is WorkflowStatusString.PENDING:
         cli_output.say(f"{workflow_id} is PENDING and its runtime is alive: nothing to resume")
     else:
         cli_output.say(f"{workflow_id} is {status.status.value}: nothing to resume")
-
-
-_RESUMABLE = (
-    WorkflowStatusString.CANCELLED,
-    WorkflowStatusString.ERROR,
-    WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED,
-)
 
 
 @workflow.command("restart")

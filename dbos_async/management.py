@@ -228,8 +228,10 @@ def _step_from_row(row: dict[str, Any]) -> StepInfo:
     )
 
 
-async def cancel_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None = None) -> None:
+async def cancel_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None = None) -> bool:
     """Mark a PENDING or ENQUEUED workflow CANCELLED; a finished one is left as it is.
+
+    Returns whether this call cancelled it.
 
     The runtime running it interrupts it at once: its running step gets
     CancelledError and no later step starts. ``runtime`` (the caller's) does
@@ -252,9 +254,12 @@ async def cancel_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None 
         before,
         extra={"action": "cancel_workflow", "workflow_id": workflow_id},
     )
+    return bool(changed)
 
 
-async def resume_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None = None) -> None:
+async def resume_workflow(
+    pool: Pool, workflow_id: str, runtime: Runtime | None = None
+) -> WorkflowStatusString | None:
     """Continue a CANCELLED, ERROR or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow.
 
     Also a stranded PENDING one: the runtime instance that claimed it is gone
@@ -268,16 +273,20 @@ async def resume_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None 
     queue (it leaves the queue, taking none of its slots), as DBOS does. Any
     other status is left as it is.
 
+    Returns the status it had if it was resumed, None if it was left as it is.
+
     Raises:
         WorkflowNotFoundError: no workflow has this ID.
         QueueDeduplicatedError: its deduplication ID is live again on its queue.
     """
     check_workflow_id(workflow_id)
     with _reconciled_on_error(runtime):
-        await _resume(pool, workflow_id, runtime)
+        return await _resume(pool, workflow_id, runtime)
 
 
-async def _resume(pool: Pool, workflow_id: str, runtime: Runtime | None) -> None:
+async def _resume(
+    pool: Pool, workflow_id: str, runtime: Runtime | None
+) -> WorkflowStatusString | None:
     async with acquire(pool) as conn:
         try:
             row = await wf_table.resume_workflow(
@@ -299,6 +308,7 @@ async def _resume(pool: Pool, workflow_id: str, runtime: Runtime | None) -> None
             raise WorkflowNotFoundError(workflow_id)
         if runtime is not None and row["new_status"] == WorkflowStatusString.PENDING:
             await run_claimed(runtime, conn, [row])
+        return None if row["new_status"] is None else WorkflowStatusString(row["status"])
 
 
 async def restart_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None = None) -> str:

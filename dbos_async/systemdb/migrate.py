@@ -91,6 +91,15 @@ async def migrate(conn: Connection, schema: str) -> list[int]:
         await conn.execute(sql["unlock_migrations"], schema)
 
 
+async def newer_migrations(conn: Connection, schema: str) -> list[int]:
+    """Versions applied to ``schema`` that this release has no file for (a newer one applied them).
+
+    One round trip (two on a schema without the migrations table).
+    """
+    known = {m.version for m in migrations()}
+    return sorted(r[0] for r in await _applied(conn, schema) if r[0] not in known)
+
+
 async def _applied(conn: Connection, schema: str) -> list[tuple[int]]:
     sql = statements(schema)
     if not await conn.fetchval(sql["table_exists"], schema, "schema_migrations"):

@@ -131,8 +131,25 @@ async def test_migrate_then_up_to_date(empty_url: str) -> None:
     assert again.code == 0 and "applied" in again.out
     third = await dbos_cli("migrate", url=empty_url)
     assert third.code == 0 and "up to date" in third.out, third
+    assert "newer release" not in third.out
     empty = await dbos_cli("workflow", "list", url=empty_url)
     assert empty.code == 0 and empty.out.strip() == "no workflows"
+    # Issue 19 (audit): a schema a newer release migrated further is not just "up to date".
+    conn = await asyncpg.connect(empty_url)
+    try:
+        await conn.execute(
+            "INSERT INTO dbos_async.schema_migrations (version, name)"
+            " VALUES (9998, '9998_from_the_future.sql'), (9999, '9999_and_more.sql')"
+        )
+    finally:
+        await conn.close()
+    newer = await dbos_cli("migrate", url=empty_url)
+    assert newer.code == 0, newer
+    assert newer.out.splitlines() == [
+        f"schema dbos_async is up to date ({len(migrations())} migrations)",
+        "schema dbos_async also has migrations 9998, 9999, applied by a newer release of "
+        "dbos-async",
+    ], newer
 
 
 # -- workflow list / get / steps ----------------------------------------------------------
@@ -381,6 +398,8 @@ async def test_workflow_steps_names_built_ins_and_shows_times_and_attempts(dbos:
 async def test_workflow_cancel_and_resume(seeded: str, conn: asyncpg.Connection) -> None:
     run = await dbos_cli("workflow", "cancel", "queued", url=seeded)
     assert run.code == 0 and run.out.strip() == "cancelled queued", run
+    again = await dbos_cli("workflow", "cancel", "queued", url=seeded)
+    assert again.out.strip() == "queued was already CANCELLED: left as it is", again
     done = await dbos_cli("workflow", "cancel", "first", url=seeded)
     assert done.code == 0 and done.out.strip() == "first is SUCCESS: left as it is"
     resumed = await dbos_cli("workflow", "resume", "queued", url=seeded)
@@ -391,6 +410,14 @@ async def test_workflow_cancel_and_resume(seeded: str, conn: asyncpg.Connection)
     assert tuple(row) == ("ENQUEUED", "payments")  # type: ignore[arg-type] # its own queue again
     nothing = await dbos_cli("workflow", "resume", "first", url=seeded)
     assert nothing.code == 0 and "nothing to resume" in nothing.out
+    # Issue 19 (audit): resuming an ENQUEUED workflow moves it ahead of its
+    # queue; the CLI said "nothing to resume" while it did.
+    ahead = await dbos_cli("workflow", "resume", "queued", url=seeded)
+    assert ahead.code == 0 and ahead.out.startswith("started queued ahead of its queue ("), ahead
+    row = await conn.fetchrow(
+        "SELECT status, queue_name FROM workflow_status WHERE workflow_id = 'queued'"
+    )
+    assert row["queue_name"] == INTERNAL_QUEUE, row  # type: ignore[index]
     as_json = (await dbos_cli("workflow", "cancel", "broken", "--json", url=seeded)).json()
     assert isinstance(as_json, dict) and as_json["status"] == "ERROR"
 
