@@ -20,6 +20,7 @@ import asyncpg
 import click
 
 from dbos_async import cli_output, management
+from dbos_async.cli_postgres import postgres
 from dbos_async.client import DBOSClient
 from dbos_async.context import SetWorkflowID
 from dbos_async.errors import DBOSError, WorkflowNotFoundError
@@ -521,4 +522,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+cli.add_command(postgres)
 __all__ = ["cli", "main"]

@@ -16,6 +16,7 @@ With no DBOS_DATABASE_URL set, the data lives in an embedded Postgres under
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 
@@ -128,6 +129,12 @@ async def main(reset: bool) -> None:
                 say(handle.workflow_id, "already finished in an earlier run")
             paid = await handle.get_result()
             say(handle.workflow_id, f"checkout {'succeeded' if paid else 'failed'}")
+    if not os.environ.get("DBOS_DATABASE_URL"):
+        print(
+            "the embedded Postgres keeps running for the next run; "
+            "`dbos-async postgres stop` stops it",
+            flush=True,
+        )
 
 
 USAGE = "usage: python examples/quickstart.py [--reset] [--help]"

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,7 +20,7 @@ import asyncpg
 import pytest
 
 from dbos_async import DBOS, embedded
-from dbos_async.embedded import LocalCluster, find_postgres_bin_dir
+from dbos_async.embedded import RECORD_NAME, LocalCluster, find_postgres_bin_dir
 
 BIN_DIR = find_postgres_bin_dir(prefer_system=True)
 pytestmark = pytest.mark.skipif(BIN_DIR is None, reason="no Postgres binaries")
@@ -26,11 +30,10 @@ pytestmark = pytest.mark.skipif(BIN_DIR is None, reason="no Postgres binaries")
 def cluster_dir() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="dbos_emb_"))
     root.chmod(0o755)
-    clusters: list[LocalCluster] = []
     yield root
-    for cluster in clusters:
-        cluster.stop()
-    LocalCluster(root, BIN_DIR).stop()  # type: ignore[arg-type]
+    # A test may have planted files that make stop() refuse: its server is stopped by then.
+    with contextlib.suppress(RuntimeError):
+        LocalCluster(root, BIN_DIR).stop()  # type: ignore[arg-type]
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -146,5 +149,161 @@ def test_a_pid_file_owned_by_someone_else_is_not_trusted(cluster_dir: Path) -> N
     pid_file = cluster_dir / "pgdata" / "postmaster.pid"
     pid_file.write_text(f"{os.getpid()}\n{cluster_dir}\n0\n6543\n")  # "a server on 6543"
     os.chown(pid_file, 12345, 12345)
+    with pytest.raises(RuntimeError, match="owned by"):
+        LocalCluster(cluster_dir, BIN_DIR).start()  # type: ignore[arg-type]
+
+
+def _record(data_dir: Path) -> dict[str, object]:
+    record: dict[str, object] = json.loads((data_dir / RECORD_NAME).read_text())
+    return record
+
+
+def test_the_port_is_recorded_and_kept_across_restarts(cluster_dir: Path) -> None:
+    cluster = LocalCluster(cluster_dir, BIN_DIR)  # type: ignore[arg-type]
+    url = cluster.start()
+    port = cluster.port
+    assert _record(cluster_dir) == {"port": port, "pgdata": "pgdata"}
+    assert cluster.stop() is True
+    assert cluster.stop() is False  # not running: nothing to do
+    again = LocalCluster(cluster_dir, BIN_DIR)  # type: ignore[arg-type]
+    assert again.start() == url
+    assert again.port == port
+
+
+def test_a_taken_port_moves_the_server_and_the_record(
+    cluster_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = LocalCluster(cluster_dir, BIN_DIR)  # type: ignore[arg-type]
+    cluster.start()
+    cluster.stop()
+    old = cluster.port
+    assert old is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", old))
+        squatter.listen()
+        with caplog.at_level(logging.WARNING, logger="dbos_async.embedded"):
+            url = cluster.start()
+    assert cluster.port != old
+    assert _record(cluster_dir)["port"] == cluster.port
+    assert _query(url, "SELECT 1") == 1
+    moved = [r.getMessage() for r in caplog.records if "taken" in r.getMessage()]
+    assert len(moved) == 1 and f"port {old}" in moved[0] and f"port {cluster.port}" in moved[0]
+
+
+def test_a_cluster_made_before_the_record_is_found_in_the_data_dir(cluster_dir: Path) -> None:
+    cluster = LocalCluster(cluster_dir, BIN_DIR)  # type: ignore[arg-type]
+    url = cluster.start()
+    _query(url, "CREATE TABLE kept AS SELECT 3 AS answer")
+    (cluster_dir / RECORD_NAME).unlink()  # what releases before the record left
+    assert LocalCluster(cluster_dir, BIN_DIR).start() == url  # type: ignore[arg-type]
+    cluster.stop()
+    (cluster_dir / RECORD_NAME).unlink()
+    url = LocalCluster(cluster_dir, BIN_DIR).start()  # type: ignore[arg-type]
+    assert _query(url, "SELECT answer FROM kept") == 3
+    assert _record(cluster_dir)["pgdata"] == "pgdata"
+
+
+def test_status_says_where_the_cluster_is_and_whether_it_runs(cluster_dir: Path) -> None:
+    cluster = LocalCluster(cluster_dir, BIN_DIR)  # type: ignore[arg-type]
+    before = cluster.status()
+    assert (before.created, before.running, before.port) == (False, False, None)
+    cluster.start()
+    running = LocalCluster(cluster_dir, BIN_DIR).status()  # type: ignore[arg-type]
+    assert (running.created, running.running, running.port) == (True, True, cluster.port)
+    assert running.pgdata == cluster_dir.resolve() / "pgdata"
+    cluster.stop()
+    stopped = LocalCluster(cluster_dir, BIN_DIR).status()  # type: ignore[arg-type]
+    assert (stopped.created, stopped.running, stopped.port) == (True, False, cluster.port)
+
+
+def test_a_record_that_is_not_one_is_refused(cluster_dir: Path) -> None:
+    (cluster_dir / RECORD_NAME).write_text('{"port": "5432; rm -rf /"}')
+    with pytest.raises(RuntimeError, match="not a record"):
+        LocalCluster(cluster_dir, BIN_DIR).start()  # type: ignore[arg-type]
+
+
+# -- as root, a project that 'nobody' cannot enter (a clone under /root) -------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the server runs as nobody)")
+
+
+@pytest.fixture
+def locked_project() -> Iterator[tuple[Path, Path]]:
+    """A data dir inside a 0700 directory, and a relocation base 'nobody' can enter."""
+    outer = Path(tempfile.mkdtemp(prefix="dbos_locked_"))  # 0700, like /root
+    base = Path(tempfile.mkdtemp(prefix="dbos_base_"))
+    base.chmod(0o755)
+    data_dir = outer / "shop" / ".dbos_async"
+    yield data_dir, base
+    with contextlib.suppress(RuntimeError):
+        LocalCluster(data_dir, BIN_DIR, relocation_base=base).stop()  # type: ignore[arg-type]
+    shutil.rmtree(outer, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@needs_root
+def test_as_root_a_project_nobody_can_enter_keeps_its_cluster_elsewhere(
+    locked_project: tuple[Path, Path],
+) -> None:
+    data_dir, base = locked_project
+    cluster = LocalCluster(data_dir, BIN_DIR, relocation_base=base)  # type: ignore[arg-type]
+    url = cluster.start()
+    _query(url, "CREATE TABLE kept AS SELECT 5 AS answer")
+    record = _record(data_dir)
+    pgdata = Path(str(record["pgdata"]))
+    assert record["port"] == cluster.port
+    assert pgdata.parent.parent == base.resolve() and pgdata.parent.name.startswith("shop-")
+    assert pgdata.stat().st_uid != 0 and pgdata.stat().st_mode & 0o777 == 0o700
+    assert pgdata.parent.stat().st_uid == 0 and pgdata.parent.stat().st_mode & 0o777 == 0o755
+    assert (data_dir / "password").stat().st_mode & 0o777 == 0o600
+    assert not (pgdata.parent / "password").exists()
+    assert cluster.stop() is True
+    # Later starts find it through the record, whatever their relocation base.
+    again = LocalCluster(data_dir, BIN_DIR)  # type: ignore[arg-type]
+    assert again.start() == url
+    assert again.pgdata == pgdata
+    assert _query(url, "SELECT answer FROM kept") == 5
+    assert again.stop() is True
+    # A lost record: the relocated cluster is found again, where it was (the port is new).
+    (data_dir / RECORD_NAME).unlink()
+    third = LocalCluster(data_dir, BIN_DIR, relocation_base=base)  # type: ignore[arg-type]
+    assert _query(third.start(), "SELECT answer FROM kept") == 5
+    assert third.pgdata == pgdata
+
+
+@needs_root
+def test_an_empty_pgdata_left_by_a_failed_release_does_not_block_relocation(
+    locked_project: tuple[Path, Path],
+) -> None:
+    data_dir, base = locked_project
+    (data_dir / "pgdata").mkdir(mode=0o700, parents=True)  # "'nobody' cannot enter ..."
+    cluster = LocalCluster(data_dir, BIN_DIR, relocation_base=base)  # type: ignore[arg-type]
+    assert _query(cluster.start(), "SELECT 1") == 1
+    assert cluster.pgdata.is_relative_to(base.resolve())
+
+
+@needs_root
+def test_a_relocated_cluster_someone_else_could_swap_is_refused(
+    locked_project: tuple[Path, Path],
+) -> None:
+    data_dir, base = locked_project
+    cluster = LocalCluster(data_dir, BIN_DIR, relocation_base=base)  # type: ignore[arg-type]
+    cluster.start()
+    cluster.stop()
+    base.chmod(0o777)
+    with pytest.raises(RuntimeError, match="written by other users"):
+        LocalCluster(data_dir, BIN_DIR).start()  # type: ignore[arg-type]
+    base.chmod(0o755)
+    os.chown(cluster.pgdata, 12345, 12345)
+    with pytest.raises(RuntimeError, match="owned by"):
+        LocalCluster(data_dir, BIN_DIR).start()  # type: ignore[arg-type]
+
+
+@needs_root
+def test_a_record_owned_by_someone_else_is_not_trusted(cluster_dir: Path) -> None:
+    cluster = LocalCluster(cluster_dir, BIN_DIR)  # type: ignore[arg-type]
+    cluster.start()
+    cluster.stop()
+    os.chown(cluster_dir / RECORD_NAME, 12345, 12345)
     with pytest.raises(RuntimeError, match="owned by"):
         LocalCluster(cluster_dir, BIN_DIR).start()  # type: ignore[arg-type]
