@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import click
 
 from dbos_async import cli_output
-from dbos_async.embedded import MISSING_EXTRA_MESSAGE, LocalCluster, wheel_bin_dir
+from dbos_async.embedded import MISSING_EXTRA_MESSAGE, LocalCluster
+from dbos_async.pg_install import wheel_bin_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 

