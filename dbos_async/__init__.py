@@ -18,11 +18,12 @@ from dbos_async.errors import (
     WorkflowNotFoundError,
 )
 from dbos_async.handle import WorkflowHandle
-from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
+from dbos_async.models import AppVersion, StepInfo, WorkflowStatus, WorkflowStatusString
 from dbos_async.queue import Queue
 
 __all__ = [
     "DBOS",
+    "AppVersion",
     "DBOSClient",
     "DBOSError",
     "DatabaseUnavailableError",

@@ -200,6 +200,26 @@ def take(name: str) -> Call | None:
     return call
 
 
+def peek(name: str) -> tuple[WorkflowContext, StepRecord | None] | None:
+    """What an earlier execution recorded where the next call of this branch would be.
+
+    Takes nothing: the next ``take`` in this branch still gets that position
+    (``DBOS.patch`` uses it to step aside for the call recorded there). None
+    outside workflow code, like ``take``; else the workflow and the record, if any.
+
+    Raises:
+        NotInWorkflowError, DatabaseUnavailableError: as ``take``.
+    """
+    branch = current_branch.get()
+    if branch is None or branch.busy:
+        return None
+    ctx = branch.workflow
+    if ctx.finished:
+        take(name)  # raises: nothing can be recorded any more, and take says why
+    key = (branch.path, branch.next_step) if ctx.branched else ("", ctx.next_step_id)
+    return ctx, ctx.recorded.get(key) if ctx.recorded else None
+
+
 async def replay(call: Call) -> StepRecord:
     """``call.recorded``, the outcome an earlier execution recorded, once checked.
 

@@ -12,14 +12,22 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
 import click
 
-from dbos_async import cli_output, management
+from dbos_async import cli_output, management, versions
+from dbos_async.cli_history import register as register_history
+from dbos_async.cli_options import (
+    database_options,
+    json_option,
+    require_url,
+    setting,
+    with_client,
+)
 from dbos_async.cli_postgres import postgres
 from dbos_async.client import DBOSClient
 from dbos_async.context import SetWorkflowID
@@ -37,37 +45,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _STATUSES = [s.value for s in WorkflowStatusString]
 
 
-# -- options shared by the commands --------------------------------------------------------
-
-
-def _database_options(fn: F) -> F:
-    fn = click.option(
-        "--schema",
-        default="dbos_async",
-        show_default=True,
-        help="Schema of the system tables (as given to DBOS).",
-    )(fn)
-    return click.option(
-        "--database-url",
-        envvar="DBOS_DATABASE_URL",
-        show_envvar=True,
-        metavar="URL",
-        help="Postgres URL of the system database.",
-    )(fn)
-
-
-def _json_anywhere(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-    # ``dbos-async --json workflow list`` as well as ``... workflow list --json``.
-    return value or bool((ctx.find_root().obj or {}).get("as_json"))
-
-
-_json_option = click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    callback=_json_anywhere,
-    help="Print JSON for scripts (also accepted before the command).",
-)
+# -- options of the commands ------------------------------------------------------------
 
 
 def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -86,41 +64,6 @@ def _parse_time(ctx: click.Context, param: click.Parameter, value: str | None) -
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
-
-
-def _with_client(
-    database_url: str | None, schema: str, action: Callable[[DBOSClient], Awaitable[T]]
-) -> T:
-    """Open a client on the database, run ``action`` with it, close it."""
-    url = _require_url(database_url)
-    schema = _from_root("schema", schema)
-
-    async def run() -> T:
-        async with DBOSClient(url, schema=schema) as client:
-            return await action(client)
-
-    return asyncio.run(run())
-
-
-def _require_url(database_url: str | None) -> str:
-    database_url = _from_root("database_url", database_url)
-    if not database_url:
-        raise click.UsageError("no database URL: pass --database-url or set DBOS_DATABASE_URL")
-    return database_url
-
-
-def _from_root(name: str, value: T) -> T:
-    """The command's own option if typed on its command line, else one given before it.
-
-    ``dbos-async --database-url URL workflow list`` and ``dbos-async workflow
-    list --database-url URL`` both work; the command's environment default
-    does not override a URL typed before the command.
-    """
-    ctx = click.get_current_context()
-    if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
-        return value
-    given = (ctx.find_root().obj or {}).get(name)
-    return value if given is None else given
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -158,11 +101,11 @@ def cli(ctx: click.Context, database_url: str | None, schema: str | None, as_jso
 
 
 @cli.command()
-@_database_options
+@database_options
 def migrate(database_url: str | None, schema: str) -> None:
     """Create or upgrade the system tables (safe to run at any time)."""
-    url = _require_url(database_url)
-    schema = _from_root("schema", schema)
+    url = require_url(database_url)
+    schema = setting("schema", schema)
     check_schema_name(schema)
 
     async def run() -> tuple[list[int], list[int]]:
@@ -197,8 +140,8 @@ def workflow() -> None:
 
 
 @workflow.command("list")
-@_database_options
-@_json_option
+@database_options
+@json_option
 @click.option(
     "--status",
     "-s",
@@ -239,7 +182,7 @@ def list_workflows(
     oldest_first: bool,
 ) -> None:
     """List workflows, newest first; --json adds inputs and outputs."""
-    statuses = _with_client(
+    statuses = with_client(
         database_url,
         schema,
         lambda client: client.list_workflows(
@@ -269,28 +212,28 @@ async def _status_of(client: DBOSClient, workflow_id: str) -> WorkflowStatus:
 
 
 @workflow.command("get")
-@_database_options
-@_json_option
+@database_options
+@json_option
 @click.argument("workflow_id")
 def get_workflow(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """Show everything recorded about one workflow."""
-    status = _with_client(database_url, schema, lambda c: _status_of(c, workflow_id))
+    status = with_client(database_url, schema, lambda c: _status_of(c, workflow_id))
     cli_output.print_status(status, as_json)
 
 
 @workflow.command("steps")
-@_database_options
-@_json_option
+@database_options
+@json_option
 @click.argument("workflow_id")
 def list_steps(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """List the recorded steps of a workflow."""
-    steps = _with_client(database_url, schema, lambda c: c.list_workflow_steps(workflow_id))
+    steps = with_client(database_url, schema, lambda c: c.list_workflow_steps(workflow_id))
     cli_output.print_steps(steps, as_json)
 
 
 @workflow.command("cancel")
-@_database_options
-@_json_option
+@database_options
+@json_option
 @click.argument("workflow_id")
 def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """Cancel a PENDING or ENQUEUED workflow (a finished one is left as it is)."""
@@ -299,7 +242,7 @@ def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: st
         cancelled = await management.cancel_workflow(client.pool, workflow_id)
         return cancelled, await _status_of(client, workflow_id)
 
-    cancelled, status = _with_client(database_url, schema, run)
+    cancelled, status = with_client(database_url, schema, run)
     if as_json:
         cli_output.print_json(status)
     elif cancelled:
@@ -311,8 +254,8 @@ def cancel(database_url: str | None, schema: str, as_json: bool, workflow_id: st
 
 
 @workflow.command("resume")
-@_database_options
-@_json_option
+@database_options
+@json_option
 @click.argument("workflow_id")
 def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """Continue a CANCELLED, failed or stranded workflow from its last completed step.
@@ -331,7 +274,7 @@ def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: st
         status = await _status_of(client, workflow_id)
         return resumed, status, await _runners(client, status)
 
-    resumed, status, runners = _with_client(database_url, schema, run)
+    resumed, status, runners = with_client(database_url, schema, run)
     if as_json:
         cli_output.print_json(status)
     elif resumed is WorkflowStatusString.ENQUEUED:
@@ -347,8 +290,8 @@ def resume(database_url: str | None, schema: str, as_json: bool, workflow_id: st
 
 
 @workflow.command("restart")
-@_database_options
-@_json_option
+@database_options
+@json_option
 @click.argument("workflow_id")
 def restart(database_url: str | None, schema: str, as_json: bool, workflow_id: str) -> None:
     """Run a workflow again from scratch, with the same inputs, under a new ID."""
@@ -357,13 +300,13 @@ def restart(database_url: str | None, schema: str, as_json: bool, workflow_id: s
         status = await (await client.restart_workflow(workflow_id)).get_status()
         return status, await _runners(client, status)
 
-    status, runners = _with_client(database_url, schema, run)
+    status, runners = with_client(database_url, schema, run)
     cli_output.started("restarted", workflow_id, status, as_json, runners)
 
 
 @workflow.command("fork")
-@_database_options
-@_json_option
+@database_options
+@json_option
 @click.argument("workflow_id")
 @click.option(
     "--step",
@@ -397,7 +340,7 @@ def fork(
             raise click.ClickException(_taken(status))
         return status, await _runners(client, status)
 
-    status, runners = _with_client(database_url, schema, run)
+    status, runners = with_client(database_url, schema, run)
     cli_output.started("forked", workflow_id, status, as_json, runners)
 
 
@@ -455,8 +398,8 @@ def queue() -> None:
 
 
 @queue.command("list")
-@_database_options
-@_json_option
+@database_options
+@json_option
 @click.option("--queue", multiple=True, help="Only this queue (repeatable).")
 @click.option(
     "--status",
@@ -475,7 +418,7 @@ def list_queued(
     limit: int,
 ) -> None:
     """List the workflows waiting on or running from queues, oldest first."""
-    statuses = _with_client(
+    statuses = with_client(
         database_url,
         schema,
         lambda client: client.list_queued_workflows(
@@ -487,6 +430,78 @@ def list_queued(
         ),
     )
     cli_output.print_statuses(statuses, as_json)
+
+
+@workflow.command("adopt")
+@database_options
+@json_option
+@click.option("--from-version", required=True, help="Move the waiting work of this app version.")
+@click.option("--to-version", help="To this app version (default: the latest).")
+@click.option(
+    "--workflow-id", "workflow_ids", multiple=True, help="Only this workflow (repeatable)."
+)
+def adopt(
+    database_url: str | None,
+    schema: str,
+    as_json: bool,
+    from_version: str,
+    to_version: str | None,
+    workflow_ids: tuple[str, ...],
+) -> None:
+    """Move the PENDING and ENQUEUED workflows of one app version to another.
+
+    Runtimes of the new version then run them, replaying their recorded steps
+    under their code: check first that it replays them.
+    """
+
+    async def run(client: DBOSClient) -> list[tuple[str, str]]:
+        return await versions.adopt_workflows(
+            client.pool, from_version, to_version, list(workflow_ids) or None
+        )
+
+    moved = with_client(database_url, schema, run)
+    if as_json:
+        cli_output.print_json([{"workflow_id": w, "status": s} for w, s in moved])
+    elif not moved:
+        cli_output.say(f"app version {from_version} has no PENDING or ENQUEUED workflow to move")
+    else:
+        pending = sum(s == "PENDING" for _, s in moved)
+        cli_output.say(
+            f"moved {len(moved)} workflows of app version {from_version} "
+            f"({pending} PENDING, {len(moved) - pending} ENQUEUED)"
+        )
+
+
+@cli.group("versions", invoke_without_command=True)
+@database_options
+@json_option
+@click.pass_context
+def versions_group(
+    ctx: click.Context, database_url: str | None, schema: str, as_json: bool
+) -> None:
+    """List the app versions and the work waiting on each (the default); choose the latest."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_versions, database_url=database_url, schema=schema, as_json=as_json)
+
+
+@versions_group.command("list")
+@database_options
+@json_option
+def list_versions(database_url: str | None, schema: str, as_json: bool) -> None:
+    """List the app versions, newest first, with live runtimes and waiting work."""
+    found = with_client(database_url, schema, lambda c: versions.list_application_versions(c.pool))
+    cli_output.print_versions(found, as_json)
+
+
+@versions_group.command("set-latest")
+@database_options
+@click.argument("version")
+def set_latest(database_url: str | None, schema: str, version: str) -> None:
+    """Make VERSION the latest: enqueues that name no version go to it."""
+    with_client(
+        database_url, schema, lambda c: versions.set_latest_application_version(c.pool, version)
+    )
+    cli_output.say(f"app version {version} is the latest")
 
 
 # -- entry point -------------------------------------------------------------------------
@@ -523,4 +538,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 cli.add_command(postgres)
+register_history(workflow)
 __all__ = ["cli", "main"]

@@ -20,7 +20,7 @@ import click
 import orjson
 
 from dbos_async.messaging import GET_EVENT_DEADLINE, RECV_DEADLINE
-from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
+from dbos_async.models import AppVersion, StepInfo, WorkflowStatus, WorkflowStatusString
 from dbos_async.serialization import error_message, recorded_traceback, type_name
 
 # C0 and C1 controls and DEL as \xNN; the bidirectional overrides, which can
@@ -217,3 +217,33 @@ def waiting(status: WorkflowStatus, runners: int | None) -> str:
             "running, so it waits until one starts"
         )
     return f"ENQUEUED on {status.queue_name} for a runtime of app version {version}"
+
+
+def print_versions(versions: list[AppVersion], as_json: bool) -> None:
+    """Print app versions as a table (the latest marked, stranded work flagged), or as JSON."""
+    if as_json:
+        print_json([{**plain(v), "stranded": v.stranded} for v in versions])
+        return
+    if not versions:
+        say("no app versions registered")
+        return
+    headers = ["APP VERSION", "LATEST", "LIVE", "PENDING", "ENQUEUED", "FIRST SEEN", "LAST SEEN"]
+    rows = [
+        [
+            v.version,
+            "yes" if v.is_latest else "",
+            str(v.live_executors),
+            str(v.pending),
+            str(v.enqueued),
+            time_text(v.first_seen),
+            time_text(v.last_seen),
+        ]
+        for v in versions
+    ]
+    print_table(headers, rows)
+    for v in versions:
+        if v.stranded:
+            say(
+                f"{v.stranded} workflows of {v.version} are stranded (no runtime of it runs): "
+                f"start one, or `dbos-async workflow adopt --from-version {v.version}`"
+            )

@@ -20,11 +20,11 @@ from typing import Any, Self, Unpack
 
 import anyio
 
-from dbos_async import context, management, messaging, streams
+from dbos_async import context, management, messaging, streams, versions
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.handle import WorkflowHandle, get_workflow_status, retrieve_workflow
-from dbos_async.models import StepInfo, WorkflowStatus
+from dbos_async.models import AppVersion, StepInfo, WorkflowStatus
 from dbos_async.notifications import Listener
 from dbos_async.queue import enqueue_by_name
 from dbos_async.systemdb.pool import Pool, PooledConnection, acquire, create_pool
@@ -196,6 +196,14 @@ class DBOSClient:
     async def cancel_workflow(self, workflow_id: str) -> None:
         """Cancel a PENDING or ENQUEUED workflow; the runtime running it interrupts it."""
         await management.cancel_workflow(self.pool, workflow_id)
+
+    async def list_application_versions(self) -> list[AppVersion]:
+        """Every app version registered (or named by waiting work), newest first."""
+        return await versions.list_application_versions(self.pool)
+
+    async def set_latest_application_version(self, version: str) -> None:
+        """Make ``version`` the latest: enqueues that name no version go to it."""
+        await versions.set_latest_application_version(self.pool, version)
 
     async def resume_workflow(self, workflow_id: str) -> WorkflowHandle[Any]:
         """Enqueue a cancelled or failed workflow to continue from its last completed step."""

@@ -17,7 +17,16 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack
 
-from dbos_async import branches, management, messaging, scheduler, streams, values
+from dbos_async import (
+    branches,
+    management,
+    messaging,
+    patching,
+    scheduler,
+    streams,
+    values,
+    versions,
+)
 from dbos_async import handle as handle_module
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
@@ -25,7 +34,7 @@ from dbos_async import workflow as workflow_module
 from dbos_async.context import current_connection, current_step_id, current_workflow
 from dbos_async.errors import NotInWorkflowError
 from dbos_async.handle import WorkflowHandle
-from dbos_async.models import StepInfo, WorkflowStatus
+from dbos_async.models import AppVersion, StepInfo, WorkflowStatus
 from dbos_async.runtime import Runtime, active_runtime, resolve_config
 from dbos_async.systemdb.pool import Connection
 
@@ -158,6 +167,12 @@ class DBOS(metaclass=_DBOSMeta):
             dead: a live runtime of the same app version adopts its PENDING
             workflows (sooner when its process is seen to be gone). Infinite:
             this runtime adopts nothing.
+        enable_patching: Allow ``DBOS.patch``/``DBOS.deprecate_patch``. It pins the
+            app version to ``"PATCHING_ENABLED"`` (unless ``app_version`` or
+            ``$DBOS_APP_VERSION`` names one), so a new release recovers the
+            workflows an old one left PENDING, and patches keep those on their
+            old path. Without it the version is a hash of the workflow code,
+            which changes with every edit.
     """
 
     workflow = staticmethod(workflow_module.workflow)
@@ -176,6 +191,7 @@ class DBOS(metaclass=_DBOSMeta):
         pool_size: int = 10,
         data_dir: str | os.PathLike[str] = ".dbos_async",
         lease_seconds: float = 30.0,
+        enable_patching: bool = False,
     ) -> None:
         self._runtime = Runtime(
             resolve_config(
@@ -187,6 +203,7 @@ class DBOS(metaclass=_DBOSMeta):
                 pool_size,
                 data_dir,
                 lease_seconds,
+                enable_patching=enable_patching,
             )
         )
 
@@ -280,6 +297,44 @@ class DBOS(metaclass=_DBOSMeta):
     def uuid4() -> Coroutine[Any, Any, uuid.UUID]:
         """A random UUID; inside a workflow it is recorded, so replay sees the same."""
         return values.uuid4()
+
+    @staticmethod
+    def patch(name: str) -> Coroutine[Any, Any, bool]:
+        """Whether this execution takes the new path of patch ``name``; recorded in a workflow.
+
+        True on executions that are new (or had not reached this point), False
+        on those recorded before the patch existed. Needs
+        ``DBOS(..., enable_patching=True)``; only inside workflow code.
+        """
+        return patching.patch(name)
+
+    @staticmethod
+    def deprecate_patch(name: str) -> Coroutine[Any, Any, bool]:
+        """Replaces ``DBOS.patch(name)`` once no execution predating the patch remains.
+
+        Steps over the patch's marker where one is recorded and records none
+        itself, so it can later be deleted. Needs ``DBOS(..., enable_patching=True)``.
+        """
+        return patching.deprecate_patch(name)
+
+    @_runtime_method
+    async def list_application_versions(runtime: Runtime | None) -> list[AppVersion]:
+        """Every app version registered (or named by waiting work), newest first.
+
+        Each with whether it is the latest, its live runtimes, and its PENDING
+        and ENQUEUED workflows: ``AppVersion.stranded`` counts those no live
+        runtime of the version will run.
+        """
+        return await versions.list_application_versions((runtime or active_runtime()).pool)
+
+    @_runtime_method
+    async def set_latest_application_version(runtime: Runtime | None, version: str) -> None:
+        """Make ``version`` the latest: enqueues that name no version go to it.
+
+        Raises:
+            ValueError: no runtime of ``version`` ever ran against this database.
+        """
+        await versions.set_latest_application_version((runtime or active_runtime()).pool, version)
 
     @_runtime_method
     async def cancel_workflow(runtime: Runtime | None, workflow_id: str) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskStatus
 
+from dbos_async import versions
 from dbos_async.recovery import (
     LOCK_SETTLE_SECONDS,
     RECOVERY_BATCH,
@@ -61,8 +62,12 @@ async def heartbeat_and_adopt(
     task_status.started()
     suspects: Suspects = []
     seen_at = 0.0
+    beats = 0
     while True:
         await anyio.sleep(heartbeat_seconds(lease))
+        beats += 1
+        if beats % versions.STRANDING_CHECK_HEARTBEATS == 0:
+            await versions.check_stranded(runtime)
         try:
             await heartbeat(runtime)
             if not adopting:
@@ -87,9 +92,9 @@ async def heartbeat_and_adopt(
 
 
 async def heartbeat(runtime: Runtime) -> None:
-    """Record that this instance and its executor are alive. One round trip."""
+    """Record that this instance, its executor and its version are alive. One round trip."""
     async with runtime.connection() as conn:
-        await executors_table.upsert_heartbeat(conn, runtime.instance)
+        runtime.latest_version = await executors_table.upsert_heartbeat(conn, runtime.instance)
 
 
 async def adopt_orphans(runtime: Runtime, suspects: Suspects) -> int:

@@ -297,6 +297,7 @@ async def _resume(
                 INTERNAL_QUEUE,
                 now_ms(),
                 runtime.instance_id if runtime is not None else None,
+                [e.name for e in registry.workflows()] if runtime is not None else (),
             )
         except asyncpg.UniqueViolationError as exc:
             if not is_deduplication_violation(exc):

@@ -69,3 +69,29 @@ class StepInfo:
     completed_at: int | None = None
     branch: str = ""
     attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppVersion:
+    """An application version, and the work waiting on it (see ``list_application_versions``).
+
+    ``live_executors`` counts the runtime processes of this version that
+    heartbeat within three of their periods; ``pending`` and ``enqueued``
+    its PENDING and ENQUEUED workflows. A version with waiting work and no
+    live runtime is stranded: nothing runs that work until a runtime of the
+    version starts, or the work is adopted by another version. Times are
+    epoch milliseconds (None: a version only named by workflows).
+    """
+
+    version: str
+    is_latest: bool
+    live_executors: int
+    pending: int
+    enqueued: int
+    first_seen: int | None = None
+    last_seen: int | None = None
+
+    @property
+    def stranded(self) -> int:
+        """The workflows waiting on this version while no runtime of it runs."""
+        return 0 if self.live_executors else self.pending + self.enqueued

@@ -272,7 +272,8 @@ async def enqueue_by_name(
         workflow_id: Idempotency key; a new UUID when None.
         deduplication_id: See ``SetEnqueueOptions``.
         priority: Lower runs first on a queue with ``priority_enabled``; default 0.
-        app_version: Only runtimes of this version dequeue it; None: any version.
+        app_version: Only runtimes of this version dequeue it; None: the latest
+            version (see versions.py), or any while none is registered.
         queue_partition_key: The partition, on a partitioned queue.
         delay_seconds: Not dequeued before this many seconds from now.
         timeout_seconds: The workflow's timeout, counted from its dequeue.

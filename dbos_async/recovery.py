@@ -136,6 +136,8 @@ async def claim_batch(
             suspects=suspects,
             now_ms=now_ms(),
             limit=RECOVERY_BATCH,
+            # A workflow this process cannot run is left for one that can, never failed.
+            names=[entry.name for entry in registry.workflows()],
         )
         if not rows:
             return 0, 0

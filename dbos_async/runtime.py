@@ -27,10 +27,11 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from dbos_async import branches, fleet, registry, workflow
+from dbos_async import branches, fleet, registry, versions, workflow
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.notifications import Listener
+from dbos_async.patching import PATCHING_ENABLED
 from dbos_async.queue_worker import QueueWorker
 from dbos_async.reconcile import Reconciler
 from dbos_async.recovery import HOST_KEY, recover_pending
@@ -116,6 +117,7 @@ class Config:
     pool_size: int
     data_dir: Path
     lease_seconds: float = 30.0
+    enable_patching: bool = False  # DBOS.patch allowed; app_version pinned
 
 
 def resolve_config(
@@ -127,13 +129,20 @@ def resolve_config(
     pool_size: int,
     data_dir: str | os.PathLike[str],
     lease_seconds: float = 30.0,
+    enable_patching: bool = False,
 ) -> Config:
-    """Apply the documented resolution order: argument, then environment, then default."""
+    """Apply the documented resolution order: argument, then environment, then default.
+
+    With ``enable_patching`` the default app version is the constant
+    ``"PATCHING_ENABLED"``, not the source hash: new code must recover old work.
+    """
     if pool_size < 2:
         raise ValueError("pool_size must be at least 2")
     if not lease_seconds > 0:
         raise ValueError(f"lease_seconds must be positive, got {lease_seconds!r}")
     version = app_version or os.environ.get("DBOS_APP_VERSION") or None
+    if version is None and enable_patching:
+        version = PATCHING_ENABLED
     return Config(
         database_url=database_url or os.environ.get("DBOS_DATABASE_URL") or None,
         app_name=check_identifier(app_name, "app_name"),
@@ -147,6 +156,7 @@ def resolve_config(
         pool_size=pool_size,
         data_dir=Path(data_dir),
         lease_seconds=float(lease_seconds),
+        enable_patching=bool(enable_patching),
     )
 
 
@@ -187,6 +197,10 @@ class Runtime:
         self._instance: executors_table.Instance | None = None
         self.reconciler = Reconciler(self)
         self.app_version = config.app_version or ""
+        # The latest app version (versions.py), as of the last heartbeat.
+        self.latest_version: str | None = None
+        # PENDING/ENQUEUED workflows of versions no live runtime runs, as of the last count.
+        self.stranded_workflows = 0
         self.database_url = ""
         # The workflows this runtime has claimed (started, recovered, dequeued).
         self.local: dict[str, Running] = {}
@@ -353,7 +367,7 @@ class Runtime:
                 await migrate(conn, self.config.schema)
                 # Registered before anything is claimed, and before the listener
                 # takes the lock that says the instance lives.
-                await executors_table.upsert_heartbeat(conn, self._instance)
+                self.latest_version = await executors_table.upsert_heartbeat(conn, self._instance)
             self.thread_limiter = anyio.CapacityLimiter(40)
             writers = 2 if self.config.pool_size >= 8 else 1  # per kind; each holds a connection
             self.workflow_writer = GroupCommit(
@@ -431,6 +445,7 @@ class Runtime:
                             " so far" if recovered else "",
                             extra={"action": "launch"},
                         )
+                        await versions.check_stranded(self)
                         started.set_result(None)
                         await self._stop.wait()
                         self.state = State.STOPPING

@@ -25,12 +25,13 @@ class Instance:
     heartbeat_ms: int  # how often it heartbeats
 
 
-async def upsert_heartbeat(conn: Connection, me: Instance) -> None:
-    """Record that this instance (and its executor) is alive, by the database's clock.
+async def upsert_heartbeat(conn: Connection, me: Instance) -> str:
+    """Record that this instance (and its executor and version) is alive, by the database's clock.
 
-    One round trip; it also deletes the rows of instances gone for a day.
+    Returns the latest application version. One round trip; it also deletes
+    the rows of instances gone for a day.
     """
-    await conn.execute(
+    latest: str = await conn.fetchval(
         q(conn, "upsert_heartbeat"),
         me.instance_id,
         me.executor_id,
@@ -42,6 +43,7 @@ async def upsert_heartbeat(conn: Connection, me: Instance) -> None:
         me.host_key,
         me.heartbeat_ms,
     )
+    return latest
 
 
 async def lock_instance(conn: Connection, me: Instance) -> None:
@@ -94,8 +96,11 @@ async def claim_orphaned_workflows(
     suspects: Sequence[Suspect],
     now_ms: int,
     limit: int,
+    names: Sequence[str],
 ) -> list[dict[str, Any]]:
     """Claim PENDING workflows of this app version whose claiming instance is gone.
+
+    Only workflows of the functions ``names`` (those registered here).
 
     ``only_executor``: only that executor's workflows (None: any executor's).
     ``lease_ms``: an instance that has not heartbeat for this long is gone
@@ -119,6 +124,7 @@ async def claim_orphaned_workflows(
         [s.instance_id for s in suspects],
         [s.locked_at for s in suspects],
         me.executor_id,
+        list(names),
     )
     return [record_dict(r) for r in rows]
 

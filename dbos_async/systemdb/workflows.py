@@ -158,10 +158,13 @@ async def resume_workflow(
     queue_name: str,
     now_ms: int,
     instance: str | None = None,
+    names: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Put a finished-but-not-successful workflow back to work (see the query). One round trip.
 
-    ``instance`` is the runtime instance that runs it when ``executor_id`` is given.
+    ``instance`` is the runtime instance that runs it when ``executor_id`` is
+    given, if its function is one of ``names`` (registered there); else it is
+    enqueued for a runtime that has it, keeping its version.
 
     Returns None if the workflow does not exist; else ``status`` (before) and,
     when it changed, its ``workflow_id``, ``name`` and ``inputs``.
@@ -174,6 +177,7 @@ async def resume_workflow(
         queue_name,
         now_ms,
         instance,
+        list(names),
     )
     return None if row is None else record_dict(row)
 

@@ -5,7 +5,13 @@
 -- one running ahead would take every other host's workflows for orphans.
 -- Also deletes the rows of instances gone for a day (their lock free) that no
 -- PENDING workflow names: a row is what says an instance is alive or gone.
+-- Registers version $4 (0010_app_versions.sql) and returns the latest version.
 WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms),
+version AS (
+    INSERT INTO {schema}.app_versions (version, app_name, first_seen, last_seen, latest_at)
+    SELECT $4, $3, clock.now_ms, clock.now_ms, clock.now_ms FROM clock
+    ON CONFLICT (version) DO UPDATE SET last_seen = excluded.last_seen
+    RETURNING version, latest_at),
 executor AS (
     INSERT INTO {schema}.executors (executor_id, app_name, app_version, heartbeat_at)
     SELECT $2, $3, $4, clock.now_ms FROM clock
@@ -23,7 +29,13 @@ INSERT INTO {schema}.instances (instance_id, executor_id, app_name, app_version,
                                 pid, lock_key, host_key, started_at, heartbeat_at, heartbeat_ms)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, clock.now_ms, clock.now_ms, $9 FROM clock
 ON CONFLICT (instance_id)
-DO UPDATE SET app_version = excluded.app_version, heartbeat_at = excluded.heartbeat_at;
+DO UPDATE SET app_version = excluded.app_version, heartbeat_at = excluded.heartbeat_at
+-- The statement's snapshot does not show the version row it wrote: take that
+-- one from the CTE, the others from the table.
+RETURNING (SELECT v.version FROM (
+               SELECT version, latest_at FROM {schema}.app_versions WHERE version <> $4
+               UNION ALL SELECT version, latest_at FROM version) AS v
+           ORDER BY v.latest_at DESC, v.version LIMIT 1) AS latest_version;
 
 -- name: lock_instance
 -- Runtime instance $1 takes its advisory lock $2 for this session (the
@@ -63,7 +75,8 @@ WHERE i.instance_id <> $1
 
 -- name: claim_orphaned_workflows
 -- Claim for runtime instance $6 of executor $9 up to $5 PENDING workflows of
--- app version $2 (and of executor $1, unless NULL) whose claiming instance is
+-- app version $2 and of the functions $10 registered there (a workflow it
+-- cannot run is left for a process that can), and of executor $1 unless NULL, whose claiming instance is
 -- gone, at $4 (this host's clock, for updated_at). An instance is gone when:
 -- * it has not heartbeat for $3 ms by the database's clock (NULL: never, the
 --   lease is infinite), nor for three of its own heartbeat periods; or
@@ -106,7 +119,7 @@ orphans AS (
     CROSS JOIN clock
     LEFT JOIN {schema}.instances AS i ON i.instance_id = w.claimed_by
     LEFT JOIN {schema}.executors AS e ON e.executor_id = w.executor_id
-    WHERE w.status = 'PENDING' AND w.app_version = $2
+    WHERE w.status = 'PENDING' AND w.app_version = $2 AND w.name = ANY($10::text[])
       AND ($1::text IS NULL OR w.executor_id = $1)
       AND w.claimed_by IS DISTINCT FROM $6
       AND (w.claimed_by IN (SELECT instance_id FROM gone)

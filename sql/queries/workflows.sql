@@ -126,13 +126,15 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 -- last completed step, with its deadline and recovery count
 -- cleared. A workflow of a user queue goes back to ENQUEUED on that queue, so
 -- the queue's limits still hold; any other is claimed by executor $2 (PENDING,
--- app version $3, runtime instance $6) or, when $2 is NULL, ENQUEUED on the internal queue $4. An
+-- app version $3, runtime instance $6) if its function is one of $7 (those
+-- registered there) or, when $2 is NULL or it is not, ENQUEUED on the
+-- internal queue $4. An
 -- ENQUEUED workflow starts now, bypassing its queue (as DBOS does): it leaves
 -- its queue (so it holds none of its slots) and is claimed like the others.
 -- Announces q:<queue> when it enqueues. Returns the status it had and, if it
 -- changed, its name, inputs, fence and new status; no row if absent.
 WITH old AS (
-    SELECT w.workflow_id, w.status, w.queue_name,
+    SELECT w.workflow_id, w.status, w.queue_name, w.name,
            w.status = 'PENDING' AND EXISTS (
                SELECT 1 FROM {schema}.instances AS i
                WHERE i.instance_id = w.claimed_by
@@ -144,9 +146,10 @@ WITH old AS (
     FOR UPDATE OF w),
 target AS (
     SELECT old.workflow_id, old.status = 'ENQUEUED' AS bypass,
+           $2::text IS NOT NULL AND NOT old.name = ANY($7::text[]) AS foreign_name,
            CASE WHEN old.status <> 'ENQUEUED' AND old.queue_name IS NOT NULL
                      AND old.queue_name <> $4 THEN old.queue_name
-                WHEN $2::text IS NULL THEN $4
+                WHEN $2::text IS NULL OR NOT old.name = ANY($7::text[]) THEN $4
            END AS queue_name  -- NULL: claimed by $2
     FROM old
     WHERE old.status IN ('CANCELLED', 'ERROR', 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', 'ENQUEUED')
@@ -156,7 +159,8 @@ changed AS (
     SET status = CASE WHEN t.queue_name IS NULL THEN 'PENDING' ELSE 'ENQUEUED' END,
         executor_id = CASE WHEN t.queue_name IS NULL THEN $2 END,
         claimed_by = CASE WHEN t.queue_name IS NULL THEN $6 END,
-        app_version = COALESCE($3, w.app_version),
+        app_version = CASE WHEN t.foreign_name THEN w.app_version
+                           ELSE COALESCE($3, w.app_version) END,
         queue_name = CASE WHEN t.bypass THEN t.queue_name
                           ELSE COALESCE(t.queue_name, w.queue_name) END,
         recovery_attempts = 0, deadline_epoch_ms = NULL, output = NULL, error = NULL,

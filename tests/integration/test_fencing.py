@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dbos_async import DBOS, SetWorkflowID
+from dbos_async import DBOS, SetWorkflowID, registry
 from dbos_async.clock import now_ms
 from dbos_async.context import current_workflow
 from dbos_async.recovery import run_claimed
@@ -108,6 +108,7 @@ async def test_a_stale_owners_checkpoint_racing_an_adoption_keeps_one_history(
             suspects=[],
             now_ms=now_ms(),
             limit=10,
+            names=[e.name for e in registry.workflows()],
         )
         assert [r["workflow_id"] for r in rows] == ["raced"]
         if checkpoint == "before the adoption commits":

@@ -17,7 +17,7 @@ import anyio
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, SetWorkflowID
+from dbos_async import DBOS, SetWorkflowID, registry
 from dbos_async import recovery as recovery_module
 from dbos_async.clock import now_ms
 from dbos_async.fleet import adopt_orphans
@@ -141,6 +141,7 @@ async def test_an_instance_whose_lock_comes_back_keeps_its_workflows(
                 suspects=[suspect],
                 now_ms=now_ms(),
                 limit=10,
+                names=[e.name for e in registry.workflows()],
             )
             await run_claimed(runtime, conn, rows)
             return [r["workflow_id"] for r in rows]

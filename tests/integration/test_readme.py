@@ -130,6 +130,21 @@ async def _exercise_queues(ns: Namespace) -> None:
 
 
 # Keyed by the block's first line. Keep each preamble to what the block needs.
+_PATCH_STEPS = """
+from dbos_async import DBOS
+
+URL = "postgresql://postgres@localhost/app"
+
+@DBOS.step()
+async def charge(order_id: str) -> None: ...
+
+@DBOS.step()
+async def compute_tax(order_id: str) -> None: ...
+
+@DBOS.step()
+async def ship(order_id: str) -> None: ...
+"""
+
 BLOCKS: dict[str, Use] = {
     # The opening example: elided SQL, a fixed URL, an 8 s sleep.
     "from dbos_async import DBOS, SetWorkflowID": Use(mode="import"),
@@ -152,6 +167,13 @@ BLOCKS: dict[str, Use] = {
     ),
     # "Managing workflows": acts on an existing order-42 and a fixed URL.
     "from datetime import UTC, datetime, timedelta": Use(),
+    # "Deploying new code", "Patching": the checkout's steps are the README's stand-ins.
+    "dbos = DBOS(database_url=URL, enable_patching=True)": Use(preamble=_PATCH_STEPS),
+    "await charge(order_id)": Use(preamble=_PATCH_STEPS + 'order_id = "order-42"\n'),
+    # "Portable histories": two fixed URLs.
+    "from dbos_async import DBOSClient": Use(
+        preamble='source_url = target_url = "postgresql://postgres@localhost/app"\n'
+    ),
     # "Queues and schedules".
     "from dbos_async import DBOS, Queue, SetEnqueueOptions": Use(
         preamble="""

@@ -1,0 +1,25 @@
+-- The application versions that ever ran against this database (see
+-- versions.py). Every runtime registers its version with each heartbeat
+-- (upsert_heartbeat); first_seen is when one was first registered (or, for
+-- the versions recorded before this table, its first workflow), last_seen
+-- its latest heartbeat.
+--
+-- The latest version is the one with the greatest latest_at: a version gets
+-- it when first registered, and set_latest_version gives it again. Enqueues
+-- that name no version (the client, enqueue by name, a schedule's tick
+-- started by a runtime of another version) go to the latest one.
+--
+-- Additive only: a process of the previous release neither writes nor reads it.
+CREATE TABLE app_versions (
+    version     text PRIMARY KEY,
+    app_name    text,
+    first_seen  bigint NOT NULL,
+    last_seen   bigint NOT NULL,
+    latest_at   bigint NOT NULL
+);
+
+INSERT INTO app_versions (version, app_name, first_seen, last_seen, latest_at)
+SELECT app_version, max(app_name), min(created_at), max(updated_at), min(created_at)
+FROM workflow_status
+WHERE app_version IS NOT NULL
+GROUP BY app_version;
