@@ -197,7 +197,29 @@ def take(name: str) -> Call | None:
     # call holds the record, and a workflow that has replayed its history
     # holds none of it (a long-running one would otherwise keep it all).
     call.recorded = recorded.pop((path, step_id), None) if recorded else None
+    if call.recorded is None and ctx.checking and name != SLEEP_STEP:
+        # Before the call runs anything (a step's body). A deadline's timer
+        # may be unrecorded while its recv replays: it ends the history only
+        # when it would be written (record).
+        raise HistoryEnd(call)
     return call
+
+
+class HistoryEnd(BaseException):
+    """A replay check reached a call with no record: the history ends here (see checker.py).
+
+    A BaseException, so the workflow's own ``except Exception`` does not catch it.
+    """
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.where = position(call.branch, call.step_id)
+        super().__init__(f"no call is recorded at {self.where}")
+
+
+def position(branch: str, step_id: int) -> str:
+    """A call's position for people: ``step 3``, or ``branch 0.1 step 2``."""
+    return f"branch {branch} step {step_id}" if branch else f"step {step_id}"
 
 
 def peek(name: str) -> tuple[WorkflowContext, StepRecord | None] | None:
@@ -251,6 +273,8 @@ async def record(
         NonDeterministicWorkflowError: the earlier record was made by another function.
     """
     ctx = call.ctx
+    if ctx.checking:
+        raise HistoryEnd(call)
     if ctx.interrupts:
         await settle(ctx)
     mine = call.row(

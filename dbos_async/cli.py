@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import asyncpg
 import click
 
-from dbos_async import cli_output, management, versions
+from dbos_async import cli_output, management
+from dbos_async.cli_evolution import register as register_evolution
 from dbos_async.cli_history import register as register_history
 from dbos_async.cli_options import (
     database_options,
@@ -432,78 +433,6 @@ def list_queued(
     cli_output.print_statuses(statuses, as_json)
 
 
-@workflow.command("adopt")
-@database_options
-@json_option
-@click.option("--from-version", required=True, help="Move the waiting work of this app version.")
-@click.option("--to-version", help="To this app version (default: the latest).")
-@click.option(
-    "--workflow-id", "workflow_ids", multiple=True, help="Only this workflow (repeatable)."
-)
-def adopt(
-    database_url: str | None,
-    schema: str,
-    as_json: bool,
-    from_version: str,
-    to_version: str | None,
-    workflow_ids: tuple[str, ...],
-) -> None:
-    """Move the PENDING and ENQUEUED workflows of one app version to another.
-
-    Runtimes of the new version then run them, replaying their recorded steps
-    under their code: check first that it replays them.
-    """
-
-    async def run(client: DBOSClient) -> list[tuple[str, str]]:
-        return await versions.adopt_workflows(
-            client.pool, from_version, to_version, list(workflow_ids) or None
-        )
-
-    moved = with_client(database_url, schema, run)
-    if as_json:
-        cli_output.print_json([{"workflow_id": w, "status": s} for w, s in moved])
-    elif not moved:
-        cli_output.say(f"app version {from_version} has no PENDING or ENQUEUED workflow to move")
-    else:
-        pending = sum(s == "PENDING" for _, s in moved)
-        cli_output.say(
-            f"moved {len(moved)} workflows of app version {from_version} "
-            f"({pending} PENDING, {len(moved) - pending} ENQUEUED)"
-        )
-
-
-@cli.group("versions", invoke_without_command=True)
-@database_options
-@json_option
-@click.pass_context
-def versions_group(
-    ctx: click.Context, database_url: str | None, schema: str, as_json: bool
-) -> None:
-    """List the app versions and the work waiting on each (the default); choose the latest."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_versions, database_url=database_url, schema=schema, as_json=as_json)
-
-
-@versions_group.command("list")
-@database_options
-@json_option
-def list_versions(database_url: str | None, schema: str, as_json: bool) -> None:
-    """List the app versions, newest first, with live runtimes and waiting work."""
-    found = with_client(database_url, schema, lambda c: versions.list_application_versions(c.pool))
-    cli_output.print_versions(found, as_json)
-
-
-@versions_group.command("set-latest")
-@database_options
-@click.argument("version")
-def set_latest(database_url: str | None, schema: str, version: str) -> None:
-    """Make VERSION the latest: enqueues that name no version go to it."""
-    with_client(
-        database_url, schema, lambda c: versions.set_latest_application_version(c.pool, version)
-    )
-    cli_output.say(f"app version {version} is the latest")
-
-
 # -- entry point -------------------------------------------------------------------------
 
 
@@ -539,4 +468,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 cli.add_command(postgres)
 register_history(workflow)
+register_evolution(cli, workflow)
 __all__ = ["cli", "main"]

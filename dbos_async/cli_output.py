@@ -245,5 +245,6 @@ def print_versions(versions: list[AppVersion], as_json: bool) -> None:
         if v.stranded:
             say(
                 f"{v.stranded} workflows of {v.version} are stranded (no runtime of it runs): "
-                f"start one, or `dbos-async workflow adopt --from-version {v.version}`"
+                f"start one, or `dbos-async workflow adopt --from-version {v.version} "
+                "--only-compatible --app MODULE:OBJ`"
             )

@@ -51,6 +51,9 @@ class WorkflowContext:
     interrupts: list[StepRecord] | None = None
     tasks: set[asyncio.Future[Any]] | None = None
     stream_lock: asyncio.Lock | None = None  # stream writes go one at a time
+    # A replay check (checker.py): every call is served from the record, and
+    # the first call with no record ends the check (checkpoint.HistoryEnd).
+    checking: bool = False
 
     def take_step_id(self) -> int:
         """Return the next step ID of a flat-numbered history (see ``branched``)."""

@@ -223,7 +223,7 @@ def status_from_row(row: dict[str, Any], *, load_input: bool = True) -> Workflow
         status=WorkflowStatusString(row["status"]),
         name=row["name"],
         input=_inputs(inputs) if load_input and inputs is not None else None,
-        output=serialization.decode(row.get("output"), annotation),
+        output=serialization.decode(row.get("output"), annotation, strict=False),
         error=serialization.decode_exception(error) if error is not None else None,
         created_at=row.get("created_at"),
         updated_at=row.get("updated_at"),

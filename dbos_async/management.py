@@ -219,7 +219,7 @@ def _step_from_row(row: dict[str, Any]) -> StepInfo:
         branch=row["branch"],
         # A label says what a call recorded under a shared name was for.
         name=row["label"] or row["function_name"],
-        output=serialization.decode(row["output"], annotation),
+        output=serialization.decode(row["output"], annotation, strict=False),
         error=serialization.decode_exception(error) if error is not None else None,
         child_workflow_id=row["child_workflow_id"],
         started_at=row["started_at"],

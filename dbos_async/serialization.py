@@ -132,8 +132,16 @@ _cached_box = functools.cache(_box)
 _cached_box(Any)  # pydantic scans plugin entry points on its first model: do it at import
 
 
-def decode(raw: str | None, annotation: Any = Any) -> Any:
-    """Decode JSON text, rebuilding ``annotation`` when it is a concrete type."""
+def decode(raw: str | None, annotation: Any = Any, *, strict: bool = True) -> Any:
+    """Decode JSON text, rebuilding ``annotation`` when it is a concrete type.
+
+    A recorded value that no longer validates as ``annotation`` (the code's
+    type changed since it was recorded) raises; with ``strict=False``, for
+    listings, it comes back as plain JSON instead.
+
+    Raises:
+        SerializationError: the value does not validate as ``annotation``.
+    """
     if raw is None:
         return None
     if annotation is Any or annotation is inspect.Parameter.empty:
@@ -144,9 +152,27 @@ def decode(raw: str | None, annotation: Any = Any) -> Any:
         box = _box(annotation)
     try:
         return box.model_validate_json('{"v":' + raw + "}").v  # type: ignore[attr-defined]
-    except ValidationError:
-        # A recorded value that no longer matches its annotation is still returned.
-        return orjson.loads(raw)
+    except ValidationError as exc:
+        if not strict:
+            return orjson.loads(raw)
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'][1:])) or 'the value'}: {e['msg']}"
+            for e in exc.errors()[:3]
+        )
+        shown = raw if len(raw) <= 200 else raw[:199] + "…"
+        raise SerializationError(
+            f"the recorded value {shown} does not validate as {_type_name(annotation)} "
+            f"(was the type changed since it was recorded?): {problems}"
+        ) from None
+
+
+def _type_name(annotation: Any) -> str:
+    name = getattr(annotation, "__qualname__", None)
+    return (
+        name
+        if isinstance(name, str) and not getattr(annotation, "__args__", None)
+        else repr(annotation)
+    )
 
 
 def encode_inputs(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> str:

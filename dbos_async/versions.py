@@ -115,15 +115,17 @@ def warn_stranded(versions: Sequence[AppVersion], own_version: str) -> int:
         total += v.stranded
         logger.warning(
             "%d workflows of app version %s (%d PENDING, %d ENQUEUED) wait, and no runtime "
-            "of that version runs: start one, or move them to this version (%s) with "
-            "`dbos-async workflow adopt --from-version %s --to-version %s`",
+            "of that version runs: start one, or move those this version's code replays to "
+            "it with `dbos-async workflow adopt --from-version %s --to-version %s "
+            "--only-compatible --app MODULE:OBJ` (`dbos-async workflow check --app "
+            "MODULE:OBJ --version %s` shows where the others diverge)",
             v.stranded,
             v.version,
             v.pending,
             v.enqueued,
-            own_version,
             v.version,
             own_version,
+            v.version,
             extra={"action": "stranded", "app_version": v.version, "count": v.stranded},
         )
     return total

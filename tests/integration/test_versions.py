@@ -120,7 +120,8 @@ async def test_stranded_work_is_counted_and_warned_about_with_the_command(
     assert warning.levelno == logging.WARNING
     message = warning.getMessage()
     assert message.startswith("5 workflows of app version v1 (2 PENDING, 3 ENQUEUED) wait")
-    assert "`dbos-async workflow adopt --from-version v1 --to-version v2`" in message
+    adopt = "adopt --from-version v1 --to-version v2 --only-compatible --app MODULE:OBJ"
+    assert f"`dbos-async workflow {adopt}`" in message
     listing = await dbos_cli("versions", url=db_url)
     assert listing.code == 0, listing
     lines = listing.out.splitlines()

@@ -1,0 +1,109 @@
+"""Two releases of one application for the deploy test, as a subprocess or imported by the CLI.
+
+    EVOLVE_RELEASE=v1|v2 python evolve_app.py DATABASE_URL
+
+Each release runs under its own app version (``v1``, ``v2``). ``deploy.order``
+changes between them: v2 inserts an ``audit`` step before ``reserve``.
+``deploy.note`` does not change. v1 starts ``order-1``, ``order-2`` and
+``note-1``, each parked on a ``recv`` after its first step (the test SIGKILLs
+it there); v2 only launches, then prints ``note-1``'s result once the test
+has moved it to v2 and sent its message. ``dbos-async workflow check --app
+evolve_app:app`` imports this module as v2's code (``EVOLVE_RELEASE=v2``).
+
+Step bodies append ``(workflow_id, entry, release)`` to ``public.ledger``;
+a workflow prints ``waiting <id>`` when it reaches its ``recv``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+
+import asyncpg
+
+from dbos_async import DBOS, SetWorkflowID
+
+RELEASE = os.environ.get("EVOLVE_RELEASE", "v1")
+app = DBOS(app_name="evolve", app_version=RELEASE, lease_seconds=3)
+_ledger: list[asyncpg.Pool] = []
+
+
+_FORMAT = "%(levelname)s %(message)s"
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def ledger(entry: str) -> str:
+    await _ledger[0].execute(
+        "INSERT INTO public.ledger (workflow_id, entry, release) VALUES ($1, $2, $3)",
+        DBOS.workflow_id,
+        entry,
+        RELEASE,
+    )
+    return entry
+
+
+@DBOS.step(name="deploy.audit")
+async def audit() -> str:
+    return await ledger("audit")
+
+
+@DBOS.step(name="deploy.reserve")
+async def reserve() -> str:
+    return await ledger("reserve")
+
+
+@DBOS.step(name="deploy.ship")
+async def ship() -> str:
+    return await ledger("ship")
+
+
+@DBOS.workflow(name="deploy.order")
+async def order() -> list[str]:
+    out = [await audit()] if RELEASE == "v2" else []
+    out.append(await reserve())
+    say(f"waiting {DBOS.workflow_id}")  # plain code: printed again on replay
+    out.append(await DBOS.recv("go", timeout_seconds=120))
+    out.append(await ship())
+    return out
+
+
+@DBOS.workflow(name="deploy.note")
+async def note() -> list[str]:
+    out = [await reserve()]
+    say(f"waiting {DBOS.workflow_id}")
+    out.append(await DBOS.recv("go", timeout_seconds=120))
+    out.append(await ship())
+    return out
+
+
+async def main(url: str) -> None:
+    # The runtime's warnings (the stranded count) on stdout, where the test reads.
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    _ledger.append(await asyncpg.create_pool(url, min_size=1, max_size=4))
+    try:
+        async with DBOS(
+            database_url=url, app_name="evolve", app_version=RELEASE, lease_seconds=3
+        ) as dbos:
+            say(f"launched {dbos.app_version}")
+            if RELEASE == "v1":
+                for workflow_id, fn in (("order-1", order), ("order-2", order), ("note-1", note)):
+                    with SetWorkflowID(workflow_id):
+                        await dbos.start_workflow(fn)
+                await asyncio.Event().wait()  # parked until the test kills the process
+            else:
+                handle = await dbos.retrieve_workflow("note-1")
+                say(f"result note-1 {json.dumps(await handle.get_result(timeout=60))}")
+    finally:
+        await _ledger[0].close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
