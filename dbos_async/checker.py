@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbos_async import registry, serialization
+from dbos_async import branches, registry, serialization
 from dbos_async.branches import Branch, current_branch
 from dbos_async.checkpoint import SLEEP_STEP, HistoryEnd, position
 from dbos_async.context import Running, WorkflowContext, current_workflow
@@ -196,7 +196,13 @@ async def _check(
     ctx.checking = True
     verdict = await _replay(ctx, entry.fn, args, kwargs)
     replayed = len(recorded) - len(ctx.recorded)
-    problem, stopped = verdict
+    problem, stopped, end = verdict
+    if problem is None and end is not None and w.status in _FINISHED:
+        # A finished execution made every call it was going to: one more is new code.
+        problem = (
+            f"diverges at {end.where}: code calls {end.call.name}, where the finished "
+            "execution made no call"
+        )
     if problem is None and stopped is None and ctx.recorded:
         # It returned (or raised) with recorded calls left: the code makes fewer calls.
         branch, step_id = min(ctx.recorded)
@@ -214,9 +220,15 @@ async def _check(
     )
 
 
+_Verdict = tuple[str | None, str | None, HistoryEnd | None]
+"""The problem found, where the replay stopped short, and the history's end if it reached it."""
+
+_FINISHED = (WorkflowStatusString.SUCCESS, WorkflowStatusString.ERROR)
+
+
 async def _replay(
     ctx: WorkflowContext, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[str | None, str | None]:
+) -> _Verdict:
     """Run the workflow function on its record: (the problem, where it stopped short)."""
 
     async def run() -> None:
@@ -224,43 +236,43 @@ async def _replay(
         current_branch.set(Branch(ctx))
         await fn(*args, **kwargs)
 
-    task = asyncio.get_running_loop().create_task(run())
+    loop = asyncio.get_running_loop()
+    # The tasks workflow code creates get branches, as under a runtime (spawn).
+    branches.install(loop)
+    task = loop.create_task(run())
     try:
         await asyncio.wait_for(asyncio.shield(task), CHECK_TIMEOUT_SECONDS)
     except TimeoutError:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        return None, (
-            f"stopped after {CHECK_TIMEOUT_SECONDS:g} s: the code waits on something that is "
-            "not a recorded call"
-        )
+        waits = "the code waits on something that is not a recorded call"
+        return None, f"stopped after {CHECK_TIMEOUT_SECONDS:g} s: {waits}", None
     except BaseException as exc:  # what the workflow function ended with
         return _verdict(exc)
     finally:
         ctx.finished = True
-    return None, None
+    return None, None, None
 
 
-def _verdict(exc: BaseException) -> tuple[str | None, str | None]:
+def _verdict(exc: BaseException) -> _Verdict:
     found = _find(exc, (NonDeterministicWorkflowError, HistoryEnd, ReplayUnserved))
     if isinstance(found, NonDeterministicWorkflowError):
         if found.recorded_name == found.called_name:  # a construct, not a call
-            return str(found), None
+            return str(found), None, None
         where = position(found.branch, found.step_id)
         return (
             f"diverges at {where}: recorded {found.recorded_name}, code calls {found.called_name}",
             None,
+            None,
         )
     if isinstance(found, HistoryEnd):
-        return _beyond(
-            found
-        ), f"the history ends at {position(found.call.branch, found.call.step_id)}"
+        return _beyond(found), f"the history ends at {found.where}", found
     if isinstance(found, ReplayUnserved):
-        return None, f"stopped: {found}"
+        return None, f"stopped: {found}", None
     # The function raised: a recorded error it re-raises, or its own. Either
     # way it made every recorded call it reached; what is left is checked by
     # the caller.
-    return None, None
+    return None, None, None
 
 
 def _beyond(end: HistoryEnd) -> str | None:

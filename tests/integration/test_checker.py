@@ -15,6 +15,7 @@ from dbos_async import DBOS, SerializationError, SetWorkflowID, WorkflowStatusSt
 from dbos_async.checker import check_histories, check_workflows
 from dbos_async.history import RecordedCall, WorkflowHistory, read_histories
 from tests.integration.test_cli import dbos_cli
+from tests.integration.test_history import other_url  # noqa: F401 - a fixture
 
 # What `dbos-async workflow check --app tests.integration.test_checker:app` loads.
 app = DBOS(app_name="checker", app_version="test")
@@ -128,11 +129,14 @@ async def test_divergences_are_named_with_their_position(dbos: DBOS) -> None:
         ok, calls=(*ok.calls, RecordedCall(branch="", step_id=2, origin=None, function_name="x.y"))
     )
     in_branch = _renamed(tree, [c.branch for c in tree.calls].index("1") + 1, "tc.other")
-    results = await check_histories([other, longer, in_branch])
+    # A finished execution whose code now makes one more call than it recorded.
+    shorter = dataclasses.replace(ok, calls=ok.calls[:1])
+    results = await check_histories([other, longer, in_branch, shorter])
     assert [r.problem for r in results] == [
         "diverges at step 1: recorded tc.other, code calls tc.two",
         "diverges at step 2: recorded x.y, code makes no call there",
         "diverges at branch 1 step 1: recorded tc.other, code calls tc.two",
+        "diverges at step 1: code calls tc.two, where the finished execution made no call",
     ]
     assert not any(r.compatible for r in results)
     unknown = dataclasses.replace(ok, workflow=dataclasses.replace(ok.workflow, name="gone.wf"))
@@ -239,3 +243,30 @@ async def test_the_command_checks_files_and_databases_and_exits_1_on_a_divergenc
     assert row["workflow_id"] == "ok" and row["compatible"] is True and row["replayed"] == 2
     wrong = await dbos_cli("workflow", "check", "--app", "no_such_module:app", "--file", str(good))
     assert wrong.code == 1 and "cannot import no_such_module" in wrong.err, wrong
+
+
+async def test_export_import_check_round_trips(
+    dbos: DBOS,
+    other_url: str,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    with SetWorkflowID("ok"):
+        await flow(5)
+    with SetWorkflowID("tree"):
+        await branches()
+    exported = await dbos_cli("workflow", "export", "ok", "tree", url=dbos.database_url)
+    assert exported.code == 0, exported
+    histories = anyio.Path(tmp_path / "histories.json")
+    await histories.write_text(exported.out)
+    imported = await dbos_cli("workflow", "import", str(histories), url=other_url)
+    assert imported.code == 0, imported
+    spec = ("--app", "tests.integration.test_checker:app")
+    expected = [
+        "2 compatible, 0 incompatible",
+        "ok (tc.flow, SUCCESS): compatible",
+        "tree (tc.branches, SUCCESS): compatible",
+    ]
+    in_database = await dbos_cli("workflow", "check", *spec, "-s", "SUCCESS", url=other_url)
+    assert in_database.code == 0 and sorted(in_database.out.splitlines()) == expected, in_database
+    in_file = await dbos_cli("workflow", "check", *spec, "--file", str(histories))
+    assert in_file.code == 0 and sorted(in_file.out.splitlines()) == expected, in_file
