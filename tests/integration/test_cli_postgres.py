@@ -59,6 +59,17 @@ def _one_line_error(result: Run, *needles: str) -> None:
         assert needle in lines[0], (needle, lines[0])
 
 
+@pytest.fixture(autouse=True)
+def relocation_base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where a root run keeps what nobody cannot reach (the wheel's binaries, in a venv
+    under /root): a directory of the test's, not /var/lib/dbos_async."""
+    base = Path(tempfile.mkdtemp(prefix="dbos_cli_base_"))
+    base.chmod(0o755)
+    monkeypatch.setattr(embedded, "RELOCATION_BASE", base)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture
 def project() -> Iterator[Path]:
     """A project directory (0755); its server is stopped even when the test fails."""
