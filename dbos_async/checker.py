@@ -34,12 +34,13 @@ from typing import Any
 from dbos_async import branches, registry, serialization
 from dbos_async.branches import Branch, current_branch
 from dbos_async.checkpoint import SLEEP_STEP, HistoryEnd, position
-from dbos_async.context import Running, WorkflowContext, current_workflow
+from dbos_async.context import Check, Running, WorkflowContext, current_workflow
 from dbos_async.errors import NonDeterministicWorkflowError, SerializationError
 from dbos_async.history import RecordedCall, WorkflowHistory, read_histories
 from dbos_async.management import list_workflows
 from dbos_async.messaging import GET_EVENT_STEP, RECV_STEP
 from dbos_async.models import WorkflowStatusString
+from dbos_async.patching import PATCH_PREFIX
 from dbos_async.systemdb.pool import Pool
 from dbos_async.systemdb.steps import StepRecord
 from dbos_async.workflow import Outcome
@@ -193,43 +194,27 @@ async def _check(
         dict(recorded),
         w.branched_steps,
     )
-    ctx.checking = True
-    verdict = await _replay(ctx, entry.fn, args, kwargs)
-    replayed = len(recorded) - len(ctx.recorded)
-    problem, stopped, end = verdict
-    if problem is None and end is not None and w.status in _FINISHED:
-        # A finished execution made every call it was going to: one more is new code.
-        problem = (
-            f"diverges at {end.where}: code calls {end.call.name}, where the finished "
-            "execution made no call"
-        )
-    if problem is None and stopped is None and ctx.recorded:
-        # It returned (or raised) with recorded calls left: the code makes fewer calls.
-        branch, step_id = min(ctx.recorded)
-        left = ctx.recorded[(branch, step_id)]
-        problem = (
-            f"diverges at {position(branch, step_id)}: recorded {left.function_name}, "
-            "code makes no call there"
-        )
+    check = ctx.checking = Check()
+    ended = await _replay(ctx, entry.fn, args, kwargs)
+    problem, stopped = _judge(w.status, ctx, check, ended)
+    if problem is None and drift:
+        problem = f"recorded outputs no longer validate (first: {drift[0]})"
     return result(
         compatible=problem is None,
-        replayed=replayed,
+        replayed=len(recorded) - len(ctx.recorded),
         problem=problem,
         stopped=stopped,
         drift=drift,
     )
 
 
-_Verdict = tuple[str | None, str | None, HistoryEnd | None]
-"""The problem found, where the replay stopped short, and the history's end if it reached it."""
-
 _FINISHED = (WorkflowStatusString.SUCCESS, WorkflowStatusString.ERROR)
 
 
 async def _replay(
     ctx: WorkflowContext, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> _Verdict:
-    """Run the workflow function on its record: (the problem, where it stopped short)."""
+) -> BaseException | None:
+    """Run the workflow function on its record; returns what it raised, if anything."""
 
     async def run() -> None:
         current_workflow.set(ctx)
@@ -242,37 +227,89 @@ async def _replay(
     task = loop.create_task(run())
     try:
         await asyncio.wait_for(asyncio.shield(task), CHECK_TIMEOUT_SECONDS)
-    except TimeoutError:
+    except TimeoutError as exc:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        waits = "the code waits on something that is not a recorded call"
-        return None, f"stopped after {CHECK_TIMEOUT_SECONDS:g} s: {waits}", None
+        return exc
     except BaseException as exc:  # what the workflow function ended with
-        return _verdict(exc)
+        return exc
     finally:
+        # Tasks it left running (gather's siblings of a failed branch) have
+        # had their turns: what they found is noted in ``ctx.checking``.
         ctx.finished = True
-    return None, None, None
+    return None
 
 
-def _verdict(exc: BaseException) -> _Verdict:
-    found = _find(exc, (NonDeterministicWorkflowError, HistoryEnd, ReplayUnserved))
-    if isinstance(found, NonDeterministicWorkflowError):
-        if found.recorded_name == found.called_name:  # a construct, not a call
-            return str(found), None, None
-        where = position(found.branch, found.step_id)
+def _judge(
+    status: WorkflowStatusString, ctx: WorkflowContext, check: Check, raised: BaseException | None
+) -> tuple[str | None, str | None]:
+    """The problem a replay shows (None: compatible), and where it stopped short.
+
+    Compatible only when every branch replayed its records: the code returned,
+    or raised what the record says, or reached the end of the history, where a
+    real replay goes on live. Anything that left records unreached (a branch
+    cancelled when another ended, a wait on something that is not a recorded
+    call, a call the check cannot serve) is "not checked", never compatible.
+    """
+    if check.divergence is not None:  # whatever the code did with it
+        return _diverged(check.divergence), None
+    end = check.end if isinstance(check.end, HistoryEnd) else None
+    unserved = _find(raised, (ReplayUnserved,)) if raised is not None else None
+    if isinstance(raised, TimeoutError) and end is None:
+        waits = "the code waits on something that is not a recorded call"
+        return f"not checked: stopped after {CHECK_TIMEOUT_SECONDS:g} s ({waits})", None
+    if unserved is not None:
+        return f"not checked past the calls replayed so far: {unserved}", None
+    if end is not None:
+        stopped = f"the history ends at {end.where}"
+        beyond = _beyond(end)
+        if beyond is not None:
+            return beyond, stopped
+        # An unfinished recv's recorded deadline (see _beyond) was reached, in effect.
+        ctx.recorded.pop((end.call.branch, end.call.step_id + 1), None)
+        if status in _FINISHED and not end.call.name.startswith(PATCH_PREFIX):
+            # A finished execution made every call it was going to: one more is new
+            # code (a patch there is how new code is meant to go, and passes).
+            return (
+                f"diverges at {end.where}: code calls {end.call.name}, where the finished "
+                "execution made no call"
+            ), stopped
+        if ctx.recorded:  # another branch's records, not reached once this one ended
+            branch, step_id = min(ctx.recorded)
+            return (
+                f"not checked: the replay stopped at the history's end ({end.where}) before "
+                f"the recorded calls from {position(branch, step_id)} on"
+            ), stopped
+        return None, stopped
+    if raised is not None and not _recorded_outcome(raised):
+        return f"the code raises {raised!r} replaying the history", None
+    if ctx.recorded:
+        # It returned (or raised its recorded error) with recorded calls left.
+        branch, step_id = min(ctx.recorded)
+        left = ctx.recorded[(branch, step_id)]
         return (
-            f"diverges at {where}: recorded {found.recorded_name}, code calls {found.called_name}",
-            None,
-            None,
-        )
-    if isinstance(found, HistoryEnd):
-        return _beyond(found), f"the history ends at {found.where}", found
-    if isinstance(found, ReplayUnserved):
-        return None, f"stopped: {found}", None
-    # The function raised: a recorded error it re-raises, or its own. Either
-    # way it made every recorded call it reached; what is left is checked by
-    # the caller.
-    return None, None, None
+            f"diverges at {position(branch, step_id)}: recorded {left.function_name}, "
+            "code makes no call there"
+        ), None
+    return None, None
+
+
+def _diverged(found: BaseException) -> str:
+    assert isinstance(found, NonDeterministicWorkflowError)
+    if found.recorded_name == found.called_name:  # a construct, not a call
+        return str(found)
+    where = position(found.branch, found.step_id)
+    return f"diverges at {where}: recorded {found.recorded_name}, code calls {found.called_name}"
+
+
+def _recorded_outcome(raised: BaseException) -> bool:
+    """Whether an exception the code raised is a recorded outcome (a step's error re-raised)."""
+    found = raised
+    while found is not None:
+        if serialization.is_recorded(found):
+            return True
+        found = found.__cause__ or found.__context__  # type: ignore[assignment]
+    return False
 
 
 def _beyond(end: HistoryEnd) -> str | None:
@@ -342,7 +379,7 @@ def _drift(calls: Sequence[RecordedCall]) -> list[str]:
             continue
         annotation = serialization.return_annotation(entry.fn)
         try:
-            serialization.decode(c.output, annotation)
+            serialization.decode(c.output, annotation, strict=True)
         except SerializationError as exc:
             found.append(f"{position(c.branch, c.step_id)} ({c.function_name}): {exc}")
     return found

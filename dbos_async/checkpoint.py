@@ -44,7 +44,7 @@ import anyio
 from dbos_async import serialization
 from dbos_async.branches import Branch, current_branch
 from dbos_async.clock import now_ms
-from dbos_async.context import FencedOff
+from dbos_async.context import Check, FencedOff
 from dbos_async.errors import (
     DatabaseUnavailableError,
     NonDeterministicWorkflowError,
@@ -201,8 +201,15 @@ def take(name: str) -> Call | None:
         # Before the call runs anything (a step's body). A deadline's timer
         # may be unrecorded while its recv replays: it ends the history only
         # when it would be written (record).
-        raise HistoryEnd(call)
+        raise _ended(ctx.checking, call)
     return call
+
+
+def _ended(check: Check, call: Call) -> HistoryEnd:
+    end = HistoryEnd(call)
+    if check.end is None:
+        check.end = end
+    return end
 
 
 class HistoryEnd(BaseException):
@@ -274,7 +281,7 @@ async def record(
     """
     ctx = call.ctx
     if ctx.checking:
-        raise HistoryEnd(call)
+        raise _ended(ctx.checking, call)
     if ctx.interrupts:
         await settle(ctx)
     mine = call.row(
@@ -299,13 +306,17 @@ async def earlier(call: Call, found: StepRecord) -> StepRecord:
         NonDeterministicWorkflowError: ``found`` was made by another function.
     """
     if found.function_name != call.name:
-        raise NonDeterministicWorkflowError(
+        diverged = NonDeterministicWorkflowError(
             call.ctx.workflow_id,
             call.step_id,
             found.function_name,
             call.name,
             branch=call.branch,
         )
+        check = call.ctx.checking
+        if check is not None and check.divergence is None:
+            check.divergence = diverged  # noted: the code may catch what it raises
+        raise diverged
     if found.error == INTERRUPTED:
         call.replaying = True
         await asyncio.get_running_loop().create_future()

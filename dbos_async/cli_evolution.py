@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from dbos_async import cli_output, versions
+from dbos_async import cli_output, registry, versions
 from dbos_async.checker import CheckResult, check_histories, check_workflows
 from dbos_async.cli_options import database_options, json_option, with_client
 from dbos_async.client import DBOSClient
@@ -165,11 +165,20 @@ def adopt(
 
     Runtimes of the new version then run them, replaying their recorded steps
     under their code. --only-compatible (with --app) first checks each against
-    the app's code and moves only those that replay.
+    the app's code and moves only those that replay, to the app's version.
     """
     if only_compatible and not app_spec:
         raise click.UsageError("--only-compatible needs --app MODULE:OBJ, the code to check")
     config = load_app(app_spec) if only_compatible and app_spec else None
+    if config is not None:
+        # Checked against this code, so moved to this code's version, and no other.
+        checked = config.app_version or registry.compute_app_version()
+        if to_version is not None and to_version != checked:
+            raise click.UsageError(
+                f"--to-version {to_version} is not the checked app's version ({checked}): "
+                "--only-compatible moves work only to the version it checked"
+            )
+        to_version = checked
 
     async def run(client: DBOSClient) -> tuple[list[tuple[str, str]], list[CheckResult]]:
         chosen = list(workflow_ids) or None

@@ -51,15 +51,24 @@ class WorkflowContext:
     interrupts: list[StepRecord] | None = None
     tasks: set[asyncio.Future[Any]] | None = None
     stream_lock: asyncio.Lock | None = None  # stream writes go one at a time
-    # A replay check (checker.py): every call is served from the record, and
-    # the first call with no record ends the check (checkpoint.HistoryEnd).
-    checking: bool = False
+    # A replay check (checker.py): every call is served from the record; what
+    # the check finds is noted here, whatever the workflow's code does with
+    # the exceptions that say it (checkpoint.HistoryEnd, earlier).
+    checking: Check | None = None
 
     def take_step_id(self) -> int:
         """Return the next step ID of a flat-numbered history (see ``branched``)."""
         step_id = self.next_step_id
         self.next_step_id += 1
         return step_id
+
+
+@dataclass(slots=True, eq=False)
+class Check:
+    """What a replay check found: the first divergence, and where the history ended."""
+
+    divergence: BaseException | None = None
+    end: BaseException | None = None  # a checkpoint.HistoryEnd
 
 
 class FencedOff(BaseException):

@@ -201,6 +201,8 @@ class Runtime:
         self.latest_version: str | None = None
         # PENDING/ENQUEUED workflows of versions no live runtime runs, as of the last count.
         self.stranded_workflows = 0
+        # Waiting workflows of this version whose function it does not register.
+        self.unrunnable_workflows = 0
         self.database_url = ""
         # The workflows this runtime has claimed (started, recovered, dequeued).
         self.local: dict[str, Running] = {}

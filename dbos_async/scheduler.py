@@ -30,8 +30,6 @@ from cronsim import CronSim, CronSimError
 from dbos_async import registry
 from dbos_async.clock import now_ms
 from dbos_async.context import SetWorkflowID
-from dbos_async.management import INTERNAL_QUEUE
-from dbos_async.queue import enqueue_by_name
 from dbos_async.systemdb import schedules as schedules_table
 from dbos_async.workflow import entry_of, start_soon
 
@@ -188,26 +186,16 @@ class Scheduler:
     async def _start(self, schedule: Schedule, tick: datetime) -> None:
         """Start the tick's workflow (unless a runtime did) and record the tick.
 
-        A runtime of a version other than the latest (an old one, during a
-        deploy) enqueues the tick for the latest version instead: new work
-        goes to new code, and no tick waits on a version about to stop.
+        Only runtimes of the latest live version fire ticks (see versions.py):
+        during a deploy the new code's schedules are the ones that run, and a
+        schedule the new code dropped stops. While no other version is live,
+        this one is the latest.
         """
         runtime = self._runtime
-        workflow_id = tick_workflow_id(schedule.name, tick)
-        latest = runtime.latest_version
-        if latest is None or latest == runtime.app_version:
-            with SetWorkflowID(workflow_id):
-                await start_soon(schedule.entry, (tick, datetime.now(UTC)), {}, runtime)
-        else:
-            await enqueue_by_name(
-                runtime.pool,
-                queue_name=INTERNAL_QUEUE,
-                workflow_name=schedule.name,
-                args=(tick, datetime.now(UTC)),
-                workflow_id=workflow_id,
-                app_version=latest,
-                app_name=runtime.app_name,
-            )
+        if runtime.latest_version not in (None, runtime.app_version):
+            return
+        with SetWorkflowID(tick_workflow_id(schedule.name, tick)):
+            await start_soon(schedule.entry, (tick, datetime.now(UTC)), {}, runtime)
         async with self._runtime.connection() as conn:
             await schedules_table.record_schedule_tick(
                 conn, schedule.name, int(tick.timestamp() * 1000), now_ms()

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from types import GetSetDescriptorType, MemberDescriptorType
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import orjson
 
@@ -132,15 +132,21 @@ _cached_box = functools.cache(_box)
 _cached_box(Any)  # pydantic scans plugin entry points on its first model: do it at import
 
 
-def decode(raw: str | None, annotation: Any = Any, *, strict: bool = True) -> Any:
+def decode(raw: str | None, annotation: Any = Any, *, strict: bool = False) -> Any:
     """Decode JSON text, rebuilding ``annotation`` when it is a concrete type.
 
-    A recorded value that no longer validates as ``annotation`` (the code's
-    type changed since it was recorded) raises; with ``strict=False``, for
-    listings, it comes back as plain JSON instead.
+    A value that does not validate as ``annotation`` comes back as plain
+    JSON: what the first execution returned, when its code returned a value
+    its annotation does not describe (Python checks no annotation). With
+    ``strict``, used where a step's recorded outcome is replayed, a value
+    that does not validate as an annotation naming a class of the code's (a
+    dataclass, a model, an enum) raises instead: handing the code the dict
+    it did not expect would fail later, far from the cause (its type changed
+    since the value was recorded).
 
     Raises:
-        SerializationError: the value does not validate as ``annotation``.
+        SerializationError: ``strict``, and the value does not validate as a
+            class ``annotation`` names.
     """
     if raw is None:
         return None
@@ -153,7 +159,7 @@ def decode(raw: str | None, annotation: Any = Any, *, strict: bool = True) -> An
     try:
         return box.model_validate_json('{"v":' + raw + "}").v  # type: ignore[attr-defined]
     except ValidationError as exc:
-        if not strict:
+        if not strict or not names_a_class(annotation):
             return orjson.loads(raw)
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'][1:])) or 'the value'}: {e['msg']}"
@@ -164,6 +170,16 @@ def decode(raw: str | None, annotation: Any = Any, *, strict: bool = True) -> An
             f"the recorded value {shown} does not validate as {_type_name(annotation)} "
             f"(was the type changed since it was recorded?): {problems}"
         ) from None
+
+
+_JSON_TYPES = frozenset({str, int, float, bool, type(None), list, dict, tuple, set, frozenset})
+
+
+def names_a_class(annotation: Any) -> bool:
+    """Whether ``annotation`` names a class beyond JSON's own types, at any depth."""
+    if isinstance(annotation, type) and annotation not in _JSON_TYPES:
+        return True
+    return any(names_a_class(arg) for arg in get_args(annotation))
 
 
 def _type_name(annotation: Any) -> str:

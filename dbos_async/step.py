@@ -183,7 +183,8 @@ def outcome(entry: registry.Registered, found: StepRecord) -> Any:
     """Return (or raise) a recorded step outcome without running the body."""
     if found.error is not None:
         raise serialization.decode_exception(found.error)
-    return serialization.decode(found.output, serialization.return_annotation(entry.fn))
+    annotation = serialization.return_annotation(entry.fn)
+    return serialization.decode(found.output, annotation, strict=True)
 
 
 async def _run_body(

@@ -6,11 +6,12 @@ replays under code it was not recorded with. The price is that a deploy
 strands the old version's PENDING and ENQUEUED workflows once its last
 runtime stops. This module makes that visible and fixable:
 
-* every runtime registers its version with each heartbeat; the first
-  registration of a version makes it the latest, and
-  ``set_latest_application_version`` picks another;
-* enqueues that name no version (the client, enqueue by name, a tick started
-  by a runtime of an older version) go to the latest version;
+* every runtime registers its version with each heartbeat; the latest
+  version is the newest that a live runtime runs, a version is the newest
+  from its first registration, and ``set_latest_application_version`` makes
+  another the newest;
+* enqueues that name no version (the client, enqueue by name) go to the
+  latest version, and only its runtimes fire schedule ticks;
 * each runtime counts the stranded workflows at launch and every few lease
   periods, and warns with the commands that resolve it;
 * ``adopt_workflows`` moves a version's waiting work to another version.
@@ -22,6 +23,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from dbos_async import registry
 from dbos_async.clock import now_ms
 from dbos_async.models import AppVersion
 from dbos_async.systemdb import versions as versions_table
@@ -138,7 +140,23 @@ async def check_stranded(runtime: Runtime) -> None:
     """
     try:
         versions = await list_application_versions(runtime.pool)
+        async with acquire(runtime.pool) as conn:
+            unrunnable = await versions_table.count_unrunnable(
+                conn, runtime.app_version, [e.name for e in registry.workflows()]
+            )
     except Exception as exc:
         logger.warning("could not count stranded workflows: %r", exc, extra={"action": "stranded"})
         return
     runtime.stranded_workflows = warn_stranded(versions, runtime.app_version)
+    runtime.unrunnable_workflows = sum(n for _, n in unrunnable)
+    if unrunnable:
+        # Never claimed here, never failed: say so, or they wait without a word.
+        logger.warning(
+            "%d workflows of this app version (%s) name functions this process does not "
+            "register (%s): they wait for a runtime that does; a function renamed or removed "
+            "under a pinned version strands them",
+            runtime.unrunnable_workflows,
+            runtime.app_version,
+            ", ".join(f"{name}: {n}" for name, n in unrunnable),
+            extra={"action": "unrunnable", "count": runtime.unrunnable_workflows},
+        )

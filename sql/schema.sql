@@ -35,6 +35,8 @@
 -- column instances.locked_at bigint
 -- column instances.pid integer NOT NULL
 -- column instances.started_at bigint NOT NULL
+-- column live_versions.latest_at bigint
+-- column live_versions.version text
 -- column messages.consumed_at bigint
 -- column messages.created_at bigint NOT NULL
 -- column messages.destination_id text NOT NULL

@@ -19,6 +19,14 @@ async def set_latest_version(conn: Connection, version: str) -> bool:
     return await conn.fetchval(q(conn, "set_latest_version"), version) is not None
 
 
+async def count_unrunnable(
+    conn: Connection, version: str, names: Sequence[str]
+) -> list[tuple[str, int]]:
+    """(name, count) of the waiting workflows of ``version`` whose function is not in ``names``."""
+    rows = await conn.fetch(q(conn, "count_unrunnable"), version, list(names))
+    return [(r["name"], r["n"]) for r in rows]
+
+
 async def select_known_versions(conn: Connection) -> list[str]:
     """The registered versions, newest first."""
     return [r[0] for r in await conn.fetch(q(conn, "select_known_versions"))]

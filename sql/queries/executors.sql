@@ -5,7 +5,9 @@
 -- one running ahead would take every other host's workflows for orphans.
 -- Also deletes the rows of instances gone for a day (their lock free) that no
 -- PENDING workflow names: a row is what says an instance is alive or gone.
--- Registers version $4 (0010_app_versions.sql) and returns the latest version.
+-- Registers version $4 (0010_app_versions.sql) and returns the latest
+-- version: the one with the greatest latest_at among those a live instance
+-- runs (a version launched once and gone is never the latest).
 WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms),
 version AS (
     INSERT INTO {schema}.app_versions (version, app_name, first_seen, last_seen, latest_at)
@@ -33,7 +35,11 @@ DO UPDATE SET app_version = excluded.app_version, heartbeat_at = excluded.heartb
 -- The statement's snapshot does not show the version row it wrote: take that
 -- one from the CTE, the others from the table.
 RETURNING (SELECT v.version FROM (
-               SELECT version, latest_at FROM {schema}.app_versions WHERE version <> $4
+               SELECT a.version, a.latest_at FROM {schema}.app_versions AS a, clock
+               WHERE a.version <> $4 AND EXISTS (
+                   SELECT 1 FROM {schema}.instances AS i
+                   WHERE i.app_version = a.version
+                     AND i.heartbeat_at >= clock.now_ms - 3 * i.heartbeat_ms)
                UNION ALL SELECT version, latest_at FROM version) AS v
            ORDER BY v.latest_at DESC, v.version LIMIT 1) AS latest_version;
 

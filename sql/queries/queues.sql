@@ -3,8 +3,8 @@
 -- (delivered on commit). $11 delays it by that many milliseconds of the
 -- database clock; $12 is its timeout, which starts when it is dequeued; $14
 -- a deadline inherited from the workflow that enqueued it.
--- No version ($5 NULL) means the latest one (0010_app_versions.sql); none
--- registered yet, any version. An existing ID is left as it is: `inserted` is 0 and `existing_name` names
+-- No version ($5 NULL) means the latest one (0010_app_versions.sql); while
+-- no version has a live runtime, any version. An existing ID is left as it is: `inserted` is 0 and `existing_name` names
 -- its function (read from the statement's snapshot, so NULL if it committed
 -- meanwhile). A live duplicate of ($7, $9) violates workflow_status_dedup_idx.
 WITH inserted AS (
@@ -13,7 +13,7 @@ WITH inserted AS (
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
         timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
     VALUES ($1, 'ENQUEUED', $2, $3, $4,
-            coalesce($5, (SELECT version FROM {schema}.app_versions
+            coalesce($5, (SELECT version FROM {schema}.live_versions
                           ORDER BY latest_at DESC, version LIMIT 1)),
             $6, $6, $7, $8, $9, $10,
             CASE WHEN $11::int8 IS NOT NULL
@@ -35,7 +35,7 @@ WITH inserted AS (
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
         timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
     SELECT u.workflow_id, 'ENQUEUED', u.name, u.inputs, u.app_name,
-           coalesce(u.app_version, (SELECT version FROM {schema}.app_versions
+           coalesce(u.app_version, (SELECT version FROM {schema}.live_versions
                                     ORDER BY latest_at DESC, version LIMIT 1)),
            u.now_ms, u.now_ms, u.queue_name, u.partition_key, u.deduplication_id, u.priority,
            CASE WHEN u.delay_ms IS NOT NULL

@@ -20,7 +20,7 @@ work AS (
     WHERE status IN ('PENDING', 'ENQUEUED') AND app_version IS NOT NULL
     GROUP BY app_version),
 latest AS (
-    SELECT version FROM {schema}.app_versions ORDER BY latest_at DESC, version LIMIT 1)
+    SELECT version FROM {schema}.live_versions ORDER BY latest_at DESC, version LIMIT 1)
 SELECT coalesce(v.version, w.app_version) AS version,
        coalesce(v.version = (SELECT version FROM latest), false) AS is_latest,
        coalesce(l.n, 0) AS live_executors,
@@ -63,3 +63,15 @@ announced AS (
           WHERE status = 'ENQUEUED' AND queue_name IS NOT NULL) AS q)
 SELECT workflow_id, status, (SELECT * FROM announced) AS notified FROM moved
 ORDER BY workflow_id;
+
+-- name: count_unrunnable
+-- The PENDING and ENQUEUED workflows of version $1 whose function is not one
+-- of $2 (those registered in the asking runtime), by name, most first: work
+-- no runtime of the version may be able to run (a workflow renamed or removed
+-- under a pinned version).
+SELECT name, count(*) AS n
+FROM {schema}.workflow_status
+WHERE app_version = $1 AND status IN ('PENDING', 'ENQUEUED') AND NOT name = ANY($2::text[])
+GROUP BY name
+ORDER BY n DESC, name
+LIMIT 10;

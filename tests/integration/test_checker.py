@@ -41,9 +41,14 @@ async def audit(n: int) -> int:
     return n
 
 
+@dataclasses.dataclass
+class Receipt:
+    amount: int
+
+
 @DBOS.step(name="tc.number")
-async def number() -> int:
-    return 5
+async def number() -> Receipt:
+    return Receipt(5)
 
 
 @DBOS.workflow(name="tc.flow")
@@ -89,7 +94,64 @@ async def parent() -> int:
 
 @DBOS.workflow(name="tc.counts")
 async def counts() -> int:
-    return await number()
+    return (await number()).amount
+
+
+@DBOS.step(name="tc.sloppy")
+async def sloppy() -> str:
+    return None  # type: ignore[return-value] # Python checks no annotation
+
+
+@DBOS.workflow(name="tc.uses_sloppy")
+async def uses_sloppy(order_id: str) -> list[object]:
+    return [order_id, await sloppy()]
+
+
+async def branch_a() -> None:
+    await one(1)
+    await one(2)
+
+
+async def branch_b(v2: bool) -> None:
+    await one(3)
+    await (audit(4) if v2 else two(4))
+
+
+@DBOS.workflow(name="tc.group")
+async def group() -> None:
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(branch_a())
+        tasks.create_task(branch_b(False))
+
+
+@DBOS.workflow(name="tc.group_v2")
+async def group_v2() -> None:
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(branch_a())
+        tasks.create_task(branch_b(True))
+
+
+@DBOS.workflow(name="tc.catches_v2")
+async def catches_v2(n: int) -> int:  # flow, with its first step swapped, the error caught
+    try:
+        first = await audit(n)
+    except Exception:
+        first = await one(n)
+    return first + await two(n)
+
+
+@DBOS.workflow(name="tc.raises_v2")
+async def raises_v2(n: int) -> int:  # flow, reading what the old step never returned
+    first = await one(n)
+    return {"n": first}["tax"] + await two(n)
+
+
+@DBOS.workflow(name="tc.patched_v2")
+async def patched_v2(n: int) -> int:  # flow, with a step appended behind a patch
+    total = await one(n) + await two(n)
+    if await DBOS.patch("audit"):
+        total += await audit(n)
+    return total
 
 
 def _renamed(history: WorkflowHistory, index: int, name: str) -> WorkflowHistory:
@@ -183,7 +245,7 @@ async def test_a_pending_history_is_checked_up_to_its_end(
 async def test_output_drift_is_reported_and_refused_at_runtime(
     db_url: str, conn: asyncpg.Connection
 ) -> None:
-    # A history recorded when tc.number returned a string; the code says int now.
+    # A history recorded when tc.number returned another shape; Receipt has changed since.
     await conn.execute(
         "INSERT INTO workflow_status (workflow_id, status, name, inputs, app_version,"
         " executor_id, created_at, updated_at, branched_steps)"
@@ -192,19 +254,21 @@ async def test_output_drift_is_reported_and_refused_at_runtime(
     )
     await conn.execute(
         "INSERT INTO operation_outputs (workflow_id, step_id, function_name, output)"
-        " VALUES ('drifted', 0, 'tc.number', '\"five\"')"
+        " VALUES ('drifted', 0, 'tc.number', '{\"total\": 5}')"
     )
     async with DBOS(database_url=db_url, app_version="other") as dbos:  # checks, runs nothing
         [result] = await check_workflows(dbos._runtime.pool)
-    assert result.compatible and len(result.drift) == 1
+    assert not result.compatible and len(result.drift) == 1
     assert result.drift[0].startswith(
-        'step 0 (tc.number): the recorded value "five" does not validate as int'
+        'step 0 (tc.number): the recorded value {"total": 5} does not validate as Receipt'
     ), result.drift
     # A runtime of its version (and executor) recovers it at launch, and
     # refuses the value clearly, instead of returning raw JSON.
     async with DBOS(database_url=db_url, app_version="test") as dbos:
         handle = await dbos.retrieve_workflow("drifted")
-        with pytest.raises(SerializationError, match='value "five" does not validate as int'):
+        with pytest.raises(
+            SerializationError, match=r'value \{"total": 5\} does not validate as Receipt'
+        ):
             await handle.get_result(timeout=10)
     status = await conn.fetchval("SELECT status FROM workflow_status WHERE workflow_id = 'drifted'")
     assert status == WorkflowStatusString.ERROR
@@ -270,3 +334,70 @@ async def test_export_import_check_round_trips(
     assert in_database.code == 0 and sorted(in_database.out.splitlines()) == expected, in_database
     in_file = await dbos_cli("workflow", "check", *spec, "--file", str(histories))
     assert in_file.code == 0 and sorted(in_file.out.splitlines()) == expected, in_file
+
+
+def _as(history: WorkflowHistory, name: str, **changes: object) -> WorkflowHistory:
+    """The history, checked as workflow ``name`` (the next release's code)."""
+    workflow = dataclasses.replace(history.workflow, name=name, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(history, workflow=workflow)
+
+
+async def test_no_false_compatible_verdicts(dbos: DBOS) -> None:
+    # The review of the first checker found each of these called "compatible".
+    with SetWorkflowID("ok"):
+        await flow(2)
+    with SetWorkflowID("group"):
+        await group()
+    with SetWorkflowID("parent"):
+        await parent()
+    pool = dbos._runtime.pool
+    ok, group_history, parent_history = await read_histories(pool, ["ok", "group", "parent"])
+    pending = {"status": WorkflowStatusString.PENDING}
+    # One branch ends its history (a crash) while another diverges.
+    cut = dataclasses.replace(
+        group_history,
+        calls=tuple(c for c in group_history.calls if (c.branch, c.step_id) != ("0", 1)),
+    )
+    # The code catches the divergence and goes on; it raises a new error; the
+    # parent's child is not among the histories checked.
+    results = await check_histories(
+        [
+            _as(cut, "tc.group_v2", **pending),
+            _as(ok, "tc.catches_v2", **pending),
+            _as(ok, "tc.raises_v2"),
+            parent_history,
+        ]
+    )
+    assert [r.problem for r in results] == [
+        "diverges at branch 1 step 1: recorded tc.two, code calls tc.audit",
+        "diverges at step 0: recorded tc.one, code calls tc.audit",
+        "the code raises KeyError('tax') replaying the history",
+        "not checked past the calls replayed so far: it needs the runtime's 'listener', "
+        "which a check does not serve",
+    ]
+    assert not any(r.compatible for r in results)
+    # A step appended behind a patch at the end of a finished history is how new code
+    # should go: compatible.
+    [patched] = await check_histories([_as(ok, "tc.patched_v2")])
+    assert patched.compatible and patched.stopped == "the history ends at step 2", patched
+
+
+async def test_unchanged_code_with_loose_annotations_still_recovers(
+    db_url: str, conn: asyncpg.Connection
+) -> None:
+    # A step annotated `-> str` that returned None, and a workflow's `str`
+    # argument recorded as 42: Python checks neither, so neither may fail the
+    # replay of code that did not change (only a class annotation is strict).
+    await conn.execute(
+        "INSERT INTO workflow_status (workflow_id, status, name, inputs, app_version,"
+        " executor_id, created_at, updated_at, branched_steps)"
+        " VALUES ('loose', 'PENDING', 'tc.uses_sloppy', '{\"args\": [42], \"kwargs\": {}}',"
+        " 'test', 'local', 1, 1, true)"
+    )
+    await conn.execute(
+        "INSERT INTO operation_outputs (workflow_id, step_id, function_name, output)"
+        " VALUES ('loose', 0, 'tc.sloppy', 'null')"
+    )
+    async with DBOS(database_url=db_url, app_version="test") as dbos:
+        handle = await dbos.retrieve_workflow("loose")
+        assert await handle.get_result(timeout=10) == [42, None]

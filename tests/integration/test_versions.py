@@ -92,14 +92,26 @@ async def test_each_runtime_registers_its_version_and_the_newest_is_the_latest(
 async def test_an_enqueue_that_names_no_version_goes_to_the_latest(
     db_url: str, conn: asyncpg.Connection
 ) -> None:
-    await _register(conn, "old", 1)
-    await _register(conn, "new", 2)
+    async def enqueue(client: DBOSClient, workflow_id: str) -> str:
+        await client.enqueue("x", queue_name="q", workflow_name=VERSIONED, workflow_id=workflow_id)
+        found: str = await conn.fetchval(
+            "SELECT app_version FROM workflow_status WHERE workflow_id = $1", workflow_id
+        )
+        return found
+
     async with DBOSClient(db_url) as client:
-        await client.enqueue("x", queue_name="q", workflow_name=VERSIONED, workflow_id="to-new")
-        await client.set_latest_application_version("old")
-        await client.enqueue("y", queue_name="q", workflow_name=VERSIONED, workflow_id="to-old")
-    rows = await conn.fetch("SELECT workflow_id, app_version FROM workflow_status ORDER BY 1")
-    assert [tuple(r) for r in rows] == [("to-new", "new"), ("to-old", "old")]
+        await enqueue(client, "no-version-yet")
+        assert await conn.fetchval("SELECT app_version FROM workflow_status") is None  # any
+        async with DBOS(database_url=db_url, app_version="old", lease_seconds=math.inf):
+            # A newer version launched once and gone is never the latest.
+            await _register(conn, "gone", 2**62)
+            assert await enqueue(client, "to-old") == "old"
+            async with DBOS(database_url=db_url, app_version="new", lease_seconds=math.inf):
+                assert await enqueue(client, "to-new") == "new"
+                await client.set_latest_application_version("old")
+                assert await enqueue(client, "to-old-again") == "old"
+                listed = _by_version(await client.list_application_versions())
+                assert [v for v in listed if listed[v].is_latest] == ["old"]
 
 
 async def test_stranded_work_is_counted_and_warned_about_with_the_command(
@@ -114,6 +126,7 @@ async def test_stranded_work_is_counted_and_warned_about_with_the_command(
         async with DBOS(database_url=db_url, app_version="v2", lease_seconds=math.inf) as dbos:
             assert dbos._runtime.stranded_workflows == 5
             listed = _by_version(await dbos.list_application_versions())
+            listing = await dbos_cli("versions", url=db_url)
     assert listed["v1"].stranded == 5 and (listed["v1"].pending, listed["v1"].enqueued) == (2, 3)
     assert listed["v2"].stranded == 0 and listed["v2"].is_latest
     [warning] = [r for r in caplog.records if getattr(r, "action", "") == "stranded"]
@@ -122,11 +135,10 @@ async def test_stranded_work_is_counted_and_warned_about_with_the_command(
     assert message.startswith("5 workflows of app version v1 (2 PENDING, 3 ENQUEUED) wait")
     adopt = "adopt --from-version v1 --to-version v2 --only-compatible --app MODULE:OBJ"
     assert f"`dbos-async workflow {adopt}`" in message
-    listing = await dbos_cli("versions", url=db_url)
     assert listing.code == 0, listing
     lines = listing.out.splitlines()
     assert lines[0].split()[:6] == ["APP", "VERSION", "LATEST", "LIVE", "PENDING", "ENQUEUED"]
-    assert lines[1].split()[:5] == ["v2", "yes", "0", "0", "0"]
+    assert lines[1].split()[:5] == ["v2", "yes", "1", "0", "0"]  # its one live runtime
     assert lines[2].split()[:4] == ["v1", "0", "2", "3"]
     assert "5 workflows of v1 are stranded" in lines[-1]
 
@@ -159,11 +171,19 @@ async def test_adopt_moves_a_versions_work_and_the_new_version_runs_it(
 
 
 async def test_a_workflow_whose_function_is_not_registered_here_is_left_never_failed(
-    db_url: str, conn: asyncpg.Connection
+    db_url: str, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     await _park(conn, "foreign", "PENDING", "v1", name="another_app.workflow")
     await _park(conn, "cancelled-foreign", "CANCELLED", "v1", name="another_app.workflow")
+    caplog.set_level(logging.WARNING, logger="dbos_async")
     async with DBOS(database_url=db_url, app_version="v1", lease_seconds=math.inf) as dbos:
+        # Said at launch, with the count kept for metrics.
+        [warning] = [r for r in caplog.records if getattr(r, "action", "") == "unrunnable"]
+        assert warning.getMessage().startswith(
+            "1 workflows of this app version (v1) name functions this process does not "
+            "register (another_app.workflow: 1)"
+        )
+        assert dbos._runtime.unrunnable_workflows == 1
         # Launch recovery looked at it (its executor is gone) and left it.
         row = await conn.fetchrow(
             "SELECT status, claimed_by, recovery_attempts FROM workflow_status"
@@ -201,9 +221,12 @@ async def test_a_runtime_of_an_older_version_sends_its_ticks_to_the_latest(
     seen, three = tick_schedule
     await _register(conn, "v1", 1)
     await _register(conn, "v2", 2)
+    # v2 first: v1's launch then learns that v2 is the latest live version (a
+    # runtime learns it at each heartbeat; until then both may fire a tick,
+    # once, as two runtimes of one version do).
     async with (
-        DBOS(database_url=db_url, app_version="v1", executor_id="old"),
         DBOS(database_url=db_url, app_version="v2", executor_id="new"),
+        DBOS(database_url=db_url, app_version="v1", executor_id="old"),
     ):
         with anyio.fail_after(10):
             await three.wait()

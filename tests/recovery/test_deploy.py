@@ -101,6 +101,11 @@ async def test_a_deploy_strands_checks_and_adopts_only_what_replays(
         "code calls deploy.audit",
     ], checked.out
 
+    elsewhere = await v2_cli(
+        "workflow", "adopt", "--from-version", "v1", "--to-version", "v1-hotfix",
+        "--only-compatible", "--app", "evolve_app:app", url=db_url,
+    )  # fmt: skip
+    assert elsewhere.code == 1 and "not the checked app's version (v2)" in elsewhere.err
     adopted = await v2_cli(
         "workflow",
         "adopt",
