@@ -6,16 +6,20 @@ no step body runs, no sleep is waited out, and nothing is written (the
 workflow gets a stand-in runtime that refuses anything else). For each
 workflow it reports whether the code is compatible, or where it diverges:
 
-* "compatible": the code made the recorded calls, in their positions, up to
-  the first call with no record (the history's end: there a real replay would
-  go on live), or to its return;
+* "compatible": every branch made its recorded calls, in their positions, up
+  to its return, a recorded error, or the history's end (the first call with
+  no record, where a real replay goes on live);
 * "diverges at <position>: recorded X, code calls Y": the first call whose
-  position holds another function's record (``NonDeterministicWorkflowError``);
-  also a history with recorded calls the code never makes, or inputs that no
-  longer decode;
-* output drift: a recorded step output (or child result) that no longer
-  validates as the step's current return annotation, which a real replay
-  would refuse with ``SerializationError``.
+  position holds another function's record (``NonDeterministicWorkflowError``,
+  noted even when the workflow's code catches it); also recorded calls the
+  code never makes, a call past the end of a finished execution, inputs that
+  no longer decode, or an error the record does not explain;
+* "not checked: ...": the replay could not finish (a wait on something that
+  is not a recorded call, a child whose history is not among those checked),
+  so recorded calls were never compared: never compatible;
+* output drift: a recorded step output that no longer validates as the step's
+  current return annotation where a real replay would refuse it with
+  ``SerializationError`` (an annotation naming a class): incompatible.
 
 Histories come from a database (``read_histories``, ``check_workflows``) or
 from a file written by ``dbos-async workflow export`` (``load_histories``):
