@@ -584,6 +584,17 @@ async def test_bad_input_is_one_line_and_exit_1(db_url: str) -> None:
         ["workflow", "fork"],
         ["queue"],
         ["queue", "list"],
+        ["workflow", "check"],
+        ["workflow", "adopt"],
+        ["workflow", "export"],
+        ["workflow", "import"],
+        ["versions", "list"],
+        ["versions", "set-latest"],
+        ["postgres"],
+        ["postgres", "start"],
+        ["postgres", "stop"],
+        ["postgres", "status"],
+        ["postgres", "url"],
     ],
 )
 async def test_help_everywhere(args: list[str]) -> None:
