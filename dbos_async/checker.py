@@ -200,12 +200,14 @@ async def _check(
     )
     check = ctx.checking = Check()
     ended = await _replay(ctx, entry.fn, args, kwargs)
+    # Counted before judging: an unfinished recv's deadline, set aside there, was not replayed.
+    replayed = len(recorded) - len(ctx.recorded)
     problem, stopped = _judge(w.status, ctx, check, ended)
     if problem is None and drift:
         problem = f"recorded outputs no longer validate (first: {drift[0]})"
     return result(
         compatible=problem is None,
-        replayed=len(recorded) - len(ctx.recorded),
+        replayed=replayed,
         problem=problem,
         stopped=stopped,
         drift=drift,
