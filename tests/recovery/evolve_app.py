@@ -10,8 +10,8 @@ it there); v2 only launches, then prints ``note-1``'s result once the test
 has moved it to v2 and sent its message. ``dbos-async workflow check --app
 evolve_app:app`` imports this module as v2's code (``EVOLVE_RELEASE=v2``).
 
-Step bodies append ``(workflow_id, entry, release)`` to ``public.ledger``;
-a workflow prints ``waiting <id>`` when it reaches its ``recv``.
+Its steps (deploy_steps.py) write the ledger; a workflow prints ``waiting
+<id>`` when it reaches its ``recv``.
 """
 
 from __future__ import annotations
@@ -22,45 +22,15 @@ import logging
 import os
 import sys
 
-import asyncpg
+import deploy_steps
+from deploy_steps import audit, reserve, say, ship
 
 from dbos_async import DBOS, SetWorkflowID
 
 RELEASE = os.environ.get("EVOLVE_RELEASE", "v1")
 app = DBOS(app_name="evolve", app_version=RELEASE, lease_seconds=3)
-_ledger: list[asyncpg.Pool] = []
-
-
+deploy_steps.release = RELEASE
 _FORMAT = "%(levelname)s %(message)s"
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
-async def ledger(entry: str) -> str:
-    await _ledger[0].execute(
-        "INSERT INTO public.ledger (workflow_id, entry, release) VALUES ($1, $2, $3)",
-        DBOS.workflow_id,
-        entry,
-        RELEASE,
-    )
-    return entry
-
-
-@DBOS.step(name="deploy.audit")
-async def audit() -> str:
-    return await ledger("audit")
-
-
-@DBOS.step(name="deploy.reserve")
-async def reserve() -> str:
-    return await ledger("reserve")
-
-
-@DBOS.step(name="deploy.ship")
-async def ship() -> str:
-    return await ledger("ship")
 
 
 @DBOS.workflow(name="deploy.order")
@@ -87,7 +57,7 @@ async def main(url: str) -> None:
     logging.basicConfig(
         stream=sys.stdout, level=logging.WARNING, format="%(levelname)s %(message)s"
     )
-    _ledger.append(await asyncpg.create_pool(url, min_size=1, max_size=4))
+    await deploy_steps.open_ledger(url)
     try:
         async with DBOS(
             database_url=url, app_name="evolve", app_version=RELEASE, lease_seconds=3
@@ -102,7 +72,7 @@ async def main(url: str) -> None:
                 handle = await dbos.retrieve_workflow("note-1")
                 say(f"result note-1 {json.dumps(await handle.get_result(timeout=60))}")
     finally:
-        await _ledger[0].close()
+        await deploy_steps.close_ledger()
 
 
 if __name__ == "__main__":

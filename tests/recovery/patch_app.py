@@ -9,8 +9,8 @@ recovers ``wf-old``; it then starts ``wf-new``, and prints each workflow's
 result once the test has sent both their message. Both releases run with
 ``enable_patching=True`` and no app version, so they share the pinned one.
 
-Step bodies append ``(workflow_id, entry, release)`` to ``public.ledger``; the
-workflow prints ``waiting <id>`` when it reaches its ``recv``.
+Its steps (deploy_steps.py) write the ledger; the workflow prints ``waiting
+<id>`` when it reaches its ``recv``.
 """
 
 from __future__ import annotations
@@ -19,42 +19,14 @@ import asyncio
 import json
 import sys
 
-import asyncpg
+import deploy_steps
+from deploy_steps import audit, reserve, say, ship
 
 from dbos_async import DBOS, SetWorkflowID
 
 RELEASE = sys.argv[1]
 URL = sys.argv[2]
-_ledger: list[asyncpg.Pool] = []
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
-
-
-async def ledger(entry: str) -> str:
-    await _ledger[0].execute(
-        "INSERT INTO public.ledger (workflow_id, entry, release) VALUES ($1, $2, $3)",
-        DBOS.workflow_id,
-        entry,
-        RELEASE,
-    )
-    return entry
-
-
-@DBOS.step(name="deploy.audit")
-async def audit() -> str:
-    return await ledger("audit")
-
-
-@DBOS.step(name="deploy.reserve")
-async def reserve() -> str:
-    return await ledger("reserve")
-
-
-@DBOS.step(name="deploy.ship")
-async def ship() -> str:
-    return await ledger("ship")
+deploy_steps.release = RELEASE
 
 
 @DBOS.workflow(name="deploy.order")
@@ -70,7 +42,7 @@ async def order() -> list[str]:
 
 
 async def main() -> None:
-    _ledger.append(await asyncpg.create_pool(URL, min_size=1, max_size=4))
+    await deploy_steps.open_ledger(URL)
     try:
         async with DBOS(database_url=URL, executor_id="local", enable_patching=True) as dbos:
             say(f"launched {dbos.app_version}")
@@ -86,7 +58,7 @@ async def main() -> None:
                     result = await handle.get_result(timeout=30)
                     say(f"result {workflow_id} {json.dumps(result)}")
     finally:
-        await _ledger[0].close()
+        await deploy_steps.close_ledger()
 
 
 if __name__ == "__main__":

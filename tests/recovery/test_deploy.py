@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from child import Child
+from deploy_steps import LEDGER_TABLE
 
 from dbos_async import DBOSClient
 from tests.integration.test_cli import Run, dbos_cli
@@ -41,10 +42,7 @@ async def run(db_url: str) -> AsyncIterator[Callable[[str], Awaitable[Child]]]:
 
 @pytest.fixture
 async def ledger(conn: asyncpg.Connection) -> asyncpg.Connection:
-    await conn.execute(
-        "CREATE TABLE public.ledger (workflow_id text, entry text, release text, "
-        "at timestamptz DEFAULT clock_timestamp())"
-    )
+    await conn.execute(LEDGER_TABLE)
     return conn
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from child import Child
+from deploy_steps import LEDGER_TABLE
 
 from dbos_async import DBOSClient
 
@@ -35,10 +36,7 @@ async def run(db_url: str) -> AsyncIterator[Callable[[str], Awaitable[Child]]]:
 
 @pytest.fixture
 async def ledger(conn: asyncpg.Connection) -> asyncpg.Connection:
-    await conn.execute(
-        "CREATE TABLE public.ledger (workflow_id text, entry text, release text, "
-        "at timestamptz DEFAULT clock_timestamp())"
-    )
+    await conn.execute(LEDGER_TABLE)
     return conn
 
 
