@@ -38,6 +38,7 @@ from typing import Any
 from dbos_async import branches, registry, serialization
 from dbos_async.branches import Branch, current_branch
 from dbos_async.checkpoint import SLEEP_STEP, HistoryEnd, position
+from dbos_async.clock import REAL
 from dbos_async.context import Check, Running, WorkflowContext, current_workflow
 from dbos_async.errors import NonDeterministicWorkflowError, SerializationError
 from dbos_async.history import RecordedCall, WorkflowHistory, read_histories
@@ -93,6 +94,9 @@ class _ReplayRuntime:
     def __init__(self, config: Any, children: dict[str, Running]) -> None:
         self.config = config
         self.local = children  # what handle.get_result looks up first
+        self.clock = REAL  # what checkpoints stamp records with (never written)
+        self.bodies_running = 0
+        self.step_overrides: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
         raise ReplayUnserved(f"it needs the runtime's {name!r}, which a check does not serve")

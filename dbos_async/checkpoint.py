@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -43,7 +42,6 @@ import anyio
 
 from dbos_async import serialization
 from dbos_async.branches import Branch, current_branch
-from dbos_async.clock import now_ms
 from dbos_async.context import Check, FencedOff
 from dbos_async.errors import (
     DatabaseUnavailableError,
@@ -122,8 +120,8 @@ class Call:
         label: str | None = None,
     ) -> StepRecord:
         """This call's checkpoint row with the given outcome, completed now."""
-        completed = now_ms()
         ctx = self.ctx
+        completed = ctx.runtime.clock.now_ms()
         return StepRecord(  # positional: this is on every step's path
             ctx.workflow_id,
             self.step_id,
@@ -383,7 +381,7 @@ async def settle(ctx: WorkflowContext) -> None:
     await run_idempotent(
         ctx.runtime.pool,
         lambda conn: steps_table.record_interruptions(
-            conn, ctx.workflow_id, ctx.fence, rows, INTERRUPTED, now_ms()
+            conn, ctx.workflow_id, ctx.fence, rows, INTERRUPTED, ctx.runtime.clock.now_ms()
         ),
     )
     ctx.interrupts = [r for r in ctx.interrupts or () if all(r is not w for w in rows)]
@@ -404,7 +402,7 @@ async def wake_time(
     """
     found = await replay(call) if call.recorded is not None else None
     if found is None:
-        at = time.time() + seconds if wake_at is None else wake_at
+        at = call.ctx.runtime.clock.time() + seconds if wake_at is None else wake_at
         found = await record(call, output=_encode_time(at), label=label)
         if found is None:
             return at
@@ -463,22 +461,23 @@ async def durable_wait(
     found, value = await attempt()
     if found:
         return found, value
+    clock = timer.ctx.runtime.clock
     recorded = await replay(timer) if timer.recorded is not None else None
     armed: asyncio.Future[float] | None = None
     if recorded is not None:
         wake_at = _decode_time(recorded.output)
     else:
-        wake_at = time.time() + seconds
+        wake_at = clock.time() + seconds
         armed = arm_timer(timer, wake_at, label)
     while True:
-        left = wake_at - time.time()
+        left = wake_at - clock.time()
         if left <= 0:
             if armed is None:
                 return False, None
             # Act on the deadline only once it is recorded (an earlier execution's wins).
             wake_at, armed = await asyncio.shield(armed), None
             continue
-        await watch.wait(left)
+        await watch.wait(left, clock)
         found, value = await attempt()
         if found:
             return found, value

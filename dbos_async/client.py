@@ -21,6 +21,7 @@ from typing import Any, Self, Unpack
 import anyio
 
 from dbos_async import context, management, messaging, streams, versions
+from dbos_async.clock import REAL, Clock
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.handle import WorkflowHandle, get_workflow_status, retrieve_workflow
@@ -152,6 +153,11 @@ class DBOSClient:
         self._check_open()
         assert self._pool is not None
         return self._pool
+
+    @property
+    def clock(self) -> Clock:
+        """Real time: a client's waits are its caller's."""
+        return REAL
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[PooledConnection]:

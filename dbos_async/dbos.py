@@ -31,6 +31,7 @@ from dbos_async import handle as handle_module
 from dbos_async import step as step_module
 from dbos_async import transaction as transaction_module
 from dbos_async import workflow as workflow_module
+from dbos_async.clock import REAL, Clock
 from dbos_async.context import current_connection, current_step_id, current_workflow
 from dbos_async.errors import NotInWorkflowError
 from dbos_async.handle import WorkflowHandle
@@ -173,6 +174,10 @@ class DBOS(metaclass=_DBOSMeta):
             workflows an old one left PENDING, and patches keep those on their
             old path. Without it the version is a hash of the workflow code,
             which changes with every edit.
+        clock: What the runtime reads the time from and waits on: durable
+            sleeps, timeouts, deadlines, cron, queue delays, heartbeats. None
+            is real time; tests pass a ``dbos_async.testing.VirtualClock``
+            (``TestEnvironment`` does it for you).
     """
 
     workflow = staticmethod(workflow_module.workflow)
@@ -192,6 +197,7 @@ class DBOS(metaclass=_DBOSMeta):
         data_dir: str | os.PathLike[str] = ".dbos_async",
         lease_seconds: float = 30.0,
         enable_patching: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self._runtime = Runtime(
             resolve_config(
@@ -204,7 +210,8 @@ class DBOS(metaclass=_DBOSMeta):
                 data_dir,
                 lease_seconds,
                 enable_patching=enable_patching,
-            )
+            ),
+            clock or REAL,
         )
 
     def __repr__(self) -> str:
@@ -325,7 +332,8 @@ class DBOS(metaclass=_DBOSMeta):
         and ENQUEUED workflows: ``AppVersion.stranded`` counts those no live
         runtime of the version will run.
         """
-        return await versions.list_application_versions((runtime or active_runtime()).pool)
+        rt = runtime or active_runtime()
+        return await versions.list_application_versions(rt.pool, rt.clock)
 
     @_runtime_method
     async def set_latest_application_version(runtime: Runtime | None, version: str) -> None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
 
 from dbos_async import versions
+from dbos_async.clock import Wake
 from dbos_async.recovery import (
     LOCK_SETTLE_SECONDS,
     RECOVERY_BATCH,
@@ -64,7 +64,7 @@ async def heartbeat_and_adopt(
     seen_at = 0.0
     beats = 0
     while True:
-        await anyio.sleep(heartbeat_seconds(lease))
+        await runtime.clock.sleep(heartbeat_seconds(lease), Wake.UPKEEP)
         beats += 1
         if beats % versions.STRANDING_CHECK_HEARTBEATS == 0:
             await versions.check_stranded(runtime)
@@ -75,14 +75,14 @@ async def heartbeat_and_adopt(
             ready: list[Suspect] = []
             # Suspects count once they have stayed lockless a settle period;
             # one whose process this host can see is gone counts at once.
-            aged = time.monotonic() - seen_at >= LOCK_SETTLE_SECONDS
+            aged = runtime.clock.time() - seen_at >= LOCK_SETTLE_SECONDS
             if aged or not suspects:
                 ready = list(suspects) if aged else []
                 async with runtime.connection() as conn:
                     suspects = await executors_table.select_lockless_instances(
                         conn, runtime.instance
                     )
-                seen_at = time.monotonic()
+                seen_at = runtime.clock.time()
                 ready += [s for s in suspects if proven_gone(s)]
             while await adopt_orphans(runtime, ready) == RECOVERY_BATCH:
                 pass
@@ -94,7 +94,9 @@ async def heartbeat_and_adopt(
 async def heartbeat(runtime: Runtime) -> None:
     """Record that this instance, its executor and its version are alive. One round trip."""
     async with runtime.connection() as conn:
-        runtime.latest_version = await executors_table.upsert_heartbeat(conn, runtime.instance)
+        runtime.latest_version = await executors_table.upsert_heartbeat(
+            conn, runtime.instance, runtime.clock.sql_now_ms()
+        )
 
 
 async def adopt_orphans(runtime: Runtime, suspects: Suspects) -> int:

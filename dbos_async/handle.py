@@ -33,6 +33,7 @@ from dbos_async.systemdb import workflows as wf_table
 from dbos_async.validation import check_workflow_id
 
 if TYPE_CHECKING:
+    from dbos_async.clock import Clock
     from dbos_async.context import Running
     from dbos_async.notifications import Listener
     from dbos_async.systemdb.pool import Pool, PooledConnection
@@ -67,6 +68,11 @@ class HandleSource(Protocol):
 
     def connection(self) -> AbstractAsyncContextManager[PooledConnection]:
         """A pooled system-database connection."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """The time its waits are measured on."""
         ...
 
 
@@ -173,7 +179,7 @@ async def _await_end(source: HandleSource, workflow_id: str, *, patient: bool) -
                 return functools.partial(_decode_outcome, workflow_id, status, row)
             if workflow_id in source.local:  # it started here meanwhile (recovery, resume)
                 return await _await_end(source, workflow_id, patient=patient)
-            await changed.wait()
+            await changed.wait(clock=source.clock)
             # A dequeue here fires w:<id> locally: switch to the task without a read.
             if workflow_id in source.local:
                 return await _await_end(source, workflow_id, patient=patient)

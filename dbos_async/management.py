@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 import asyncpg
 
 from dbos_async import context, registry, serialization
-from dbos_async.clock import now_ms
+from dbos_async.clock import REAL, Clock
 from dbos_async.errors import (
     QueueDeduplicatedError,
     WorkflowConflictError,
@@ -228,6 +228,11 @@ def _step_from_row(row: dict[str, Any]) -> StepInfo:
     )
 
 
+def _clock(runtime: Runtime | None) -> Clock:
+    # A client (no runtime) acts in real time.
+    return runtime.clock if runtime is not None else REAL
+
+
 async def cancel_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None = None) -> bool:
     """Mark a PENDING or ENQUEUED workflow CANCELLED; a finished one is left as it is.
 
@@ -244,7 +249,9 @@ async def cancel_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None 
     """
     check_workflow_id(workflow_id)
     async with acquire(pool) as conn:
-        before, changed = await wf_table.cancel_workflow(conn, workflow_id, now_ms())
+        before, changed = await wf_table.cancel_workflow(
+            conn, workflow_id, _clock(runtime).now_ms()
+        )
     if before is None:
         raise WorkflowNotFoundError(workflow_id)
     if changed and runtime is not None:
@@ -295,9 +302,10 @@ async def _resume(
                 runtime.executor_id if runtime is not None else None,
                 runtime.app_version if runtime is not None else None,
                 INTERNAL_QUEUE,
-                now_ms(),
+                _clock(runtime).now_ms(),
                 runtime.instance_id if runtime is not None else None,
                 [e.name for e in registry.workflows()] if runtime is not None else (),
+                sql_now_ms=_clock(runtime).sql_now_ms(),
             )
         except asyncpg.UniqueViolationError as exc:
             if not is_deduplication_violation(exc):
@@ -371,7 +379,7 @@ async def fork_workflow(
         executor_id=runtime.executor_id if here and runtime is not None else None,
         app_version=runtime.app_version if here and runtime is not None else application_version,
         queue_name=INTERNAL_QUEUE,
-        now_ms=now_ms(),
+        now_ms=_clock(runtime).now_ms(),
         instance=runtime.instance_id if here and runtime is not None else None,
     )
     with _reconciled_on_error(runtime if here else None):

@@ -14,12 +14,10 @@ deadline.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from dbos_async import checkpoint, context, serialization
-from dbos_async.clock import now_ms
 from dbos_async.errors import DBOSError, NotInWorkflowError, WorkflowNotFoundError
 from dbos_async.systemdb import messages as msg_table
 from dbos_async.systemdb.pool import run_idempotent
@@ -116,7 +114,7 @@ async def _send(
 
     async def statement(conn: Any) -> tuple[bool, bool | None]:
         return await msg_table.send_message(
-            conn, destination_id, topic, payload, now_ms(), scoped, notify=not here
+            conn, destination_id, topic, payload, runtime.clock.now_ms(), scoped, notify=not here
         )
 
     if scoped is not None:  # idempotent: safe to send again after a lost acknowledgement
@@ -245,17 +243,18 @@ def get_event(
 
 
 async def _get_event(runtime: HandleSource, workflow_id: str, key: str, wait_seconds: float) -> Any:
-    deadline = time.monotonic() + wait_seconds
+    clock = runtime.clock
+    deadline = clock.time() + wait_seconds
     with runtime.listener.watch("e", workflow_id) as changed:
         while True:
             async with runtime.connection() as conn:
                 value = await msg_table.select_event(conn, workflow_id, key)
             if value is not None:
                 return serialization.decode(value)
-            left = deadline - time.monotonic()
+            left = deadline - clock.time()
             if left <= 0:
                 return None
-            await changed.wait(left)
+            await changed.wait(left, clock)
 
 
 async def _get_event_in_workflow(

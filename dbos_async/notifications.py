@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import anyio
 from anyio.abc import TaskStatus
 
+from dbos_async.clock import REAL, Clock, Wake
 from dbos_async.systemdb.pool import SystemConnection, connect
 from dbos_async.systemdb.queries import statements
 
@@ -58,12 +59,26 @@ class Watch:
         """Wake the waiter (a notification arrived, or notifications may have been lost)."""
         self._fired.set()
 
-    async def wait(self, at_most: float | None = None) -> None:
-        """Sleep until fired, ``at_most`` seconds pass, or the safety-net interval ends.
+    async def wait(
+        self, at_most: float | None = None, clock: Clock = REAL, poll: float = SAFETY_POLL_SECONDS
+    ) -> None:
+        """Sleep until fired, ``at_most`` seconds pass, or the safety-net interval ``poll`` ends.
 
-        The caller re-reads the database afterwards whichever happened.
+        Both are measured on ``clock``: ``at_most`` is the waiter's own
+        deadline, ``poll`` the runtime's upkeep. The caller re-reads the
+        database afterwards whichever happened.
         """
-        limit = SAFETY_POLL_SECONDS if at_most is None else min(at_most, SAFETY_POLL_SECONDS)
+        if clock.virtual:
+            now = clock.time()
+            with clock.scope(now + poll, Wake.UPKEEP):
+                if at_most is None:
+                    await self._fired.wait()
+                else:
+                    with clock.scope(now + at_most, Wake.WORK):
+                        await self._fired.wait()
+            self._fired.clear()
+            return
+        limit = poll if at_most is None else min(at_most, poll)
         with anyio.move_on_after(max(0.0, limit)):
             await self._fired.wait()
         self._fired.clear()
@@ -95,6 +110,8 @@ class Listener:
         self._lost = asyncio.Event()
         self._scope = anyio.CancelScope()
         self.reconnects = 0
+        self._conn: SystemConnection | None = None
+        self._querying = asyncio.Lock()  # one statement at a time on the connection
 
     def watch(self, kind: str, key: str | None) -> contextlib.AbstractContextManager[Watch]:
         """Register a watch on ``kind:key`` (``key=None``: every key of ``kind``)."""
@@ -143,6 +160,26 @@ class Listener:
         """Make ``run`` return and close the connection."""
         self._scope.cancel()
 
+    def terminate(self) -> None:
+        """Cut the connection at once and stop (a simulated crash): nothing more is said."""
+        if self._conn is not None:
+            self._conn.terminate()
+        self._scope.cancel()
+
+    async def sync(self) -> None:
+        """Return once the notifications committed before this call have been delivered.
+
+        The server sends a session its pending notifications before it
+        answers a statement, and asyncpg schedules their callbacks as it
+        reads them: one round trip on the listening connection flushes them.
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        async with self._querying:
+            with contextlib.suppress(Exception):  # a lost connection: its reconnect fires all
+                await conn.fetchval(statements(self._channel)["check_alive"])
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """LISTEN until ``stop()``; ``task_status.started()`` once the first LISTEN is live.
 
@@ -164,6 +201,7 @@ class Listener:
                 self._lost.clear()
                 conn.add_termination_listener(lambda _c: self._lost.set())
                 await conn.add_listener(self._channel, self._on_notify)
+                self._conn = conn
                 attempt = 0
                 if started:
                     self.reconnects += 1
@@ -192,6 +230,7 @@ class Listener:
                 self.fire_all()
                 await anyio.sleep(delay)
             finally:
+                self._conn = None
                 if conn is not None:
                     with anyio.CancelScope(shield=True):
                         await _close_quietly(conn)
@@ -203,7 +242,8 @@ class Listener:
                 await self._lost.wait()
                 raise ConnectionError("the listener's connection was closed")
             with anyio.fail_after(_HEALTH_CHECK_SECONDS):
-                await conn.fetchval(statements(self._channel)["check_alive"])
+                async with self._querying:
+                    await conn.fetchval(statements(self._channel)["check_alive"])
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         kind, sep, key = str(payload).partition(":")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from dbos_async import checkpoint, context, registry, serialization
-from dbos_async.clock import now_ms
+from dbos_async.clock import REAL, Clock
 from dbos_async.context import EnqueueOptions, WorkflowContext
 from dbos_async.errors import DBOSError, QueueDeduplicatedError, WorkflowConflictError
 from dbos_async.handle import WorkflowHandle
@@ -188,6 +188,7 @@ class Queue:
             app_name=runtime.app_name,
             # A child's time runs out with its parent's, however long it waits in line.
             deadline_epoch_ms=parent.deadline_epoch_ms if parent is not None else None,
+            clock=runtime.clock,
         )
         # Group-committed with concurrent enqueues: one statement for many.
         result = await runtime.enqueue_writer.submit(row)
@@ -328,6 +329,7 @@ def queued_row(
     parent_workflow_id: str | None,
     app_name: str | None,
     deadline_epoch_ms: int | None = None,
+    clock: Clock = REAL,
 ) -> queues_table.NewQueued:
     """Check the options and encode the inputs of an enqueue: everything before a write."""
     check_identifier(queue_name, "queue name")
@@ -343,7 +345,7 @@ def queued_row(
         inputs=inputs,
         app_name=app_name,
         app_version=app_version,
-        now_ms=now_ms(),
+        now_ms=clock.now_ms(),
         queue_name=queue_name,
         partition_key=queue_partition_key,
         deduplication_id=deduplication_id,
@@ -352,6 +354,7 @@ def queued_row(
         timeout_ms=math.ceil(timeout_seconds * 1000) if timeout_seconds else None,
         parent_workflow_id=parent_workflow_id,
         deadline_epoch_ms=deadline_epoch_ms,
+        sql_now_ms=clock.sql_now_ms(),
     )
 
 

@@ -31,7 +31,6 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from dbos_async import queue as queue_module
 from dbos_async import registry
-from dbos_async.clock import now_ms
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.queue import Queue
 from dbos_async.recovery import run_claimed
@@ -104,7 +103,7 @@ class QueueWorker:
                 if full:
                     await anyio.lowlevel.checkpoint()  # let the spawned workflows start first
                     continue
-                await woken.wait(POLL_SECONDS if retry_in is None else min(retry_in, POLL_SECONDS))
+                await woken.wait(retry_in, self._runtime.clock, poll=POLL_SECONDS)
 
     async def claim(self, queue: Queue) -> tuple[bool, float | None]:
         """Claim and start what the limits allow, partition by partition.
@@ -145,7 +144,8 @@ class QueueWorker:
                             limits,
                             names,
                             runtime.instance_id,
-                            now_ms(),
+                            runtime.clock.now_ms(),
+                            runtime.clock.sql_now_ms(),
                         )
                     if claim.rows:
                         await run_claimed(runtime, conn, claim.rows)

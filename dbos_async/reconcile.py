@@ -32,7 +32,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from dbos_async import registry
-from dbos_async.clock import now_ms
+from dbos_async.clock import Wake
 from dbos_async.recovery import run_claimed
 from dbos_async.systemdb import workflows as wf_table
 
@@ -90,7 +90,8 @@ class Reconciler:
                 # database is away (every failed claim makes one).
                 await anyio.sleep(min(period, _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS)) - 1]))
             else:
-                with anyio.move_on_after(period):
+                clock = self._runtime.clock
+                with clock.scope(clock.time() + period, Wake.UPKEEP):
                     await self._wake.wait()
             self._wake.clear()
             try:
@@ -122,7 +123,7 @@ class Reconciler:
             return 0
         async with runtime.connection() as conn:
             rows = await wf_table.reclaim_stranded_workflows(
-                conn, runtime.executor_id, runtime.instance_id, seen, now_ms()
+                conn, runtime.executor_id, runtime.instance_id, seen, runtime.clock.now_ms()
             )
             if not rows:
                 return 0

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from dbos_async import registry, serialization
-from dbos_async.clock import now_ms
+from dbos_async.clock import Wake
 from dbos_async.errors import SerializationError
 from dbos_async.systemdb import executors as executors_table
 from dbos_async.systemdb import steps as steps_table
@@ -134,16 +134,17 @@ async def claim_batch(
             only_executor=only_executor,
             lease_ms=None if math.isinf(lease) else int(lease * 1000),
             suspects=suspects,
-            now_ms=now_ms(),
+            now_ms=runtime.clock.now_ms(),
             limit=RECOVERY_BATCH,
             # A workflow this process cannot run is left for one that can, never failed.
             names=[entry.name for entry in registry.workflows()],
+            sql_now_ms=runtime.clock.sql_now_ms(),
         )
         if not rows:
             return 0, 0
         runnable, exhausted = split_exhausted(rows)
         if exhausted:
-            await wf_table.mark_max_recovery_exceeded(conn, exhausted, now_ms())
+            await wf_table.mark_max_recovery_exceeded(conn, exhausted, runtime.clock.now_ms())
         started = await run_claimed(runtime, conn, runnable)
     logger.info("recovering %d workflows", started, extra={"action": "recover"})
     return len(rows), started
@@ -160,7 +161,7 @@ async def _recover_rest(runtime: Runtime, gone: Suspects, more: bool, suspects: 
     if more:
         await _claim_until_empty(runtime, gone)
     if suspects:
-        await anyio.sleep(LOCK_SETTLE_SECONDS)
+        await runtime.clock.sleep(LOCK_SETTLE_SECONDS, Wake.UPKEEP)
         await _claim_until_empty(runtime, suspects)
     logger.info("recovery done", extra={"action": "recovered"})
 
@@ -247,7 +248,7 @@ async def _run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[s
         except Exception as exc:
             # One row that cannot run must not stop the others (nor, at launch,
             # the runtime): it ends as ERROR, saying why.
-            poisoned.append(_cannot_run(row, exc))
+            poisoned.append(_cannot_run(row, exc, runtime.clock.now_ms()))
             return
         spawn(
             runtime,
@@ -277,7 +278,7 @@ async def _run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[s
     return len(runnable) - len(poisoned)
 
 
-def _cannot_run(row: dict[str, Any], exc: Exception) -> wf_table.Outcome:
+def _cannot_run(row: dict[str, Any], exc: Exception, at_ms: int) -> wf_table.Outcome:
     wid = row["workflow_id"]
     logger.error(
         "workflow %s (%s) cannot run: its recorded inputs do not decode (%r)",
@@ -290,5 +291,5 @@ def _cannot_run(row: dict[str, Any], exc: Exception) -> wf_table.Outcome:
         f"Workflow {wid!r} ({row['name']}) cannot run: its recorded inputs do not decode: {exc}"
     )
     return wf_table.Outcome(
-        wid, "ERROR", None, serialization.encode_exception(error), now_ms(), row.get("fence", 0)
+        wid, "ERROR", None, serialization.encode_exception(error), at_ms, row.get("fence", 0)
     )

@@ -28,6 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from dbos_async import branches, fleet, registry, versions, workflow
+from dbos_async.clock import REAL, Clock
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.notifications import Listener
@@ -50,6 +51,7 @@ from dbos_async.systemdb.pool import (
     SystemConnection,
     acquire,
     create_pool,
+    in_use,
 )
 from dbos_async.systemdb.shields import Shields
 from dbos_async.validation import MAX_EXECUTOR_ID_BYTES, check_identifier, check_schema_name
@@ -185,8 +187,13 @@ class BodyThreads:
 class Runtime:
     """Everything one ``DBOS`` instance runs; see the module docstring."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Clock = REAL) -> None:
         self.config = config
+        # Every time the runtime reads or waits on (clock.py).
+        self.clock = clock
+        # Async step bodies running now (sync ones are body_threads'): what a
+        # virtual clock waits for before it moves (busy()).
+        self.bodies_running = 0
         self.state = State.NEW
         self.app_name = config.app_name
         self.executor_id = config.executor_id
@@ -227,6 +234,10 @@ class Runtime:
         self.shields = Shields()  # every shielded write, so shutdown can bound them
         # Longest a system statement may take before its connection counts as lost.
         self.command_timeout = COMMAND_TIMEOUT_SECONDS
+        self.crashed = False  # crash(): stopped as a killed process would, recording nothing
+        self._registered = False  # its instance row exists (the launch got that far)
+        # Step bodies a test replaced, by step name (TestEnvironment.override_step).
+        self.step_overrides: dict[str, registry.Registered] = {}
 
     # -- resources ------------------------------------------------------------------
 
@@ -264,12 +275,44 @@ class Runtime:
             yield conn
 
     def _check_running(self) -> None:
+        if self.crashed:
+            raise DBOSError(
+                "This DBOS runtime crashed (TestEnvironment.crash): use the restarted one,"
+                " e.g. env.dbos.retrieve_workflow(workflow_id) for a new handle"
+            )
         if self.state is not State.RUNNING:
             raise DBOSError(f"The DBOS runtime is {self.state.value}, not running")
 
     def cancel_local(self, workflow_id: str) -> None:
         """Interrupt a workflow running here whose row was just marked CANCELLED."""
         workflow.cancel_local(self, workflow_id)
+
+    def busy(self) -> str | None:
+        """What this runtime is doing right now, or None when it only waits.
+
+        A virtual clock moves only once every runtime on it answers None:
+        no step body runs, no write is queued or in flight, and no system or
+        application connection is in use (the group-commit writers keep
+        theirs between batches).
+        """
+        if self.bodies_running or self.body_threads.running:
+            return "a step body runs"
+        if self.stream_announcer.pending:
+            return "a stream announcement is due"
+        for writer in self._writers:
+            if writer.busy:
+                return f"the {writer.name} writer has rows to write"
+        held = sum(writer.connections_held for writer in self._writers)
+        for pool in (self._pool, self._app_pool):
+            if pool is not None and in_use(pool) > held:
+                return "a database connection is in use"
+            held = 0
+        return None
+
+    async def sync(self) -> None:
+        """Return once every notification committed before the call has been handled."""
+        if self._listener is not None and self.state is State.RUNNING:
+            await self._listener.sync()
 
     @property
     def stopping(self) -> bool:
@@ -342,6 +385,31 @@ class Runtime:
         if not any(r._task is not None and r._task.get_loop() is loop for r in _launched):
             branches.uninstall(loop)  # the last runtime on this loop: leave it as we found it
 
+    async def crash(self) -> None:
+        """Stop at once as a killed process would: nothing more reaches the database.
+
+        For tests (``TestEnvironment.crash``). Every connection is cut before
+        anything else runs, so no write in flight or queued commits, and no
+        shutdown bookkeeping is written: the instance's row stays, its
+        workflows PENDING, as after a SIGKILL.
+        """
+        if self.state is not State.RUNNING or self._task is None:
+            raise DBOSError(f"The DBOS runtime is {self.state.value}, not running")
+        self.crashed = True
+        if self in _launched:
+            _launched.remove(self)
+        for pool in (self._pool, self._app_pool):
+            if pool is not None:
+                pool.terminate()
+        if self._listener is not None:
+            self._listener.terminate()
+        self.shields.bound(0)  # shielded writes end now, unfinished
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        if not any(r._task is not None and r._task.get_loop() is loop for r in _launched):
+            branches.uninstall(loop)
+
     async def _main(self, started: asyncio.Future[None]) -> None:
         try:
             self.database_url = await self._database_url()
@@ -369,7 +437,10 @@ class Runtime:
                 await migrate(conn, self.config.schema)
                 # Registered before anything is claimed, and before the listener
                 # takes the lock that says the instance lives.
-                self.latest_version = await executors_table.upsert_heartbeat(conn, self._instance)
+                self.latest_version = await executors_table.upsert_heartbeat(
+                    conn, self._instance, self.clock.sql_now_ms()
+                )
+            self._registered = True
             self.thread_limiter = anyio.CapacityLimiter(40)
             writers = 2 if self.config.pool_size >= 8 else 1  # per kind; each holds a connection
             self.workflow_writer = GroupCommit(
@@ -448,6 +519,7 @@ class Runtime:
                             extra={"action": "launch"},
                         )
                         await versions.check_stranded(self)
+                        self.clock.attach(self.busy, self.sync)
                         started.set_result(None)
                         await self._stop.wait()
                         self.state = State.STOPPING
@@ -469,15 +541,17 @@ class Runtime:
                 logger.exception("the DBOS runtime failed and stopped", extra={"action": "failed"})
             raise
         finally:
+            self.clock.detach(self.busy)
             self.state = State.STOPPING
-            await self._forget_instance()
+            if not self.crashed:
+                await self._forget_instance()
             await self._close_pools()
             self.local.clear()
             self.state = State.STOPPED
             logger.info("DBOS runtime stopped", extra={"action": "shutdown"})
 
     async def _hold_instance_lock(self, conn: SystemConnection) -> None:
-        await executors_table.lock_instance(conn, self.instance)
+        await executors_table.lock_instance(conn, self.instance, self.clock.sql_now_ms())
 
     async def _forget_instance(self) -> None:
         """Delete this instance's row: its PENDING workflows are orphans at once.
@@ -487,8 +561,8 @@ class Runtime:
         database cannot be reached, the lock (gone with the connection) says
         the same a little later.
         """
-        if self._pool is None or self._instance is None:
-            return
+        if self._pool is None or self._instance is None or not self._registered:
+            return  # nothing to delete (the launch failed before registering)
         if self.body_threads.running:
             # A step body still runs (Python cannot stop a thread): its workflow
             # must not start elsewhere at once. Left registered, the instance's

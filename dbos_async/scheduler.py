@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from anyio.abc import TaskStatus
 from cronsim import CronSim, CronSimError
 
 from dbos_async import registry
-from dbos_async.clock import now_ms
+from dbos_async.clock import Wake
 from dbos_async.context import SetWorkflowID
 from dbos_async.systemdb import schedules as schedules_table
 from dbos_async.workflow import entry_of, start_soon
@@ -160,7 +159,8 @@ class Scheduler:
                 _on_declare.remove(declared)
 
     async def _serve(self, schedule: Schedule) -> None:
-        after = datetime.now(UTC)
+        clock = self._runtime.clock
+        after = clock.now()
         if schedule.catch_up:
             last = await _retrying(
                 schedule, "read its last tick", lambda: self._last_tick(schedule)
@@ -169,15 +169,16 @@ class Scheduler:
                 after = min(after, datetime.fromtimestamp(last / 1000, UTC))
         while True:
             tick = next_tick(schedule.cron, after)
-            # asyncio may fire a timer up to one clock resolution early: add a hair.
-            await anyio.sleep(max(0.0, tick.timestamp() - time.time()) + _HAIR)
+            # asyncio may fire a timer up to one clock resolution early: add a
+            # hair (a virtual clock fires exactly at the tick).
+            await clock.sleep_until(tick.timestamp() + (0 if clock.virtual else _HAIR), Wake.TICK)
             await _retrying(
                 schedule,
                 f"start the tick {tick.isoformat()}",
                 functools.partial(self._start, schedule, tick),
             )
             # Without catch_up, ticks that passed meanwhile (a slow database) are skipped.
-            after = tick if schedule.catch_up else max(tick, datetime.now(UTC))
+            after = tick if schedule.catch_up else max(tick, clock.now())
 
     async def _last_tick(self, schedule: Schedule) -> int | None:
         async with self._runtime.connection() as conn:
@@ -195,10 +196,10 @@ class Scheduler:
         if runtime.latest_version not in (None, runtime.app_version):
             return
         with SetWorkflowID(tick_workflow_id(schedule.name, tick)):
-            await start_soon(schedule.entry, (tick, datetime.now(UTC)), {}, runtime)
+            await start_soon(schedule.entry, (tick, runtime.clock.now()), {}, runtime)
         async with self._runtime.connection() as conn:
             await schedules_table.record_schedule_tick(
-                conn, schedule.name, int(tick.timestamp() * 1000), now_ms()
+                conn, schedule.name, int(tick.timestamp() * 1000), runtime.clock.now_ms()
             )
 
 

@@ -12,14 +12,13 @@ import asyncio
 import functools
 import inspect
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 import anyio
 
 from dbos_async import checkpoint, registry, serialization
-from dbos_async.clock import now_ms
+from dbos_async.clock import Wake
 from dbos_async.context import WorkflowContext, current_step_id
 from dbos_async.errors import DatabaseUnavailableError, MaxStepRetriesExceeded, SerializationError
 from dbos_async.systemdb.steps import StepRecord
@@ -128,7 +127,7 @@ async def _run_step(
         found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is not None:
             return outcome(entry, found)
-        started = now_ms()
+        started = call.ctx.runtime.clock.now_ms()
         token = current_step_id.set(call.step_id)
         try:
             value, attempts = await _run_body(entry, args, kwargs, call.ctx)
@@ -199,15 +198,23 @@ async def _run_body(
         MaxStepRetriesExceeded: every one of the step's retries failed.
         Exception: what the body raised (a step without retries), or an outage.
     """
+    if ctx.runtime.step_overrides:  # a test replaced some step bodies (override_step)
+        entry = ctx.runtime.step_overrides.get(entry.name, entry)
     options = entry.options
     attempts = options["attempts"]
     last: Exception | None = None
     for attempt in range(attempts):
         if attempt:
-            await anyio.sleep(options["interval"] * options["backoff"] ** (attempt - 1))
+            await ctx.runtime.clock.sleep(
+                options["interval"] * options["backoff"] ** (attempt - 1), Wake.WORK
+            )
         try:
             if options["is_async"]:  # inline: every async step's path
-                return await entry.fn(*args, **kwargs), attempt + 1
+                ctx.runtime.bodies_running += 1
+                try:
+                    return await entry.fn(*args, **kwargs), attempt + 1
+                finally:
+                    ctx.runtime.bodies_running -= 1
             return await _call_body(entry, args, kwargs, ctx.runtime), attempt + 1
         except Exception as exc:
             last = exc
@@ -270,4 +277,4 @@ async def _durable_sleep(call: checkpoint.Call, seconds: float) -> None:
     with call:
         wake_at = await checkpoint.wake_time(call, seconds)
         if not call.ctx.checking:  # a replay check does not wait out recorded sleeps
-            await anyio.sleep(max(0.0, wake_at - time.time()))
+            await call.ctx.runtime.clock.sleep_until(wake_at, Wake.WORK)

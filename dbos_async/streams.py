@@ -48,6 +48,11 @@ class Announcer:
         self._last: dict[str, float] = {}
         self._trailing: set[str] = set()
 
+    @property
+    def pending(self) -> bool:
+        """Whether a trailing announcement is still to be sent (Runtime.busy)."""
+        return bool(self._trailing)
+
     def announce_now(self, workflow_id: str) -> bool:
         """Whether a write may NOTIFY itself (the window since the last one has passed)."""
         now = time.monotonic()

@@ -21,7 +21,6 @@ import anyio
 import asyncpg
 
 from dbos_async import checkpoint, registry, serialization
-from dbos_async.clock import now_ms
 from dbos_async.context import current_connection, current_step_id
 from dbos_async.errors import DatabaseUnavailableError
 from dbos_async.runtime import active_runtime
@@ -115,7 +114,7 @@ async def _run(
         runtime = call.ctx.runtime
         await checkpoint.settle(call.ctx)  # interruptions before this commit's checkpoint
         pool = await runtime.app_pool()
-        started = now_ms()
+        started = runtime.clock.now_ms()
         conflicts = 0
         lost = iter(RETRY_DELAYS)
         while True:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from dbos_async import checkpoint, serialization
+from dbos_async.context import current_workflow
 
 T = TypeVar("T")
 
@@ -25,7 +26,7 @@ UUID4_STEP = "DBOS.uuid4"
 
 def now() -> Coroutine[Any, Any, datetime]:
     """The current time as a timezone-aware UTC datetime; recorded inside a workflow."""
-    return _value(NOW_STEP, lambda: datetime.now(UTC), datetime)
+    return _value(NOW_STEP, _now, datetime)
 
 
 def random() -> Coroutine[Any, Any, float]:
@@ -36,6 +37,12 @@ def random() -> Coroutine[Any, Any, float]:
 def uuid4() -> Coroutine[Any, Any, uuid.UUID]:
     """A random UUID; recorded inside a workflow."""
     return _value(UUID4_STEP, uuid.uuid4, uuid.UUID)
+
+
+def _now() -> datetime:
+    # The workflow's runtime's clock (a step's too): virtual in a TestEnvironment.
+    ctx = current_workflow.get()
+    return ctx.runtime.clock.now() if ctx is not None else datetime.now(UTC)
 
 
 def _value(name: str, make: Callable[[], T], kind: type[T]) -> Coroutine[Any, Any, T]:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dbos_async import registry
-from dbos_async.clock import now_ms
+from dbos_async.clock import REAL, Clock
 from dbos_async.models import AppVersion
 from dbos_async.systemdb import versions as versions_table
 from dbos_async.systemdb.pool import Pool, acquire
@@ -39,10 +39,10 @@ STRANDING_CHECK_HEARTBEATS = 9
 """A runtime counts stranded work every this many heartbeats (three lease periods)."""
 
 
-async def list_application_versions(pool: Pool) -> list[AppVersion]:
+async def list_application_versions(pool: Pool, clock: Clock = REAL) -> list[AppVersion]:
     """Every version registered or named by waiting work, newest first. One round trip."""
     async with acquire(pool) as conn:
-        rows = await versions_table.list_application_versions(conn)
+        rows = await versions_table.list_application_versions(conn, clock.sql_now_ms())
     return [AppVersion(**row) for row in rows]
 
 
@@ -96,7 +96,7 @@ async def adopt_workflows(
         raise ValueError(f"no runtime of app version {to_version!r} ever ran against this database")
     async with acquire(pool) as conn:
         moved = await versions_table.adopt_workflows(
-            conn, from_version, to_version, workflow_ids, now_ms()
+            conn, from_version, to_version, workflow_ids, REAL.now_ms()
         )
     logger.info(
         "moved %d workflows of app version %s to %s",
@@ -139,7 +139,7 @@ async def check_stranded(runtime: Runtime) -> None:
     Never raises: a failed count is logged and left for the next one.
     """
     try:
-        versions = await list_application_versions(runtime.pool)
+        versions = await list_application_versions(runtime.pool, runtime.clock)
         async with acquire(runtime.pool) as conn:
             unrunnable = await versions_table.count_unrunnable(
                 conn, runtime.app_version, [e.name for e in registry.workflows()]

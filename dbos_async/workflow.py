@@ -11,7 +11,6 @@ import asyncio
 import functools
 import logging
 import math
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from anyio.abc import TaskStatus
 
 from dbos_async import branches, checkpoint, context, registry, serialization
 from dbos_async.branches import Branch, current_branch
-from dbos_async.clock import now_ms
 from dbos_async.context import FencedOff, Running, WorkflowContext, current_workflow
 from dbos_async.errors import (
     DatabaseUnavailableError,
@@ -148,7 +146,7 @@ async def _start(
                 await check_same_inputs(conn, workflow_id, entry.name, inputs)
         return WorkflowHandle(runtime, workflow_id)
     timeout = context.workflow_timeout()
-    created = now_ms()
+    created = runtime.clock.now_ms()
     deadline = parent.deadline_epoch_ms if parent is not None else None
     if timeout is not None:
         own = created + int(timeout * 1000)
@@ -251,11 +249,9 @@ async def _start_in_runtime(
     return await asyncio.shield(started)
 
 
-def _loop_deadline(deadline_epoch_ms: int | None) -> float:
-    """An epoch-millisecond deadline on the event loop's clock (inf: none)."""
-    if deadline_epoch_ms is None:
-        return math.inf
-    return anyio.current_time() + (deadline_epoch_ms / 1000 - time.time())
+def _deadline(deadline_epoch_ms: int | None) -> float:
+    """An epoch-millisecond deadline in epoch seconds (inf: none)."""
+    return math.inf if deadline_epoch_ms is None else deadline_epoch_ms / 1000
 
 
 class RowChecks:
@@ -400,7 +396,7 @@ async def _execute(
     try:
         # cancel_workflow and the deadline cancel this scope; a shutdown cancels
         # the runtime's task group around it instead, and records nothing.
-        with anyio.CancelScope(deadline=_loop_deadline(ctx.deadline_epoch_ms)) as scope:
+        with runtime.clock.scope(_deadline(ctx.deadline_epoch_ms)) as scope:
             ctx.cancel_scope = scope
             if ctx.cancelled:
                 scope.cancel()
@@ -421,7 +417,7 @@ async def _execute(
                     raise DatabaseUnavailableError(f"{ctx.workflow_id!r} lost the database")
                 output = serialization.encode(value, f"the result of workflow {entry.name}")
                 row = wf_table.Outcome(
-                    ctx.workflow_id, "SUCCESS", output, None, now_ms(), ctx.fence
+                    ctx.workflow_id, "SUCCESS", output, None, runtime.clock.now_ms(), ctx.fence
                 )
                 outcome.value = value
             except Exception as exc:
@@ -432,7 +428,7 @@ async def _execute(
                     "ERROR",
                     None,
                     serialization.encode_exception(exc),
-                    now_ms(),
+                    runtime.clock.now_ms(),
                     ctx.fence,
                 )
                 outcome.error = exc
@@ -448,7 +444,7 @@ async def _execute(
                     async with runtime.connection() as conn:
                         # Fenced: if another runtime adopted it meanwhile, the row is its.
                         _, changed = await wf_table.cancel_workflow(
-                            conn, ctx.workflow_id, now_ms(), ctx.fence
+                            conn, ctx.workflow_id, runtime.clock.now_ms(), ctx.fence
                         )
                 if not changed:
                     outcome = Outcome(local=False)

@@ -25,11 +25,12 @@ class Instance:
     heartbeat_ms: int  # how often it heartbeats
 
 
-async def upsert_heartbeat(conn: Connection, me: Instance) -> str:
+async def upsert_heartbeat(conn: Connection, me: Instance, sql_now_ms: int | None = None) -> str:
     """Record that this instance (and its executor and version) is alive, by the database's clock.
 
     Returns the latest application version. One round trip; it also deletes
-    the rows of instances gone for a day.
+    the rows of instances gone for a day. ``sql_now_ms``: now, instead of
+    the database's clock (a virtual clock's).
     """
     latest: str = await conn.fetchval(
         q(conn, "upsert_heartbeat"),
@@ -42,11 +43,12 @@ async def upsert_heartbeat(conn: Connection, me: Instance) -> str:
         me.lock_key,
         me.host_key,
         me.heartbeat_ms,
+        sql_now_ms,
     )
     return latest
 
 
-async def lock_instance(conn: Connection, me: Instance) -> None:
+async def lock_instance(conn: Connection, me: Instance, sql_now_ms: int | None = None) -> None:
     """Take this instance's advisory lock for the session of ``conn``.
 
     One round trip, unless an earlier session of this instance (one the
@@ -55,10 +57,11 @@ async def lock_instance(conn: Connection, me: Instance) -> None:
     Raises:
         ConnectionError: the lock stayed held by another session.
     """
-    if await conn.fetchval(q(conn, "lock_instance"), me.instance_id, me.lock_key):
+    lock = q(conn, "lock_instance")
+    if await conn.fetchval(lock, me.instance_id, me.lock_key, sql_now_ms):
         return
     await conn.fetchval(q(conn, "free_instance_lock"), me.lock_key, FREE_LOCK_WAIT_MS)
-    if not await conn.fetchval(q(conn, "lock_instance"), me.instance_id, me.lock_key):
+    if not await conn.fetchval(lock, me.instance_id, me.lock_key, sql_now_ms):
         raise ConnectionError("another session holds this runtime instance's lock")
 
 
@@ -97,6 +100,7 @@ async def claim_orphaned_workflows(
     now_ms: int,
     limit: int,
     names: Sequence[str],
+    sql_now_ms: int | None = None,
 ) -> list[dict[str, Any]]:
     """Claim PENDING workflows of this app version whose claiming instance is gone.
 
@@ -125,10 +129,15 @@ async def claim_orphaned_workflows(
         [s.locked_at for s in suspects],
         me.executor_id,
         list(names),
+        sql_now_ms,
     )
     return [record_dict(r) for r in rows]
 
 
-async def count_live_executors(conn: Connection, app_version: str, lease_ms: int) -> int:
+async def count_live_executors(
+    conn: Connection, app_version: str, lease_ms: int, sql_now_ms: int | None = None
+) -> int:
     """Executors of ``app_version`` that heartbeat within ``lease_ms``. One round trip."""
-    return int(await conn.fetchval(q(conn, "count_live_executors"), app_version, lease_ms))
+    return int(
+        await conn.fetchval(q(conn, "count_live_executors"), app_version, lease_ms, sql_now_ms)
+    )

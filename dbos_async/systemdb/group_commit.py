@@ -91,6 +91,21 @@ class GroupCommit(Generic[Row, Result]):
         # forever: the runtime bounds them when it shuts down.
         self._shields = shields if shields is not None else Shields()
 
+    @property
+    def name(self) -> str:
+        """What it writes (its flush statement's name)."""
+        return self._name
+
+    @property
+    def busy(self) -> bool:
+        """Whether rows are queued or a batch is being written."""
+        return bool(self._queue) or len(self._idle) < len(self._slots)
+
+    @property
+    def connections_held(self) -> int:
+        """Pooled connections the idle writers keep for their next batch."""
+        return sum(slot.conn is not None for slot in self._idle)
+
     async def submit(self, row: Row) -> Result:
         """Write ``row`` and return its result once its statement has committed.
 

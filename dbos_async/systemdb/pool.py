@@ -166,11 +166,29 @@ async def acquire_connection(pool: Pool) -> PooledConnection:
     Raises:
         DatabaseUnavailableError: no connection could be opened.
     """
+    key = id(pool)
+    _acquiring[key] = _acquiring.get(key, 0) + 1
     try:
         return await pool.acquire()
     except _CONNECT_ERRORS as exc:
         # A database that refuses connections, is gone or rejects us: unreachable.
         raise DatabaseUnavailableError(f"Cannot connect to the database: {exc}") from exc
+    finally:
+        left = _acquiring[key] - 1
+        if left:
+            _acquiring[key] = left
+        else:
+            del _acquiring[key]
+
+
+# Acquisitions under way, by id(pool): a connection being opened is in use
+# before the pool counts it (Runtime.busy). asyncpg pools take no attributes.
+_acquiring: dict[int, int] = {}
+
+
+def in_use(pool: Pool) -> int:
+    """Connections of ``pool`` handed out or being acquired now."""
+    return pool.get_size() - pool.get_idle_size() + _acquiring.get(id(pool), 0)
 
 
 def terminate(conn: PooledConnection) -> None:

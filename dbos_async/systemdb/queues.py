@@ -41,6 +41,7 @@ class NewQueued:
     timeout_ms: int | None = None
     parent_workflow_id: str | None = None
     deadline_epoch_ms: int | None = None  # inherited from the enqueuing workflow
+    sql_now_ms: int | None = None  # a virtual clock's now (None: the database's clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,13 @@ async def enqueue_workflows(conn: Connection, rows: Sequence[NewQueued]) -> list
         return [await _enqueue_one(conn, rows[0])]
     try:
         inserted = {
-            r[0] for r in await conn.fetch(q(conn, "enqueue_workflows"), *_enqueue_columns(rows))
+            r[0]
+            for r in await conn.fetch(
+                # One now for the batch: its rows come from one runtime, on one clock.
+                q(conn, "enqueue_workflows"),
+                *_enqueue_columns(rows),
+                rows[-1].sql_now_ms,
+            )
         }
     except Exception as exc:
         if not is_deduplication_violation(exc):
@@ -105,7 +112,9 @@ async def _enqueue_one(conn: Connection, row: NewQueued) -> Enqueued:
     try:
         with deduplication_checked(row.queue_name, row.deduplication_id):
             record = await conn.fetchrow(
-                q(conn, "enqueue_workflow"), *(c[0] for c in _enqueue_columns([row]))
+                q(conn, "enqueue_workflow"),
+                *(c[0] for c in _enqueue_columns([row])),
+                row.sql_now_ms,
             )
     except QueueDeduplicatedError as exc:
         return exc
@@ -153,6 +162,7 @@ async def claim_queued_workflows(
     workflow_names: Sequence[str],
     instance: str,
     now_ms: int,
+    sql_now_ms: int | None = None,
 ) -> Claim:
     """Claim ENQUEUED workflows within ``limits`` (see the query). One round trip.
 
@@ -176,6 +186,7 @@ async def claim_queued_workflows(
         list(workflow_names),
         instance,
         now_ms,
+        sql_now_ms,
     )
     rows = [record_dict(r) for r in records if r["workflow_id"] is not None]
     return Claim(rows, records[0]["retry_in_ms"] if records else None)

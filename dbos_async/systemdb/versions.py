@@ -9,14 +9,17 @@ from dbos_async.systemdb.pool import Connection, record_dict
 from dbos_async.systemdb.queries import q
 
 
-async def list_application_versions(conn: Connection) -> list[dict[str, Any]]:
+async def list_application_versions(
+    conn: Connection, sql_now_ms: int | None = None
+) -> list[dict[str, Any]]:
     """Every registered version, or one named by waiting work, with its counts; newest first."""
-    return [record_dict(r) for r in await conn.fetch(q(conn, "list_application_versions"))]
+    rows = await conn.fetch(q(conn, "list_application_versions"), sql_now_ms)
+    return [record_dict(r) for r in rows]
 
 
-async def set_latest_version(conn: Connection, version: str) -> bool:
+async def set_latest_version(conn: Connection, version: str, sql_now_ms: int | None = None) -> bool:
     """Make ``version`` the latest; False if it was never registered."""
-    return await conn.fetchval(q(conn, "set_latest_version"), version) is not None
+    return await conn.fetchval(q(conn, "set_latest_version"), version, sql_now_ms) is not None
 
 
 async def count_unrunnable(

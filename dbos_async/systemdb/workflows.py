@@ -159,6 +159,7 @@ async def resume_workflow(
     now_ms: int,
     instance: str | None = None,
     names: Sequence[str] = (),
+    sql_now_ms: int | None = None,
 ) -> dict[str, Any] | None:
     """Put a finished-but-not-successful workflow back to work (see the query). One round trip.
 
@@ -178,6 +179,7 @@ async def resume_workflow(
         now_ms,
         instance,
         list(names),
+        sql_now_ms,
     )
     return None if row is None else record_dict(row)
 

@@ -8,7 +8,9 @@
 -- Registers version $4 (0010_app_versions.sql) and returns the latest
 -- version: the one with the greatest latest_at among those a live instance
 -- runs (a version launched once and gone is never the latest).
-WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms),
+-- $10, when given, is now instead (a test's virtual clock).
+WITH clock AS (
+    SELECT coalesce($10::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS now_ms),
 version AS (
     INSERT INTO {schema}.app_versions (version, app_name, first_seen, last_seen, latest_at)
     SELECT $4, $3, clock.now_ms, clock.now_ms, clock.now_ms FROM clock
@@ -49,10 +51,11 @@ RETURNING (SELECT v.version FROM (
 -- records when: a new locked_at tells siblings that saw the lock free that
 -- it came back. Returns whether it took the lock; it is not free when an
 -- earlier session of the same instance still holds it (see free_instance_lock).
+-- Now is $3, or (NULL) the database's clock.
 WITH taken AS (SELECT pg_try_advisory_lock($2) AS locked),
 stamped AS (
     UPDATE {schema}.instances
-    SET locked_at = (extract(epoch FROM clock_timestamp()) * 1000)::int8
+    SET locked_at = coalesce($3::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8)
     FROM taken
     WHERE instance_id = $1 AND taken.locked)
 SELECT locked FROM taken;
@@ -106,7 +109,9 @@ WHERE i.instance_id <> $1
 -- A workflow recorded by an earlier release that has recorded no step yet has
 -- no flat-numbered history to stay compatible with: its claim switches it to
 -- branch IDs (branched_steps, 0006_branches.sql).
-WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms),
+-- $11, when given, is now instead of the database's clock (a test's virtual clock).
+WITH clock AS (
+    SELECT coalesce($11::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS now_ms),
 gone AS (
     SELECT i.instance_id
     FROM {schema}.instances AS i, clock
@@ -151,7 +156,8 @@ FROM claimed AS c;
 
 -- name: count_live_executors
 -- How many executors of app version $1 heartbeat within the last $2 ms, by the
--- database's clock: whether any runtime will dequeue that version's work.
+-- database's clock (or $3, a virtual clock's now): whether any runtime will
+-- dequeue that version's work.
 SELECT count(*) FROM {schema}.executors
 WHERE app_version = $1
-  AND heartbeat_at >= (extract(epoch FROM clock_timestamp()) * 1000)::int8 - $2;
+  AND heartbeat_at >= coalesce($3::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8) - $2;

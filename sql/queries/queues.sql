@@ -1,23 +1,30 @@
 -- name: enqueue_workflow
 -- Record workflow $1 as ENQUEUED on queue $7 and announce it on q:<queue>
--- (delivered on commit). $11 delays it by that many milliseconds of the
--- database clock; $12 is its timeout, which starts when it is dequeued; $14
--- a deadline inherited from the workflow that enqueued it.
--- No version ($5 NULL) means the latest one (0010_app_versions.sql); while
--- no version has a live runtime, any version. An existing ID is left as it is: `inserted` is 0 and `existing_name` names
--- its function (read from the statement's snapshot, so NULL if it committed
+-- (delivered on commit). $11 delays it by that many milliseconds; $12 is
+-- its timeout, which starts when it is dequeued; $14 a deadline inherited
+-- from the workflow that enqueued it. Now is $15, or (NULL) the database's
+-- clock; a test's virtual clock passes its time.
+-- No version ($5 NULL) means the latest one: the latest registered version
+-- a live instance runs (the live_versions view of 0010_app_versions.sql, at
+-- that now); while no version has a live runtime, any version. An existing
+-- ID is left as it is: `inserted` is 0 and `existing_name` names its
+-- function (read from the statement's snapshot, so NULL if it committed
 -- meanwhile). A live duplicate of ($7, $9) violates workflow_status_dedup_idx.
-WITH inserted AS (
+WITH clock AS (SELECT coalesce($15::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS now_ms),
+inserted AS (
     INSERT INTO {schema}.workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
         timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
     VALUES ($1, 'ENQUEUED', $2, $3, $4,
-            coalesce($5, (SELECT version FROM {schema}.live_versions
-                          ORDER BY latest_at DESC, version LIMIT 1)),
+            coalesce($5, (SELECT a.version FROM {schema}.app_versions AS a, clock
+                          WHERE EXISTS (
+                              SELECT 1 FROM {schema}.instances AS i
+                              WHERE i.app_version = a.version
+                                AND i.heartbeat_at >= clock.now_ms - 3 * i.heartbeat_ms)
+                          ORDER BY a.latest_at DESC, a.version LIMIT 1)),
             $6, $6, $7, $8, $9, $10,
-            CASE WHEN $11::int8 IS NOT NULL
-                 THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + $11 END,
+            CASE WHEN $11::int8 IS NOT NULL THEN (SELECT now_ms FROM clock) + $11 END,
             $12, $13, $14, nextval('{schema}.workflow_enqueue_seq'), true)
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING queue_name)
@@ -26,20 +33,26 @@ SELECT (SELECT count(pg_notify('{schema}', 'q:' || queue_name)) FROM inserted) A
 
 -- name: enqueue_workflows
 -- enqueue_workflow for many rows in one statement (group commit), in the
--- order given. Rows whose workflow_id exists are skipped; RETURNING names the
--- inserted ones; a row without a version goes to the latest. One live duplicate of a deduplication ID fails the whole
--- statement (the caller then enqueues the rows one by one).
-WITH inserted AS (
+-- order given; $15 is now (NULL: the database's clock). Rows whose
+-- workflow_id exists are skipped; RETURNING names the inserted ones; a row
+-- without a version goes to the latest. One live duplicate of a
+-- deduplication ID fails the whole statement (the caller then enqueues the
+-- rows one by one).
+WITH clock AS (SELECT coalesce($15::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS now_ms),
+inserted AS (
     INSERT INTO {schema}.workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
         timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
     SELECT u.workflow_id, 'ENQUEUED', u.name, u.inputs, u.app_name,
-           coalesce(u.app_version, (SELECT version FROM {schema}.live_versions
-                                    ORDER BY latest_at DESC, version LIMIT 1)),
+           coalesce(u.app_version, (SELECT a.version FROM {schema}.app_versions AS a, clock
+                                    WHERE EXISTS (
+                                        SELECT 1 FROM {schema}.instances AS i
+                                        WHERE i.app_version = a.version
+                                          AND i.heartbeat_at >= clock.now_ms - 3 * i.heartbeat_ms)
+                                    ORDER BY a.latest_at DESC, a.version LIMIT 1)),
            u.now_ms, u.now_ms, u.queue_name, u.partition_key, u.deduplication_id, u.priority,
-           CASE WHEN u.delay_ms IS NOT NULL
-                THEN (extract(epoch FROM clock_timestamp()) * 1000)::int8 + u.delay_ms END,
+           CASE WHEN u.delay_ms IS NOT NULL THEN (SELECT now_ms FROM clock) + u.delay_ms END,
            u.timeout_ms, u.parent_workflow_id, u.deadline_epoch_ms,
            nextval('{schema}.workflow_enqueue_seq'), true
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
@@ -82,8 +95,9 @@ SELECT pg_advisory_xact_lock(hashtext('{schema}' || ':queue:' || $1),
 -- row with a NULL workflow_id; every row carries retry_in_ms, the
 -- milliseconds until the limiter or a delayed row allows another start (NULL:
 -- nothing is due until a notification). Run after lock_queue, in its transaction.
+-- The limiter and delays use $14 as now (NULL: the database's clock).
 WITH clock AS MATERIALIZED (
-    SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms),
+    SELECT coalesce($14::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS now_ms),
 running AS (
     SELECT count(*) AS total, count(*) FILTER (WHERE executor_id = $3) AS mine
     FROM {schema}.workflow_status

@@ -6,7 +6,8 @@
 -- within three of their periods, by the database's clock), its PENDING and
 -- ENQUEUED workflows, and when it was first and last seen (NULL: a version
 -- only named by workflows).
-WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8 AS now_ms),
+-- $1, when given, is now instead of the database's clock (a test's virtual clock).
+WITH clock AS (SELECT coalesce($1::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8) AS now_ms),
 live AS (
     SELECT i.app_version, count(*) AS n
     FROM {schema}.instances AS i, clock
@@ -20,7 +21,11 @@ work AS (
     WHERE status IN ('PENDING', 'ENQUEUED') AND app_version IS NOT NULL
     GROUP BY app_version),
 latest AS (
-    SELECT version FROM {schema}.live_versions ORDER BY latest_at DESC, version LIMIT 1)
+    SELECT a.version FROM {schema}.app_versions AS a, clock
+    WHERE EXISTS (
+        SELECT 1 FROM {schema}.instances AS i
+        WHERE i.app_version = a.version AND i.heartbeat_at >= clock.now_ms - 3 * i.heartbeat_ms)
+    ORDER BY a.latest_at DESC, a.version LIMIT 1)
 SELECT coalesce(v.version, w.app_version) AS version,
        coalesce(v.version = (SELECT version FROM latest), false) AS is_latest,
        coalesce(l.n, 0) AS live_executors,
@@ -35,7 +40,7 @@ ORDER BY v.first_seen DESC NULLS LAST, 1;
 -- Make version $1 the latest: its latest_at goes past every other's. Returns
 -- no row when the version was never registered.
 UPDATE {schema}.app_versions
-SET latest_at = greatest((extract(epoch FROM clock_timestamp()) * 1000)::int8,
+SET latest_at = greatest(coalesce($2::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8),
                          (SELECT max(latest_at) + 1 FROM {schema}.app_versions))
 WHERE version = $1
 RETURNING version;

@@ -133,14 +133,16 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 -- its queue (so it holds none of its slots) and is claimed like the others.
 -- Announces q:<queue> when it enqueues. Returns the status it had and, if it
 -- changed, its name, inputs, fence and new status; no row if absent.
+-- Heartbeats are compared with $8, or (NULL) the database's clock.
 WITH old AS (
     SELECT w.workflow_id, w.status, w.queue_name, w.name,
            w.status = 'PENDING' AND EXISTS (
                SELECT 1 FROM {schema}.instances AS i
                WHERE i.instance_id = w.claimed_by
                  AND i.lock_key NOT IN (SELECT lock_key FROM {schema}.held_advisory_locks)
-                 AND i.heartbeat_at < (extract(epoch FROM clock_timestamp()) * 1000)::int8
-                                      - 3 * i.heartbeat_ms
+                 AND i.heartbeat_at
+                     < coalesce($8::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8)
+                       - 3 * i.heartbeat_ms
            ) AS stranded
     FROM {schema}.workflow_status AS w WHERE w.workflow_id = $1
     FOR UPDATE OF w),

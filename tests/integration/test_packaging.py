@@ -61,3 +61,24 @@ def test_the_checkout_finds_its_sql_folder() -> None:
     from dbos_async.systemdb.queries import sql_root
 
     assert Path(str(sql_root())) in (ROOT / "sql", ROOT / "dbos_async" / "sql")
+
+
+def test_importing_the_package_imports_no_optional_capability() -> None:
+    # The testing toolkit (and pytest) load only when asked for.
+    code = (
+        "import sys, dbos_async;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('pytest', '_pytest', 'pytest_asyncio', 'fastapi', 'uvicorn', 'pgserver')"
+        " or m.startswith('dbos_async.testing')))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"
+
+
+def test_the_wheel_registers_the_pytest_plugin(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[pytest11]" in text
+    assert "dbos_async = dbos_async.testing.pytest_plugin" in text
+    assert "dbos_async/testing/pytest_plugin.py" in names

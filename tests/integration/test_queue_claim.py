@@ -140,7 +140,7 @@ async def test_the_claim_uses_indexes_on_a_large_table(
     await conn.execute("PREPARE claim AS " + q(conn, "claim_queued_workflows"))
     text = await conn.fetchval(
         "EXPLAIN (FORMAT JSON) EXECUTE claim"
-        "('queue-3', NULL, 'e1', 'v', 100, 5, 2, 50, 1000, true, '{race.task}', 'i1', 0)"
+        "('queue-3', NULL, 'e1', 'v', 100, 5, 2, 50, 1000, true, '{race.task}', 'i1', 0, NULL)"
     )
     nodes = _nodes(json.loads(text)[0]["Plan"])
     scans = [n for n in nodes if n.get("Relation Name") == "workflow_status"]

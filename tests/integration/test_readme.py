@@ -145,6 +145,22 @@ async def compute_tax(order_id: str) -> None: ...
 async def ship(order_id: str) -> None: ...
 """
 
+# "Testing your workflows": the onboarding workflow of the section's first block.
+_ONBOARDING = """
+import pytest
+from dbos_async import DBOS
+from dbos_async.testing import TestEnvironment
+
+@DBOS.step()
+async def send_reminder(user: str) -> str:
+    return f"reminded {user}"
+
+@DBOS.workflow()
+async def onboarding(user: str) -> str:
+    await DBOS.sleep(3 * 86400)
+    return await send_reminder(user)
+"""
+
 BLOCKS: dict[str, Use] = {
     # The opening example: elided SQL, a fixed URL, an 8 s sleep.
     "from dbos_async import DBOS, SetWorkflowID": Use(mode="import"),
@@ -174,6 +190,18 @@ BLOCKS: dict[str, Use] = {
     "from dbos_async import DBOSClient": Use(
         preamble='source_url = target_url = "postgresql://postgres@localhost/app"\n'
     ),
+    # "Testing your workflows": test functions, defined (decorators and marks
+    # applied) but not called; examples/test_reminder.py runs the same story
+    # (tests/integration/test_examples_reminder.py).
+    "from dbos_async import DBOS": Use(mode="import"),
+    "import pytest": Use(preamble=_ONBOARDING, mode="import"),
+    "async def test_provider_down(dbos_env: TestEnvironment) -> None:": Use(
+        preamble=_ONBOARDING, mode="import"
+    ),
+    "async def test_recorded_histories_still_replay(dbos_env: TestEnvironment) -> None:": Use(
+        preamble=_ONBOARDING, mode="import"
+    ),
+    "from datetime import UTC, datetime": Use(preamble=_ONBOARDING, mode="import"),
     # "Queues and schedules".
     "from dbos_async import DBOS, Queue, SetEnqueueOptions": Use(
         preamble="""
