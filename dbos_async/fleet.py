@@ -66,10 +66,13 @@ async def heartbeat_and_adopt(
     while True:
         await runtime.clock.sleep(heartbeat_seconds(lease), Wake.UPKEEP)
         beats += 1
-        if beats % versions.STRANDING_CHECK_HEARTBEATS == 0:
-            await versions.check_stranded(runtime)
         try:
             await heartbeat(runtime)
+            if beats % versions.STRANDING_CHECK_HEARTBEATS == 0:
+                # After the heartbeat: a runtime woken from a long pause (a
+                # suspended host, a jump of a virtual clock) would otherwise
+                # count its own version as run by no live instance.
+                await versions.check_stranded(runtime)
             if not adopting:
                 continue
             ready: list[Suspect] = []

@@ -18,6 +18,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from dbos_async import checkpoint, context, serialization
+from dbos_async.clock import REAL
 from dbos_async.errors import DBOSError, NotInWorkflowError, WorkflowNotFoundError
 from dbos_async.systemdb import messages as msg_table
 from dbos_async.systemdb.pool import run_idempotent
@@ -243,7 +244,9 @@ def get_event(
 
 
 async def _get_event(runtime: HandleSource, workflow_id: str, key: str, wait_seconds: float) -> Any:
-    clock = runtime.clock
+    # Outside a workflow the timeout is the caller's own wait, in real time (as
+    # get_result's): a test on a virtual clock is not stuck until it moves.
+    clock = REAL
     deadline = clock.time() + wait_seconds
     with runtime.listener.watch("e", workflow_id) as changed:
         while True:

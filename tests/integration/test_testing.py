@@ -425,3 +425,15 @@ async def test_without_a_url_it_runs_on_an_embedded_postgres(
         handle = await e.dbos.start_workflow(sleeper, "embedded", DAY)
         await e.clock.advance(DAY)
         assert await handle.get_result() == START + timedelta(days=1)
+
+
+async def test_a_runtime_woken_after_a_long_jump_does_not_strand_its_own_work(
+    pg_server_url: str,
+) -> None:
+    async with env(pg_server_url) as e:
+        await e.dbos.start_workflow(sleeper, "long", 365 * DAY)
+        # The stranding count runs every ninth heartbeat; each day-long jump
+        # wakes the heartbeat once, long after the last one.
+        for _ in range(2 * 9):
+            await e.clock.advance(DAY)
+        assert e.dbos._runtime.stranded_workflows == 0
