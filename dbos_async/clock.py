@@ -67,6 +67,10 @@ class Clock:
         """The time a statement compares with; None: the database's clock."""
         return None
 
+    def monotonic(self) -> float:
+        """Seconds on a clock that never steps back, for measuring intervals."""
+        return time.monotonic()
+
     def scope(self, at: float, wake: Wake = Wake.WORK) -> AbstractContextManager[anyio.CancelScope]:
         """A cancel scope cancelled when the clock reaches ``at`` (epoch seconds; inf: never)."""
         return anyio.CancelScope(deadline=anyio.current_time() + (at - time.time()))

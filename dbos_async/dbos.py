@@ -342,7 +342,8 @@ class DBOS(metaclass=_DBOSMeta):
         Raises:
             ValueError: no runtime of ``version`` ever ran against this database.
         """
-        await versions.set_latest_application_version((runtime or active_runtime()).pool, version)
+        rt = runtime or active_runtime()
+        await versions.set_latest_application_version(rt.pool, version, rt.clock)
 
     @_runtime_method
     async def cancel_workflow(runtime: Runtime | None, workflow_id: str) -> None:

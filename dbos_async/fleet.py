@@ -78,14 +78,14 @@ async def heartbeat_and_adopt(
             ready: list[Suspect] = []
             # Suspects count once they have stayed lockless a settle period;
             # one whose process this host can see is gone counts at once.
-            aged = runtime.clock.time() - seen_at >= LOCK_SETTLE_SECONDS
+            aged = runtime.clock.monotonic() - seen_at >= LOCK_SETTLE_SECONDS
             if aged or not suspects:
                 ready = list(suspects) if aged else []
                 async with runtime.connection() as conn:
                     suspects = await executors_table.select_lockless_instances(
                         conn, runtime.instance
                     )
-                seen_at = runtime.clock.time()
+                seen_at = runtime.clock.monotonic()
                 ready += [s for s in suspects if proven_gone(s)]
             while await adopt_orphans(runtime, ready) == RECOVERY_BATCH:
                 pass

@@ -247,14 +247,14 @@ async def _get_event(runtime: HandleSource, workflow_id: str, key: str, wait_sec
     # Outside a workflow the timeout is the caller's own wait, in real time (as
     # get_result's): a test on a virtual clock is not stuck until it moves.
     clock = REAL
-    deadline = clock.time() + wait_seconds
+    deadline = clock.monotonic() + wait_seconds
     with runtime.listener.watch("e", workflow_id) as changed:
         while True:
             async with runtime.connection() as conn:
                 value = await msg_table.select_event(conn, workflow_id, key)
             if value is not None:
                 return serialization.decode(value)
-            left = deadline - clock.time()
+            left = deadline - clock.monotonic()
             if left <= 0:
                 return None
             await changed.wait(left, clock)

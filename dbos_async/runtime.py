@@ -172,16 +172,25 @@ class BodyThreads:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # counted from the worker threads
         self.running = 0
+        self._none = threading.Event()  # set while no body runs
+        self._none.set()
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``fn`` in this (worker) thread, counted while it runs."""
         with self._lock:
             self.running += 1
+            self._none.clear()
         try:
             return fn(*args, **kwargs)
         finally:
             with self._lock:
                 self.running -= 1
+                if not self.running:
+                    self._none.set()
+
+    def wait_none(self, timeout: float) -> bool:
+        """Block (in a worker thread) until no body runs; False if ``timeout`` passed first."""
+        return self._none.wait(timeout)
 
 
 class Runtime:
@@ -299,6 +308,8 @@ class Runtime:
             return "a step body runs"
         if self.stream_announcer.pending:
             return "a stream announcement is due"
+        if self._app_pool_lock.locked():
+            return "the transactions' pool is being opened"
         for writer in self._writers:
             if writer.busy:
                 return f"the {writer.name} writer has rows to write"

@@ -46,7 +46,7 @@ async def list_application_versions(pool: Pool, clock: Clock = REAL) -> list[App
     return [AppVersion(**row) for row in rows]
 
 
-async def set_latest_application_version(pool: Pool, version: str) -> None:
+async def set_latest_application_version(pool: Pool, version: str, clock: Clock = REAL) -> None:
     """Make ``version`` the latest: version-less enqueues go to it from now on.
 
     Raises:
@@ -54,7 +54,7 @@ async def set_latest_application_version(pool: Pool, version: str) -> None:
     """
     check_identifier(version, "app_version")
     async with acquire(pool) as conn:
-        if await versions_table.set_latest_version(conn, version):
+        if await versions_table.set_latest_version(conn, version, clock.sql_now_ms()):
             logger.info("app version %s is the latest now", version, extra={"action": "versions"})
             return
         known = await versions_table.select_known_versions(conn)

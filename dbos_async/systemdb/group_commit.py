@@ -265,7 +265,8 @@ class GroupCommit(Generic[Row, Result]):
                     terminate(slot.conn)
                     await self._pool.release(slot.conn)
                     slot.conn = None
-                if delay is None or self._closed.is_set():
+                if delay is None or self._closed.is_set() or self._shields.expired:
+                    # Out of retries, or shut off (a bounded shutdown, a crash).
                     return [DatabaseUnavailableError(f"{self._name}: {exc}")] * len(rows)
                 logger.warning(
                     "%s: lost the database connection, retrying in %ss",

@@ -132,6 +132,10 @@ class VirtualClock(Clock):
         """Statements compare with this clock, not the database's."""
         return self.now_ms()
 
+    def monotonic(self) -> float:
+        """Intervals on this clock too: it never steps back."""
+        return self.time()
+
     def scope(self, at: float, wake: Wake = Wake.WORK) -> _Timer:
         """A cancel scope cancelled once the clock reaches ``at``."""
         return _Timer(self, at, wake)

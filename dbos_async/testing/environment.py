@@ -121,6 +121,8 @@ class TestEnvironment:
 
         Its workflows stay PENDING, step results not yet committed are lost,
         and handles it made stop working. ``restart()`` brings up a new one.
+        A sync step body running in a thread cannot be stopped: it runs to its
+        end, unrecorded (``restart()`` waits for it before recovering).
         """
         runtime = self._runtime()
         await runtime.crash()
@@ -129,16 +131,21 @@ class TestEnvironment:
         """Launch a new runtime on the same database and clock; it recovers the crashed one's work.
 
         After a ``crash()`` the crashed instance is deregistered first, as a
-        host that saw the process die would, so recovery starts at once. Get
-        new handles from the new runtime: ``env.dbos.retrieve_workflow(id)``.
+        host that saw the process die would, so recovery starts at once; it
+        returns once the runtime has settled (the recovered workflows have run
+        as far as they can without time moving). Get new handles from the new
+        runtime: ``env.dbos.retrieve_workflow(id)``.
         """
         old = self._runtime()
         if old.crashed:
+            await self._await_threads(old)
             await self._forget(old)
         else:
             await self.dbos.shutdown()
         self._dbos = None
-        return await self._launch()
+        dbos = await self._launch()
+        await self.clock.settle()  # what it recovered has run as far as it can
+        return dbos
 
     def override_step(self, step: str | Callable[..., Any], fake: Callable[..., Any]) -> None:
         """Run ``fake`` in place of a step's body in this environment (until it exits).
@@ -241,6 +248,16 @@ class TestEnvironment:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    async def _await_threads(self, crashed: Runtime) -> None:
+        # A sync step body in a thread cannot be stopped the way a killed
+        # process stops it: let it end (unrecorded) before anything re-runs it.
+        threads = crashed.body_threads
+        if not await anyio.to_thread.run_sync(threads.wait_none, self.clock.settle_timeout):
+            raise TimeoutError(
+                f"{crashed.body_threads.running} step bodies of the crashed runtime still run"
+                f" in threads after {self.clock.settle_timeout} s"
+            )
 
     async def _forget(self, crashed: Runtime) -> None:
         assert self._place is not None

@@ -54,13 +54,21 @@ def _database_url(config: pytest.Config) -> str | None:
     return str(url) if url else None
 
 
+def _ini(config: pytest.Config, name: str) -> str:
+    # pytest-asyncio before 0.26 has no asyncio_default_test_loop_scope: function.
+    try:
+        return str(config.getini(name) or "function")
+    except ValueError:
+        return "function"
+
+
 def _check_loop_scopes(request: pytest.FixtureRequest) -> None:
     """A runtime lives on one event loop: the test's and the fixture's must be the same."""
     marker = request.node.get_closest_marker("asyncio")
-    test_scope = (marker.kwargs.get("loop_scope") if marker is not None else None) or (
-        request.config.getini("asyncio_default_test_loop_scope") or "function"
+    test_scope = (marker.kwargs.get("loop_scope") if marker is not None else None) or _ini(
+        request.config, "asyncio_default_test_loop_scope"
     )
-    fixture_scope = request.config.getini("asyncio_default_fixture_loop_scope") or "function"
+    fixture_scope = _ini(request.config, "asyncio_default_fixture_loop_scope")
     if test_scope != fixture_scope:
         raise pytest.UsageError(
             f"dbos_env runs on the fixtures' event loop ({fixture_scope} scope) but this test"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -437,3 +438,73 @@ async def test_a_runtime_woken_after_a_long_jump_does_not_strand_its_own_work(
         for _ in range(2 * 9):
             await e.clock.advance(DAY)
         assert e.dbos._runtime.stranded_workflows == 0
+
+
+@DBOS.transaction()
+async def count_rows() -> int:
+    value: int = await DBOS.connection.fetchval("SELECT count(*) FROM pg_class WHERE false")
+    return value
+
+
+@DBOS.workflow()
+async def sleeps_then_transacts() -> int:
+    await DBOS.sleep(60)
+    return await count_rows()
+
+
+async def test_the_first_transaction_after_a_timer_is_waited_for(pg_server_url: str) -> None:
+    # The transactions' pool opens on first use: that counts as busy too.
+    async with env(pg_server_url) as e:
+        handle = await e.dbos.start_workflow(sleeps_then_transacts)
+        await e.clock.advance(59)  # upkeep fires here, not in the next move
+        await e.clock.advance(1)
+        assert (await handle.get_status()).status.value == "SUCCESS"
+
+
+THREAD_LEDGER: list[str] = []
+ENTERED = threading.Event()
+GO = threading.Event()
+
+
+@DBOS.step()
+def blocking_body() -> str:  # a sync body: it runs in a worker thread
+    THREAD_LEDGER.append("start")
+    ENTERED.set()
+    GO.wait(10)
+    THREAD_LEDGER.append("end")
+    return "done"
+
+
+@DBOS.workflow()
+async def runs_a_thread() -> str:
+    return await blocking_body()
+
+
+async def test_restart_waits_for_a_thread_body_the_crash_could_not_stop(
+    pg_server_url: str,
+) -> None:
+    THREAD_LEDGER.clear()
+    ENTERED.clear()
+    GO.clear()
+    async with env(pg_server_url) as e:
+        handle = await e.dbos.start_workflow(runs_a_thread)
+        assert await anyio.to_thread.run_sync(ENTERED.wait, 10)
+        old = e.dbos._runtime
+        await e.crash()
+        assert old.body_threads.running == 1  # Python cannot stop a thread
+        GO.set()
+        await e.restart()  # after the old body ended: the re-run never overlaps it
+        assert old.body_threads.running == 0
+        again = await e.dbos.retrieve_workflow(handle.workflow_id)
+        assert await again.get_result() == "done"
+        assert THREAD_LEDGER == ["start", "end", "start", "end"]
+
+
+async def test_set_latest_version_stamps_the_virtual_time(pg_server_url: str) -> None:
+    async with TestEnvironment(
+        pg_server_url, clock=VirtualClock(datetime(2020, 1, 1, tzinfo=UTC))
+    ) as e:
+        await e.dbos.set_latest_application_version("test")
+        async with e.dbos._runtime.connection() as conn:
+            latest_at = await conn.fetchval("SELECT latest_at FROM app_versions")
+        assert e.clock.now_ms() <= latest_at <= e.clock.now_ms() + 1
