@@ -20,6 +20,7 @@ import asyncpg
 import click
 
 from dbos_async import cli_output, management
+from dbos_async.cli_dashboard import dashboard
 from dbos_async.cli_evolution import register as register_evolution
 from dbos_async.cli_history import register as register_history
 from dbos_async.cli_options import (
@@ -467,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 cli.add_command(postgres)
+cli.add_command(dashboard)
 register_history(workflow)
 register_evolution(cli, workflow)
 __all__ = ["cli", "main"]

@@ -61,12 +61,12 @@ class Watch:
 
     async def wait(
         self, at_most: float | None = None, clock: Clock = REAL, poll: float = SAFETY_POLL_SECONDS
-    ) -> None:
+    ) -> bool:
         """Sleep until fired, ``at_most`` seconds pass, or the safety-net interval ``poll`` ends.
 
         Both are measured on ``clock``: ``at_most`` is the waiter's own
         deadline, ``poll`` the runtime's upkeep. The caller re-reads the
-        database afterwards whichever happened.
+        database afterwards whichever happened; returns whether it was fired.
         """
         if clock.virtual:
             now = clock.time()
@@ -76,12 +76,13 @@ class Watch:
                 else:
                     with clock.scope(now + at_most, Wake.WORK):
                         await self._fired.wait()
-            self._fired.clear()
-            return
-        limit = poll if at_most is None else min(at_most, poll)
-        with anyio.move_on_after(max(0.0, limit)):
-            await self._fired.wait()
+        else:
+            limit = poll if at_most is None else min(at_most, poll)
+            with anyio.move_on_after(max(0.0, limit)):
+                await self._fired.wait()
+        fired = self._fired.is_set()
         self._fired.clear()
+        return fired
 
 
 class Listener:

@@ -1,0 +1,29 @@
+// Live pages (no inline script: the CSP forbids it). An element with
+// data-live="<events URL>" listens to the dashboard's server-sent events and
+// fires htmx's "refresh" on itself at each "changed" event; its hx-get then
+// reloads it. Streams close while the tab is hidden and reopen when shown, so
+// a background tab costs the server nothing.
+(function () {
+  "use strict";
+  var open = [];
+
+  function connect() {
+    document.querySelectorAll("[data-live]").forEach(function (el) {
+      var source = new EventSource(el.getAttribute("data-live"));
+      source.addEventListener("changed", function () {
+        if (window.htmx) { window.htmx.trigger(el, "refresh"); }
+      });
+      open.push(source);
+    });
+  }
+
+  function disconnect() {
+    open.forEach(function (source) { source.close(); });
+    open = [];
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) { disconnect(); } else { disconnect(); connect(); }
+  });
+  document.addEventListener("DOMContentLoaded", connect);
+})();
