@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from typing import Any
+import socket
 
 import click
 
@@ -88,11 +88,22 @@ def dashboard(
         insecure_no_auth=insecure_no_auth,
         schema=schema,
     )
+    # Bound and listening before the URL is printed: a browser (or a script)
+    # that opens it at once waits in the backlog instead of being refused.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+    sock.listen(128)
+    bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    base = f"http://{shown}:{port}/"
+    base = f"http://{shown}:{bound}/"
     if token is None:
         click.echo(f"dbos_async dashboard (no login): {base}")
     else:
         click.echo(f"dbos_async dashboard: open {base}login?token={token}")
-    config: dict[str, Any] = {"host": host, "port": port, "log_level": "warning"}
-    uvicorn.run(app, **config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])

@@ -595,6 +595,7 @@ async def test_bad_input_is_one_line_and_exit_1(db_url: str) -> None:
         ["postgres", "stop"],
         ["postgres", "status"],
         ["postgres", "url"],
+        ["dashboard"],
     ],
 )
 async def test_help_everywhere(args: list[str]) -> None:

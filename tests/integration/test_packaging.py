@@ -69,7 +69,8 @@ def test_importing_the_package_imports_no_optional_capability() -> None:
         "import sys, dbos_async;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in"
         " ('pytest', '_pytest', 'pytest_asyncio', 'fastapi', 'uvicorn', 'pgserver')"
-        " or m.startswith('dbos_async.testing')))"
+        " or m.startswith(('dbos_async.testing', 'dbos_async.dashboard'))"
+        " or m.split('.')[0] in ('starlette', 'jinja2')))"
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]"
@@ -82,3 +83,15 @@ def test_the_wheel_registers_the_pytest_plugin(wheel: Path) -> None:
     assert "[pytest11]" in text
     assert "dbos_async = dbos_async.testing.pytest_plugin" in text
     assert "dbos_async/testing/pytest_plugin.py" in names
+
+
+def test_the_wheel_ships_the_dashboard_templates_and_vendored_htmx(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    dashboard = ROOT / "dbos_async" / "dashboard"
+    shipped = {
+        f"dbos_async/dashboard/{p.relative_to(dashboard)}"
+        for p in dashboard.rglob("*")
+        if p.is_file() and p.suffix in {".html", ".js", ".css", ".txt"}
+    }
+    assert shipped and shipped <= names
+    assert "dbos_async/dashboard/static/vendor/htmx-2.0.11.min.js" in names
