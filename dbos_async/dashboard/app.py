@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import mimetypes
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,7 +77,7 @@ class Dashboard:
         hosts = list(allowed_hosts) if allowed_hosts is not None else list(LOOPBACK_HOSTS)
         from dbos_async.dashboard import actions, live, views
 
-        routes = [
+        routes: list[Route | Mount] = [
             Route("/", views.workflows, name="workflows"),
             Route("/overview", views.overview, name="overview"),
             Route("/queues", views.queues, name="queues"),
@@ -92,7 +93,10 @@ class Dashboard:
             Route("/workflows/{workflow_id:path}", views.workflow, name="workflow"),
             Route("/events", live.events, name="events"),
             Route("/login", views.login, name="login"),
-            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+            # The directory ships with the package: not stat'ed on the event loop.
+            Mount(
+                "/static", StaticFiles(directory=HERE / "static", check_dir=False), name="static"
+            ),
         ]
         self._app = Starlette(
             routes=routes,
@@ -154,11 +158,21 @@ def page(handler: Callable[[Request, Dashboard, str], Awaitable[Response]]) -> H
     return run
 
 
+def _read_templates() -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in (HERE / "templates").glob("*.html")}
+
+
+# Read once, at import: a render never touches the disk on the event loop.
+_TEMPLATES = _read_templates()
+mimetypes.init()  # what StaticFiles' first response would otherwise read on the loop
+
+
 def _templates() -> Jinja2Templates:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        loader=jinja2.DictLoader(_TEMPLATES),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
+        auto_reload=False,
     )
     env.filters["when"] = _when
     env.filters["age"] = _age

@@ -24,8 +24,8 @@ STATUSES = (
 )
 
 
-def throughput(buckets: Sequence[Mapping[str, int]], end_ms: int, width: int = 720) -> Markup:
-    """Stacked bars, one per hour of the last ``len(buckets)`` hours, by status."""
+def throughput(buckets: Sequence[Mapping[str, int]], start_ms: int, width: int = 720) -> Markup:
+    """Stacked bars, one per clock hour from ``start_ms`` (an hour's start), by status."""
     height, top, bottom = 160, 10, 20
     peak = max((sum(b.values()) for b in buckets), default=0) or 1
     slot = width / max(1, len(buckets))
@@ -36,7 +36,7 @@ def throughput(buckets: Sequence[Mapping[str, int]], end_ms: int, width: int = 7
     usable = height - top - bottom
     for i, bucket in enumerate(buckets):
         y = float(height - bottom)
-        start = end_ms - (len(buckets) - i) * 3600_000
+        start = start_ms + i * 3600_000
         label = datetime.fromtimestamp(start / 1000, UTC).strftime("%H:00")
         for status in STATUSES:
             n = bucket.get(status, 0)
@@ -53,16 +53,31 @@ def throughput(buckets: Sequence[Mapping[str, int]], end_ms: int, width: int = 7
             parts.append(
                 f'<text class="axis" x="{i * slot:.1f}" y="{height - 5}">{escape(label)}</text>'
             )
-    parts.append(f'<text class="axis" x="{width - 60}" y="{top + 8}">max {peak}/h</text>')
+    parts.append(f'<text class="axis" x="2" y="{top + 2}">max {peak}/h</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
 
-def timeline(steps: Sequence[StepInfo], now_ms: int, width: int = 720) -> Markup:
-    """One bar per recorded call, a lane per branch (the workflow's own first)."""
+def timeline(
+    steps: Sequence[StepInfo], now_ms: int, width: int = 720, since: int | None = None
+) -> Markup:
+    """One bar per recorded call, a lane per branch (the workflow's own first).
+
+    Calls that completed before ``since`` (the workflow's creation: those a
+    fork copied from the original) are counted in a note, not drawn, so the
+    axis covers this execution only.
+    """
     timed = [s for s in steps if s.started_at is not None or s.completed_at is not None]
+    copied = [s for s in timed if since is not None and (s.completed_at or now_ms) < since]
+    timed = [s for s in timed if s not in copied]
+    note = (
+        f'<p class="muted">{len(copied)} calls copied from the workflow this one was forked'
+        " from are not drawn.</p>"
+        if copied
+        else ""
+    )
     if not timed:
-        return Markup('<p class="muted">No timed steps recorded yet.</p>')
+        return Markup(note or '<p class="muted">No timed steps recorded yet.</p>')
     lanes: list[str] = []
     for s in timed:
         if s.branch not in lanes:
@@ -75,8 +90,9 @@ def timeline(steps: Sequence[StepInfo], now_ms: int, width: int = 720) -> Markup
     height = row * len(lanes) + 24
     scale = (width - label_w - 10) / span
     parts = [
+        note,
         f'<svg class="timeline" viewBox="0 0 {width} {height}" role="img"'
-        ' aria-label="step timeline, one lane per branch">'
+        ' aria-label="step timeline, one lane per branch">',
     ]
     for i, lane in enumerate(lanes):
         name = "workflow" if lane == "" else f"branch {lane}"

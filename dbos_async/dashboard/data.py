@@ -44,6 +44,7 @@ class Overview:
     counts_1h: dict[str, int] = field(default_factory=dict)
     counts_24h: dict[str, int] = field(default_factory=dict)
     buckets: list[dict[str, int]] = field(default_factory=list)  # per hour: {status: n}
+    start_ms: int = 0  # the first bucket's hour
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -111,13 +112,15 @@ async def overview(source: Source, now_ms: int) -> Overview:
     """Counts by status over 1 h and 24 h, hourly starts over 24 h, recent failures."""
     day = now_ms - 24 * 3600_000
     hour = now_ms - 3600_000
-    result = Overview()
+    # Chart buckets on clock hours: the current one and the 23 before it.
+    start = (now_ms // 3600_000 - 23) * 3600_000
+    result = Overview(start_ms=start)
     async with source.connection() as conn:
         for since, into in ((hour, result.counts_1h), (day, result.counts_24h)):
             for r in await conn.fetch(q(conn, "dashboard_status_counts"), since):
                 into[r["status"]] = int(r["n"])
         result.buckets = [{} for _ in range(24)]
-        for r in await conn.fetch(q(conn, "dashboard_throughput"), day, 3600_000):
+        for r in await conn.fetch(q(conn, "dashboard_throughput"), start, 3600_000):
             bucket = min(int(r["bucket"]), 23)
             result.buckets[bucket][r["status"]] = int(r["n"])
         result.failures = [

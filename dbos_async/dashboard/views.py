@@ -188,12 +188,16 @@ async def _workflow_context(dash: Dashboard, workflow_id: str) -> dict[str, Any]
     kids = await data.children(source, workflow_id)
     position = await data.queue_position(source, workflow_id)
     now_ms = source.clock.now_ms()
+    versions = await list_application_versions(source.pool, source.clock)
     return {
+        "events": await data.events(source, workflow_id),
+        "streams": await data.streams(source, workflow_id),
+        "versions": [v.version for v in versions],
         "wf": status,
         "steps": steps,
         "children": kids,
         "waiting_on": _waiting_on(status, steps, kids, position, now_ms),
-        "timeline": charts.timeline(steps, now_ms),
+        "timeline": charts.timeline(steps, now_ms, since=status.created_at),
         "active": status.status.value in ACTIVE,
         "inputs": _show(status.input),
         "output": _show(status.output) if status.output is not None else None,
@@ -225,17 +229,7 @@ async def workflow(request: Request, dash: Dashboard, principal: str) -> Respons
             workflow_id=workflow_id,
             principal=principal,
         )
-    versions = await list_application_versions(dash.source.pool, dash.source.clock)
-    return dash.render(
-        request,
-        "workflow.html",
-        page="workflows",
-        events=await data.events(dash.source, workflow_id),
-        streams=await data.streams(dash.source, workflow_id),
-        versions=[v.version for v in versions],
-        principal=principal,
-        **context,
-    )
+    return dash.render(request, "workflow.html", page="workflows", principal=principal, **context)
 
 
 @page
@@ -279,7 +273,7 @@ async def overview(request: Request, dash: Dashboard, principal: str) -> Respons
         page="overview",
         o=found,
         statuses=STATUSES,
-        chart=charts.throughput(found.buckets, now_ms),
+        chart=charts.throughput(found.buckets, found.start_ms),
         stranded=[v for v in versions if v.stranded],
         principal=principal,
     )
