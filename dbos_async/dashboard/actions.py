@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from dbos_async.dashboard.app import dashboard_of
-from dbos_async.errors import DBOSError
+from dbos_async.errors import DBOSError, WorkflowNotFoundError
 
 logger = logging.getLogger("dbos_async.dashboard")
 
@@ -39,6 +39,8 @@ async def act(request: Request) -> Response:
     await dash.source.open()
     try:
         target = await _run(dash.source.call, action, workflow_id, form)
+    except WorkflowNotFoundError as exc:
+        return PlainTextResponse(f"{action} failed: {exc}", status_code=404)
     except (DBOSError, ValueError) as exc:
         return PlainTextResponse(f"{action} failed: {exc}", status_code=409)
     logger.info(

@@ -110,6 +110,14 @@ class Dashboard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection."""
+        if scope["type"] in ("http", "websocket"):
+            # Mounted in a host app, the scope carries the host's router: url_for
+            # must look our route names up in ours, under the mount's prefix.
+            scope = {
+                **scope,
+                "router": self._app.router,
+                "app_root_path": scope.get("root_path", ""),
+            }
         await self._app(scope, receive, send)
 
     async def aclose(self) -> None:

@@ -3,7 +3,9 @@
 ``events`` streams ``changed`` when a workflow's status changes (``w:``) or a
 queue moves (``q:``); with ``?workflow=ID``, when that workflow changes, sets
 an event or writes a stream, or (polled every ``POLL_SECONDS`` while the page
-is open: the runtime sends no NOTIFY per step) records a call. Bursts are
+is open: the runtime sends no NOTIFY per step) records a call. The list
+also polls the newest workflow's creation time every ``LIST_POLL_SECONDS``
+(an index-only read): a start sends no NOTIFY either. Bursts are
 debounced into one event; a comment every ``KEEPALIVE_SECONDS`` keeps proxies
 from closing the stream. Each client holds one watch, a flag: a slow reader
 costs one pending event, never a growing buffer. The page's script closes
@@ -26,6 +28,7 @@ from dbos_async.systemdb.queries import q
 DEBOUNCE_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
 POLL_SECONDS = 2.0
+LIST_POLL_SECONDS = 0.25  # the list's newest start (no NOTIFY announces a start)
 CHANGED = "event: changed\ndata: {}\n\n"
 
 
@@ -49,34 +52,33 @@ async def _stream(source: Source, workflow_id: str | None) -> AsyncIterator[str]
         if workflow_id is not None
         else [("w", None), ("q", None)]
     )
+    poll = POLL_SECONDS if workflow_id is not None else LIST_POLL_SECONDS
     with source.listener.watch_many(*topics) as watch:
         yield "retry: 2000\n: connected\n\n"
-        seen = await _progress(source, workflow_id) if workflow_id is not None else None
+        seen = await _state(source, workflow_id)
         quiet = 0.0
-        wait = POLL_SECONDS if workflow_id is not None else KEEPALIVE_SECONDS
         while True:
-            if await watch.wait(wait):
+            if await watch.wait(poll):
                 await anyio.sleep(DEBOUNCE_SECONDS)  # one event for a burst
                 await watch.wait(0)  # what fired meanwhile is in this event
                 quiet = 0.0
-                if workflow_id is not None:
-                    seen = await _progress(source, workflow_id)
+                seen = await _state(source, workflow_id)
                 yield CHANGED
                 continue
-            quiet += wait
-            if workflow_id is not None:
-                now = await _progress(source, workflow_id)
-                if now != seen:
-                    seen = now
-                    quiet = 0.0
-                    yield CHANGED
-                    continue
-            if quiet >= KEEPALIVE_SECONDS:
+            quiet += poll
+            now = await _state(source, workflow_id)
+            if now != seen:
+                seen, quiet = now, 0.0
+                yield CHANGED
+            elif quiet >= KEEPALIVE_SECONDS:
                 quiet = 0.0
                 yield ": keepalive\n\n"
 
 
-async def _progress(source: Source, workflow_id: str | None) -> tuple[Any, ...] | None:
+async def _state(source: Source, workflow_id: str | None) -> tuple[Any, ...] | None:
+    """What the poll compares: a workflow's progress, or the list's newest start."""
     async with source.connection() as conn:
+        if workflow_id is None:
+            return (await conn.fetchval(q(conn, "dashboard_watermark")),)
         row = await conn.fetchrow(q(conn, "dashboard_progress"), workflow_id)
     return tuple(row) if row is not None else None

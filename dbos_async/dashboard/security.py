@@ -70,9 +70,9 @@ class Guard:
         if auth is None:
             return ANONYMOUS
         if isinstance(auth, str):
-            header = request.headers.get("authorization", "")
-            if header.startswith("Bearer ") and hmac.compare_digest(
-                header[7:].encode(), auth.encode()
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), auth.encode()
             ):
                 return "token"
             return self._session(request.cookies.get(COOKIE))

@@ -40,7 +40,7 @@ def _filter(request: Request) -> tuple[data.ListFilter, dict[str, Any], str | No
     def many(name: str) -> list[str]:
         return [v for v in params.getlist(name) if v]
 
-    def moment(name: str) -> int | None:
+    def moment(name: str, through_minute: bool = False) -> int | None:
         nonlocal error
         raw = params.get(name) or ""
         if not raw:
@@ -52,7 +52,9 @@ def _filter(request: Request) -> tuple[data.ListFilter, dict[str, Any], str | No
             return None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)  # the form's times are UTC, as the pages show
-        return int(parsed.timestamp() * 1000)
+        at = int(parsed.timestamp() * 1000)
+        # The form picks minutes: "to 12:03" takes in the whole of that minute.
+        return at + 59_999 if through_minute and parsed.second == 0 else at
 
     statuses = [s for s in many("status") if s in STATUSES]
     flt = data.ListFilter(
@@ -62,7 +64,7 @@ def _filter(request: Request) -> tuple[data.ListFilter, dict[str, Any], str | No
         versions=many("version"),
         executors=many("executor"),
         created_from=moment("from"),
-        created_to=moment("to"),
+        created_to=moment("to", through_minute=True),
         id_prefix=params.get("id") or None,
     )
     form = {

@@ -7,13 +7,22 @@
 -- force_custom_plan (dashboard/data.py): the NULL filters then fold away and
 -- the planner walks an index in created_at order (workflow_status_created_at_idx,
 -- or the (status|name|queue_name, created_at) ones), stopping after $11 rows.
+-- A filter of one value is also written as an equality (the cardinality
+-- lines): "= ANY" of a one-element array does not let the planner walk the
+-- (column, created_at) index in order; an equality does. An ID prefix is a
+-- filter along the created_at index (no index serves a prefix under a
+-- non-C collation, and one would cost every insert): fast while the prefix
+-- matches recent workflows, a longer walk when it matches few old ones.
 -- No payloads: a list never fetches TOASTed inputs or outputs.
 SELECT workflow_id, status, name, queue_name, app_version, executor_id,
        created_at, updated_at, recovery_attempts, parent_workflow_id
 FROM {schema}.workflow_status
 WHERE ($1::text[] IS NULL OR status = ANY($1::text[]))
+  AND (cardinality($1::text[]) IS DISTINCT FROM 1 OR status = ($1::text[])[1])
   AND ($2::text[] IS NULL OR name = ANY($2::text[]))
+  AND (cardinality($2::text[]) IS DISTINCT FROM 1 OR name = ($2::text[])[1])
   AND ($3::text[] IS NULL OR queue_name = ANY($3::text[]))
+  AND (cardinality($3::text[]) IS DISTINCT FROM 1 OR queue_name = ($3::text[])[1])
   AND ($4::text[] IS NULL OR app_version = ANY($4::text[]))
   AND ($5::text[] IS NULL OR executor_id = ANY($5::text[]))
   AND ($6::int8 IS NULL OR created_at >= $6::int8)
@@ -124,3 +133,9 @@ SELECT w.status, w.updated_at,
            AS calls
 FROM {schema}.workflow_status AS w
 WHERE w.workflow_id = $1;
+
+-- name: dashboard_watermark
+-- The newest workflow's created_at (an index-only step down
+-- workflow_status_created_at_idx): a live list polls it, since a start sends
+-- no NOTIFY.
+SELECT max(created_at) FROM {schema}.workflow_status;

@@ -113,10 +113,14 @@ SELECT status, name, output, error, deadline_epoch_ms,
 FROM {schema}.workflow_status WHERE workflow_id = $1;
 
 -- name: mark_max_recovery_exceeded
--- Give up on workflows $1 that were recovered too many times.
-UPDATE {schema}.workflow_status
-SET status = 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', updated_at = $2
-WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
+-- Give up on workflows $1 that were recovered too many times; announce each
+-- on w:<id> (their waiters, and live dashboards, re-read the row).
+WITH given_up AS (
+    UPDATE {schema}.workflow_status
+    SET status = 'MAX_RECOVERY_ATTEMPTS_EXCEEDED', updated_at = $2
+    WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING'
+    RETURNING workflow_id)
+SELECT count(pg_notify('{schema}', 'w:' || workflow_id)) FROM given_up;
 
 -- name: resume_workflow
 -- Put a CANCELLED, ERROR or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow $1, or a
@@ -131,7 +135,8 @@ WHERE workflow_id = ANY($1::text[]) AND status = 'PENDING';
 -- internal queue $4. An
 -- ENQUEUED workflow starts now, bypassing its queue (as DBOS does): it leaves
 -- its queue (so it holds none of its slots) and is claimed like the others.
--- Announces q:<queue> when it enqueues. Returns the status it had and, if it
+-- Announces q:<queue> when it enqueues, and w:<id> whenever it changes the
+-- row (the workflow's waiters and live dashboards re-read it). Returns the status it had and, if it
 -- changed, its name, inputs, fence and new status; no row if absent.
 -- Heartbeats are compared with $8, or (NULL) the database's clock.
 WITH old AS (
@@ -174,7 +179,8 @@ changed AS (
 SELECT old.status, old.stranded, changed.workflow_id, changed.name, changed.inputs, changed.fence,
        changed.branched_steps, changed.status AS new_status,
        (SELECT count(pg_notify('{schema}', 'q:' || queue_name))
-        FROM changed WHERE status = 'ENQUEUED') AS notified
+        FROM changed WHERE status = 'ENQUEUED')
+       + (SELECT count(pg_notify('{schema}', 'w:' || workflow_id)) FROM changed) AS notified
 FROM old LEFT JOIN changed ON true;
 
 -- name: select_workflow_states
