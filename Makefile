@@ -11,14 +11,14 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev,embedded,testing,dashboard]'
+	$(PY) -m pip install -q -e '.[dev,embedded,testing,dashboard,otel,prometheus]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 # The benchmarks also draw a chart (matplotlib, the `bench` extra).
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,embedded,testing,dashboard,bench]'
+	$(PY) -m pip install -q -e '.[dev,embedded,testing,dashboard,otel,prometheus,bench]'
 	touch $(BENCH_STAMP)
 
 demo: $(STAMP)

@@ -256,6 +256,7 @@ async def replay(call: Call) -> StepRecord:
         NonDeterministicWorkflowError: the record was made by another function.
     """
     assert call.recorded is not None
+    call.ctx.replayed += 1  # observers count them (observers.py)
     return await earlier(call, call.recorded)
 
 

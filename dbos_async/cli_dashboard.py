@@ -9,6 +9,7 @@ queues and schedules it declares show their limits and next ticks.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import secrets
 import socket
 
@@ -79,7 +80,8 @@ def dashboard(
 
         load_app(app_spec)
     token = None if insecure_no_auth else secrets.token_urlsafe(24)
-    hosts = [*LOOPBACK, "[::1]", host, *allowed_hosts]
+    shown = f"[{host}]" if ":" in host else host
+    hosts = [*LOOPBACK, "[::1]", host, shown, *allowed_hosts]
     app = Dashboard(
         url,
         auth=token,
@@ -99,11 +101,32 @@ def dashboard(
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
     sock.listen(128)
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
+    wildcard = host in ("0.0.0.0", "::")
+    if wildcard:
+        shown = "127.0.0.1"  # a URL that works here; other names need --allowed-host
     base = f"http://{shown}:{bound}/"
     if token is None:
         click.echo(f"dbos_async dashboard (no login): {base}")
     else:
         click.echo(f"dbos_async dashboard: open {base}login?token={token}")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    if wildcard:
+        click.echo(
+            "listening on every interface: browsers reaching it by another name or address"
+            " need --allowed-host NAME (the Host header is checked)"
+        )
+    _show_audit_log()
+    # Open event streams would otherwise hold Ctrl+C until every browser leaves.
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
     server.run(sockets=[sock])
+
+
+def _show_audit_log() -> None:
+    """Print the dashboard's audit lines (one per action) unless logging is configured."""
+    audit = logging.getLogger("dbos_async.dashboard")
+    if audit.hasHandlers():
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)

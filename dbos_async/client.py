@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 from collections.abc import AsyncIterator, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Self, Unpack
@@ -25,6 +24,7 @@ from dbos_async.clock import REAL, Clock
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
 from dbos_async.handle import WorkflowHandle, get_workflow_status, retrieve_workflow
+from dbos_async.logs import get_logger
 from dbos_async.models import AppVersion, StepInfo, WorkflowStatus
 from dbos_async.notifications import Listener
 from dbos_async.queue import enqueue_by_name
@@ -32,7 +32,7 @@ from dbos_async.systemdb.pool import Pool, PooledConnection, acquire, create_poo
 from dbos_async.systemdb.queries import q
 from dbos_async.validation import check_schema_name
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _NOTHING_RUNS_HERE: Mapping[str, Running] = MappingProxyType({})
 

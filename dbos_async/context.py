@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     import anyio
 
+    from dbos_async.observers import WorkflowEvent
     from dbos_async.runtime import Runtime
     from dbos_async.systemdb.pool import Connection
     from dbos_async.systemdb.steps import StepKey, StepRecord
@@ -55,6 +56,15 @@ class WorkflowContext:
     # the check finds is noted here, whatever the workflow's code does with
     # the exceptions that say it (checkpoint.HistoryEnd, earlier).
     checking: Check | None = None
+    # For observers (observers.py): how this execution began, and what it
+    # carries from its row; ``event`` is built at its start when any observer is.
+    origin: str = "start"
+    queue_name: str | None = None
+    recovery_attempt: int = 0
+    trace_context: str | None = None
+    queue_wait_seconds: float = 0.0
+    event: WorkflowEvent | None = None
+    replayed: int = 0  # calls served from the record in this execution
 
     def take_step_id(self) -> int:
         """Return the next step ID of a flat-numbered history (see ``branched``)."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, TypeVar, Unpack
 
 from dbos_async import (
     branches,
@@ -35,7 +36,9 @@ from dbos_async.clock import REAL, Clock
 from dbos_async.context import current_connection, current_step_id, current_workflow
 from dbos_async.errors import NotInWorkflowError
 from dbos_async.handle import WorkflowHandle
+from dbos_async.logs import APP_LOGGER, get_logger
 from dbos_async.models import AppVersion, StepInfo, WorkflowStatus
+from dbos_async.observers import Observer
 from dbos_async.runtime import Runtime, active_runtime, resolve_config
 from dbos_async.systemdb.pool import Connection
 
@@ -178,7 +181,14 @@ class DBOS(metaclass=_DBOSMeta):
             sleeps, timeouts, deadlines, cron, queue delays, heartbeats. None
             is real time; tests pass a ``dbos_async.testing.VirtualClock``
             (``TestEnvironment`` does it for you).
+        observers: ``dbos_async.observers.Observer`` instances told of workflow,
+            step and queue events: ``dbos_async.contrib.otel.OpenTelemetry``,
+            ``dbos_async.contrib.prometheus.PrometheusMetrics``, or your own.
     """
+
+    logger: ClassVar[logging.Logger] = get_logger(APP_LOGGER)
+    """A logger whose records made inside a workflow carry ``workflow_id``,
+    ``app_version`` and, in a step, ``step_id`` (see ``dbos_async.logs``)."""
 
     workflow = staticmethod(workflow_module.workflow)
     step = staticmethod(step_module.step)
@@ -198,6 +208,7 @@ class DBOS(metaclass=_DBOSMeta):
         lease_seconds: float = 30.0,
         enable_patching: bool = False,
         clock: Clock | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self._runtime = Runtime(
             resolve_config(
@@ -212,6 +223,7 @@ class DBOS(metaclass=_DBOSMeta):
                 enable_patching=enable_patching,
             ),
             clock or REAL,
+            observers,
         )
 
     def __repr__(self) -> str:

@@ -17,7 +17,6 @@ long-dead one's.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,7 @@ from anyio.abc import TaskStatus
 
 from dbos_async import versions
 from dbos_async.clock import Wake
+from dbos_async.logs import get_logger
 from dbos_async.recovery import (
     LOCK_SETTLE_SECONDS,
     RECOVERY_BATCH,
@@ -39,7 +39,7 @@ from dbos_async.systemdb.executors import Suspect
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 IDLE_HEARTBEAT_SECONDS = 10.0
 """The heartbeat's period when the lease is infinite (nothing is adopted then)."""

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, Union
@@ -28,6 +27,7 @@ from dbos_async.errors import (
     WorkflowCancelledError,
     WorkflowNotFoundError,
 )
+from dbos_async.logs import get_logger
 from dbos_async.models import WorkflowStatus, WorkflowStatusString
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.validation import check_workflow_id
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from dbos_async.notifications import Listener
     from dbos_async.systemdb.pool import Pool, PooledConnection
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 R = TypeVar("R")
 

@@ -12,7 +12,6 @@ These calls are not checkpoints: call them from outside workflows (or from a ste
 from __future__ import annotations
 
 import contextlib
-import logging
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import asyncpg
 
-from dbos_async import context, registry, serialization
+from dbos_async import context, observers, registry, serialization
 from dbos_async.clock import REAL, Clock
 from dbos_async.errors import (
     QueueDeduplicatedError,
@@ -28,6 +27,7 @@ from dbos_async.errors import (
     WorkflowNotFoundError,
 )
 from dbos_async.handle import status_from_row
+from dbos_async.logs import get_logger
 from dbos_async.models import StepInfo, WorkflowStatus, WorkflowStatusString
 from dbos_async.recovery import run_claimed
 from dbos_async.systemdb import management as mgmt_table
@@ -38,7 +38,7 @@ from dbos_async.validation import check_identifier, check_workflow_id
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 INTERNAL_QUEUE = "_dbos_internal"
 """The queue every runtime dequeues from without limits: resumed, restarted and
@@ -256,6 +256,8 @@ async def cancel_workflow(pool: Pool, workflow_id: str, runtime: Runtime | None 
         raise WorkflowNotFoundError(workflow_id)
     if changed and runtime is not None:
         runtime.cancel_local(workflow_id)
+        if runtime.observers:
+            observers.notify(runtime.observers, "workflow_cancelled", workflow_id)
     logger.info(
         "cancel requested (was %s)",
         before,
@@ -316,7 +318,7 @@ async def _resume(
         if row is None:
             raise WorkflowNotFoundError(workflow_id)
         if runtime is not None and row["new_status"] == WorkflowStatusString.PENDING:
-            await run_claimed(runtime, conn, [row])
+            await run_claimed(runtime, conn, [row], observers.RESUME)
         return None if row["new_status"] is None else WorkflowStatusString(row["status"])
 
 
@@ -412,7 +414,7 @@ async def _fork(pool: Pool, fork: mgmt_table.Fork, runtime: Runtime | None) -> d
                 "inputs": row["inputs"],
                 "branched_steps": row["branched_steps"],
             }
-            await run_claimed(runtime, conn, [claimed])
+            await run_claimed(runtime, conn, [claimed], observers.RESUME)
     return row
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from dbos_async import checkpoint, context, serialization
+from dbos_async import checkpoint, context, observers, serialization
 from dbos_async.clock import REAL
 from dbos_async.errors import DBOSError, NotInWorkflowError, WorkflowNotFoundError
 from dbos_async.systemdb import messages as msg_table
@@ -178,10 +178,29 @@ async def _recv(
                 return True, serialization.decode((await checkpoint.fetch_recorded(call)).output)
             return payload is not None, serialization.decode(payload)
 
-        with runtime.listener.watch("m", ctx.workflow_id) as arrived:
-            found_one, value = await checkpoint.durable_wait(
-                timer, wait_seconds, arrived, consume, RECV_DEADLINE
+        wait = (
+            observers.WaitEvent(
+                ctx.event,
+                "recv",
+                call.step_id,
+                call.branch,
+                runtime.clock.time() + wait_seconds,
+                topic,
             )
+            if ctx.event is not None
+            else None
+        )
+        if wait is not None:
+            observers.notify(runtime.observers, "wait_started", wait)
+        found_one = False
+        try:
+            with runtime.listener.watch("m", ctx.workflow_id) as arrived:
+                found_one, value = await checkpoint.durable_wait(
+                    timer, wait_seconds, arrived, consume, RECV_DEADLINE
+                )
+        finally:
+            if wait is not None:
+                observers.notify(runtime.observers, "wait_finished", wait, not found_one)
         if found_one:
             return value
         return await _record_value(call, None)

@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 from anyio.abc import TaskStatus
 
 from dbos_async.clock import REAL, Clock, Wake
+from dbos_async.logs import get_logger
 from dbos_async.systemdb.pool import SystemConnection, connect
 from dbos_async.systemdb.queries import statements
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 SAFETY_POLL_SECONDS = 30.0
 """Longest a watch sleeps without a notification before its owner re-reads anyway."""

@@ -12,12 +12,13 @@ client enqueues through it by workflow name).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from dbos_async import checkpoint, context, registry, serialization
+from dbos_async import checkpoint, context, observers, registry, serialization
 from dbos_async.clock import REAL, Clock
 from dbos_async.context import EnqueueOptions, WorkflowContext
 from dbos_async.errors import DBOSError, QueueDeduplicatedError, WorkflowConflictError
@@ -190,6 +191,13 @@ class Queue:
             deadline_epoch_ms=parent.deadline_epoch_ms if parent is not None else None,
             clock=runtime.clock,
         )
+        if runtime.observers:
+            # The enqueue's trace context, stored: its dequeue joins the trace.
+            trace = observers.collect_context(
+                runtime.observers,
+                lambda o: o.workflow_enqueued(row.workflow_id, entry.name, self.name),
+            )
+            row = dataclasses.replace(row, trace_context=trace)
         # Group-committed with concurrent enqueues: one statement for many.
         result = await runtime.enqueue_writer.submit(row)
         workflow_id = enqueued_id(row, result)

@@ -22,15 +22,15 @@ start is allowed. ``POLL_SECONDS`` is only a safety net.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
+from dbos_async import observers, registry
 from dbos_async import queue as queue_module
-from dbos_async import registry
+from dbos_async.logs import get_logger
 from dbos_async.management import INTERNAL_QUEUE
 from dbos_async.queue import Queue
 from dbos_async.recovery import run_claimed
@@ -39,7 +39,7 @@ from dbos_async.systemdb import queues as queues_table
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CLAIM_BATCH = 100
 """Most workflows one claim takes: dispatching a batch never holds the event loop long."""
@@ -148,7 +148,7 @@ class QueueWorker:
                             runtime.clock.sql_now_ms(),
                         )
                     if claim.rows:
-                        await run_claimed(runtime, conn, claim.rows)
+                        await run_claimed(runtime, conn, claim.rows, observers.DEQUEUE, queue.name)
                         for row in claim.rows:  # waiters here switch to the local task
                             runtime.listener.fire("w", row["workflow_id"])
                 full = full or len(claim.rows) >= limits.want

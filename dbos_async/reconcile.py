@@ -24,22 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
 
-from dbos_async import registry
+from dbos_async import observers, registry
 from dbos_async.clock import Wake
+from dbos_async.logs import get_logger
 from dbos_async.recovery import run_claimed
 from dbos_async.systemdb import workflows as wf_table
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -127,7 +127,7 @@ class Reconciler:
             )
             if not rows:
                 return 0
-            started = await run_claimed(runtime, conn, rows)
+            started = await run_claimed(runtime, conn, rows, observers.RECONCILE)
         logger.warning(
             "started %d workflows claimed here that nothing ran (a claim's reply or"
             " an outcome was lost)",

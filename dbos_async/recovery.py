@@ -24,7 +24,6 @@ outcomes until it reaches the first step that never completed.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -32,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from dbos_async import registry, serialization
+from dbos_async import observers, registry, serialization
 from dbos_async.clock import Wake
 from dbos_async.errors import SerializationError
+from dbos_async.logs import get_logger
 from dbos_async.systemdb import executors as executors_table
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
@@ -44,7 +44,7 @@ from dbos_async.workflow import spawn
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 RECOVERY_BATCH = 500
 """Most workflows claimed, and whose steps are read, per batch."""
@@ -145,7 +145,8 @@ async def claim_batch(
         runnable, exhausted = split_exhausted(rows)
         if exhausted:
             await wf_table.mark_max_recovery_exceeded(conn, exhausted, runtime.clock.now_ms())
-        started = await run_claimed(runtime, conn, runnable)
+        origin = observers.RECOVERY if only_executor is not None else observers.ADOPTION
+        started = await run_claimed(runtime, conn, runnable, origin)
     logger.info("recovering %d workflows", started, extra={"action": "recover"})
     return len(rows), started
 
@@ -209,8 +210,17 @@ def split_exhausted(
     return runnable, exhausted
 
 
-async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+async def run_claimed(
+    runtime: Runtime,
+    conn: Connection,
+    rows: Sequence[dict[str, Any]],
+    origin: str = observers.RECOVERY,
+    queue_name: str | None = None,
+) -> int:
     """Replay workflows this runtime just claimed (PENDING, executor = this one).
+
+    ``origin`` (observers.py) says how they were claimed; ``queue_name`` the
+    queue they came from (a dequeue).
 
     ``rows`` need ``workflow_id``, ``name``, ``inputs`` and optionally
     ``deadline_epoch_ms``, ``fence`` (the token the claim produced),
@@ -222,10 +232,16 @@ async def run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[st
     how many were started (unregistered names are logged and skipped).
     """
     with runtime.reconciler.starting():
-        return await _run_claimed(runtime, conn, rows)
+        return await _run_claimed(runtime, conn, rows, origin, queue_name)
 
 
-async def _run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[str, Any]]) -> int:
+async def _run_claimed(
+    runtime: Runtime,
+    conn: Connection,
+    rows: Sequence[dict[str, Any]],
+    origin: str,
+    queue_name: str | None,
+) -> int:
     runnable = []
     for row in rows:
         entry = registry.lookup(row["name"])
@@ -250,7 +266,7 @@ async def _run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[s
             # the runtime): it ends as ERROR, saying why.
             poisoned.append(_cannot_run(row, exc, runtime.clock.now_ms()))
             return
-        spawn(
+        ctx = spawn(
             runtime,
             entry,
             row["workflow_id"],
@@ -261,6 +277,13 @@ async def _run_claimed(runtime: Runtime, conn: Connection, rows: Sequence[dict[s
             fence=row.get("fence", 0),
             branched=row.get("branched_steps", True),
         )
+        if runtime.observers:
+            ctx.origin, ctx.queue_name = origin, queue_name
+            ctx.recovery_attempt = row.get("recovery_attempts", 0)
+            ctx.trace_context = row.get("trace_context")
+            created, started = row.get("created_at"), row.get("started_at")
+            if created is not None and started is not None:
+                ctx.queue_wait_seconds = max(0, started - created) / 1000
 
     waiting = {}  # those that may have a history, until it is read
     for row, entry in runnable:

@@ -19,7 +19,7 @@ import secrets
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,9 @@ from dbos_async import branches, fleet, registry, versions, workflow
 from dbos_async.clock import REAL, Clock
 from dbos_async.context import Running
 from dbos_async.errors import DBOSError
+from dbos_async.logs import get_logger
 from dbos_async.notifications import Listener
+from dbos_async.observers import Observer, notify
 from dbos_async.patching import PATCHING_ENABLED
 from dbos_async.queue_worker import QueueWorker
 from dbos_async.reconcile import Reconciler
@@ -56,7 +58,7 @@ from dbos_async.systemdb.pool import (
 from dbos_async.systemdb.shields import Shields
 from dbos_async.validation import MAX_EXECUTOR_ID_BYTES, check_identifier, check_schema_name
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _launched: list[Runtime] = []
 
@@ -196,8 +198,12 @@ class BodyThreads:
 class Runtime:
     """Everything one ``DBOS`` instance runs; see the module docstring."""
 
-    def __init__(self, config: Config, clock: Clock = REAL) -> None:
+    def __init__(
+        self, config: Config, clock: Clock = REAL, observers: Sequence[Observer] = ()
+    ) -> None:
         self.config = config
+        # Told of workflow, step and queue events (observers.py); empty: one check each.
+        self.observers: tuple[Observer, ...] = tuple(observers)
         # Every time the runtime reads or waits on (clock.py).
         self.clock = clock
         # Async step bodies running now (sync ones are body_threads'): what a
@@ -531,8 +537,12 @@ class Runtime:
                         )
                         await versions.check_stranded(self)
                         self.clock.attach(self.busy, self.sync)
+                        if self.observers:
+                            notify(self.observers, "runtime_launched", self)
                         started.set_result(None)
                         await self._stop.wait()
+                        if self.observers:
+                            notify(self.observers, "runtime_stopping", self)
                         self.state = State.STOPPING
                         self._bound_writes()
                         group.cancel_scope.cancel()

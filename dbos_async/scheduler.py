@@ -16,7 +16,6 @@ one: there is no polling.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,13 +28,14 @@ from cronsim import CronSim, CronSimError
 from dbos_async import registry
 from dbos_async.clock import Wake
 from dbos_async.context import SetWorkflowID
+from dbos_async.logs import get_logger
 from dbos_async.systemdb import schedules as schedules_table
 from dbos_async.workflow import entry_of, start_soon
 
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
 T = TypeVar("T")

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 import anyio
 
-from dbos_async import checkpoint, registry, serialization
+from dbos_async import checkpoint, observers, registry, serialization
 from dbos_async.clock import Wake
 from dbos_async.context import WorkflowContext, current_step_id
 from dbos_async.errors import DatabaseUnavailableError, MaxStepRetriesExceeded, SerializationError
+from dbos_async.logs import get_logger
 from dbos_async.systemdb.steps import StepRecord
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ R = TypeVar("R")
 StepDecorator = Callable[[Callable[P, Any]], Callable[P, Coroutine[Any, Any, Any]]]
 
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def step(
@@ -129,13 +129,22 @@ async def _run_step(
             return outcome(entry, found)
         started = call.ctx.runtime.clock.now_ms()
         token = current_step_id.set(call.step_id)
+        seen = step_event(call, entry.name, "step") if call.ctx.event is not None else None
         try:
-            value, attempts = await _run_body(entry, args, kwargs, call.ctx)
+            value, attempts = await _run_body(entry, args, kwargs, call.ctx, seen)
         except Exception as exc:
             # It raises only once every attempt has failed.
+            if seen is not None:
+                tell_step_end(call.ctx, seen, exc, entry.options["attempts"], None)
             return await failed(call, entry, exc, started, entry.options["attempts"])
+        except BaseException:
+            if seen is not None:  # cancelled, or the runtime stops: no outcome
+                tell_step_end(call.ctx, seen, None, 0, None, interrupted=True)
+            raise
         finally:
             current_step_id.reset(token)
+        if seen is not None:
+            tell_step_end(call.ctx, seen, None, attempts, value)
         try:
             output = serialization.encode(value, f"the result of step {entry.name}")
         except SerializationError as exc:
@@ -186,11 +195,41 @@ def outcome(entry: registry.Registered, found: StepRecord) -> Any:
     return serialization.decode(found.output, annotation, strict=True)
 
 
+def step_event(call: checkpoint.Call, name: str, kind: str) -> observers.StepEvent | None:
+    """The observers' event for a call that runs its body (None: nobody observes)."""
+    ctx = call.ctx
+    if ctx.event is None:
+        return None
+    return observers.StepEvent(ctx.event, call.step_id, call.branch, name, kind)
+
+
+def tell_step_end(
+    ctx: WorkflowContext,
+    seen: observers.StepEvent,
+    error: BaseException | None,
+    attempts: int,
+    value: Any,
+    *,
+    interrupted: bool = False,
+) -> None:
+    """Tell the observers a step ended: SUCCESS, ERROR with ``error``, or cut short.
+
+    ``interrupted``: the workflow was cancelled (CANCELLED) or its runtime
+    stops (STOPPED) while the step ran.
+    """
+    if interrupted:
+        status = observers.STOPPED if ctx.runtime.stopping else observers.CANCELLED
+    else:
+        status = observers.SUCCESS if error is None else observers.ERROR
+    observers.notify(ctx.runtime.observers, "step_finished", seen, status, error, attempts, value)
+
+
 async def _run_body(
     entry: registry.Registered,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     ctx: WorkflowContext,
+    seen: observers.StepEvent | None = None,
 ) -> tuple[Any, int]:
     """Run the body of a checkpointed step with its retry policy: its value, and the runs it took.
 
@@ -208,6 +247,8 @@ async def _run_body(
             await ctx.runtime.clock.sleep(
                 options["interval"] * options["backoff"] ** (attempt - 1), Wake.WORK
             )
+        if seen is not None:
+            observers.notify(ctx.runtime.observers, "step_started", seen, attempt + 1)
         try:
             if options["is_async"]:  # inline: every async step's path
                 ctx.runtime.bodies_running += 1
@@ -218,6 +259,11 @@ async def _run_body(
             return await _call_body(entry, args, kwargs, ctx.runtime), attempt + 1
         except Exception as exc:
             last = exc
+            if attempt + 1 < attempts and seen is not None:
+                delay = options["interval"] * options["backoff"] ** attempt
+                observers.notify(
+                    ctx.runtime.observers, "step_retried", seen, attempt + 1, exc, delay
+                )
             if attempt + 1 < attempts:
                 logger.warning(
                     "step %s of workflow %s failed on attempt %d of %d (%r); retrying in %gs",
@@ -276,5 +322,17 @@ def sleep(seconds: float) -> Coroutine[Any, Any, None]:
 async def _durable_sleep(call: checkpoint.Call, seconds: float) -> None:
     with call:
         wake_at = await checkpoint.wake_time(call, seconds)
-        if not call.ctx.checking:  # a replay check does not wait out recorded sleeps
-            await call.ctx.runtime.clock.sleep_until(wake_at, Wake.WORK)
+        if call.ctx.checking:  # a replay check does not wait out recorded sleeps
+            return
+        ctx = call.ctx
+        if ctx.event is None:
+            await ctx.runtime.clock.sleep_until(wake_at, Wake.WORK)
+            return
+        wait = observers.WaitEvent(ctx.event, "sleep", call.step_id, call.branch, wake_at)
+        observers.notify(ctx.runtime.observers, "wait_started", wait)
+        woke = False
+        try:
+            await ctx.runtime.clock.sleep_until(wake_at, Wake.WORK)
+            woke = True
+        finally:
+            observers.notify(ctx.runtime.observers, "wait_finished", wait, woke)

@@ -14,7 +14,6 @@ notification per value.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ import anyio
 
 from dbos_async import checkpoint, serialization
 from dbos_async.errors import NotInWorkflowError, WorkflowNotFoundError
+from dbos_async.logs import get_logger
 from dbos_async.models import WorkflowStatusString
 from dbos_async.systemdb import streams as streams_table
 from dbos_async.systemdb.pool import run_idempotent
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from dbos_async.handle import HandleSource
     from dbos_async.runtime import Runtime
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 ANNOUNCE_WINDOW = 0.02
 """Seconds: a stream is announced at most once per window (plus one trailing announcement)."""

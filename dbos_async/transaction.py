@@ -20,11 +20,11 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 import anyio
 import asyncpg
 
-from dbos_async import checkpoint, registry, serialization
+from dbos_async import checkpoint, observers, registry, serialization
 from dbos_async.context import current_connection, current_step_id
 from dbos_async.errors import DatabaseUnavailableError
 from dbos_async.runtime import active_runtime
-from dbos_async.step import failed, outcome
+from dbos_async.step import failed, outcome, step_event, tell_step_end
 from dbos_async.systemdb import steps
 from dbos_async.systemdb.pool import RETRY_DELAYS, RETRYABLE_ERRORS, Connection, acquire
 
@@ -111,35 +111,59 @@ async def _run(
         found = await checkpoint.replay(call) if call.recorded is not None else None
         if found is not None:
             return outcome(entry, found)
-        runtime = call.ctx.runtime
-        await checkpoint.settle(call.ctx)  # interruptions before this commit's checkpoint
-        pool = await runtime.app_pool()
-        started = runtime.clock.now_ms()
-        conflicts = 0
-        lost = iter(RETRY_DELAYS)
-        while True:
-            try:
-                async with acquire(pool) as conn:
-                    return await _attempt(conn, entry, args, kwargs, call, started)
-            except RETRYABLE_ERRORS:
-                conflicts += 1
-                if conflicts == _MAX_TRIES:
-                    raise
-            except _AlreadyRecorded:
-                break
-            except DatabaseUnavailableError:
-                # Not an outcome: run it again (see the module docstring). If the
-                # database stays away, nothing is recorded and the workflow
-                # replays once it answers.
-                delay = next(lost, None)
-                if delay is None:
-                    raise
-                await anyio.sleep(delay)
-            except Exception as exc:
-                # The body failed and rolled back; its error is the step's outcome.
-                return await failed(call, entry, exc, started)
-        # Our insert conflicted with an earlier execution's checkpoint.
-        return outcome(entry, await checkpoint.fetch_recorded(call))
+        if call.ctx.event is None:
+            return await _run_live(call, entry, args, kwargs)
+        seen = step_event(call, entry.name, "transaction")
+        assert seen is not None
+        observers.notify(call.ctx.runtime.observers, "step_started", seen, 1)
+        try:
+            value = await _run_live(call, entry, args, kwargs)
+        except Exception as exc:
+            tell_step_end(call.ctx, seen, exc, 1, None)
+            raise
+        except BaseException:
+            tell_step_end(call.ctx, seen, None, 0, None, interrupted=True)
+            raise
+        tell_step_end(call.ctx, seen, None, 1, value)
+        return value
+
+
+async def _run_live(
+    call: checkpoint.Call,
+    entry: registry.Registered,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run the transaction's body (again after a conflict) and record it with it."""
+    runtime = call.ctx.runtime
+    await checkpoint.settle(call.ctx)  # interruptions before this commit's checkpoint
+    pool = await runtime.app_pool()
+    started = runtime.clock.now_ms()
+    conflicts = 0
+    lost = iter(RETRY_DELAYS)
+    while True:
+        try:
+            async with acquire(pool) as conn:
+                return await _attempt(conn, entry, args, kwargs, call, started)
+        except RETRYABLE_ERRORS:
+            conflicts += 1
+            if conflicts == _MAX_TRIES:
+                raise
+        except _AlreadyRecorded:
+            break
+        except DatabaseUnavailableError:
+            # Not an outcome: run it again (see the module docstring). If the
+            # database stays away, nothing is recorded and the workflow
+            # replays once it answers.
+            delay = next(lost, None)
+            if delay is None:
+                raise
+            await anyio.sleep(delay)
+        except Exception as exc:
+            # The body failed and rolled back; its error is the step's outcome.
+            return await failed(call, entry, exc, started)
+    # Our insert conflicted with an earlier execution's checkpoint.
+    return outcome(entry, await checkpoint.fetch_recorded(call))
 
 
 async def _attempt(

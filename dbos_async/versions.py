@@ -19,12 +19,12 @@ runtime stops. This module makes that visible and fixable:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dbos_async import registry
 from dbos_async.clock import REAL, Clock
+from dbos_async.logs import get_logger
 from dbos_async.models import AppVersion
 from dbos_async.systemdb import versions as versions_table
 from dbos_async.systemdb.pool import Pool, acquire
@@ -33,7 +33,7 @@ from dbos_async.validation import check_identifier
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 STRANDING_CHECK_HEARTBEATS = 9
 """A runtime counts stranded work every this many heartbeats (three lease periods)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import math
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from dbos_async import branches, checkpoint, context, registry, serialization
+from dbos_async import branches, checkpoint, context, observers, registry, serialization
 from dbos_async.branches import Branch, current_branch
 from dbos_async.context import FencedOff, Running, WorkflowContext, current_workflow
 from dbos_async.errors import (
@@ -30,6 +29,7 @@ from dbos_async.errors import (
 )
 from dbos_async.handle import WorkflowHandle
 from dbos_async.idempotency import check_same_inputs
+from dbos_async.logs import get_logger
 from dbos_async.systemdb import steps as steps_table
 from dbos_async.systemdb import workflows as wf_table
 from dbos_async.systemdb.steps import StepKey, StepRecord
@@ -37,7 +37,7 @@ from dbos_async.systemdb.steps import StepKey, StepRecord
 if TYPE_CHECKING:
     from dbos_async.runtime import Runtime
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -151,6 +151,12 @@ async def _start(
     if timeout is not None:
         own = created + int(timeout * 1000)
         deadline = own if deadline is None else min(deadline, own)
+    # The caller's trace context (in the caller's task), stored with the row.
+    trace = (
+        observers.collect_context(runtime.observers, lambda o: o.start_context())
+        if runtime.observers
+        else None
+    )
     # Claim the ID in-process first, so concurrent starts here share one execution.
     future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
     runtime.local[workflow_id] = Running(entry.name, future)
@@ -168,6 +174,7 @@ async def _start(
                 timeout_ms=int(timeout * 1000) if timeout is not None else None,
                 deadline_epoch_ms=deadline,
                 claimed_by=runtime.instance_id,
+                trace_context=trace,
             )
         )
     except BaseException:
@@ -177,7 +184,10 @@ async def _start(
         # Our own insert, sent again after its reply was lost: it is ours to run
         # (if it is still PENDING; otherwise the row says how it ended).
         if existing.status == "PENDING" and existing.name == entry.name:
-            spawn(runtime, entry, workflow_id, args, kwargs, {}, deadline, future, existing.fence)
+            ctx = spawn(
+                runtime, entry, workflow_id, args, kwargs, {}, deadline, future, existing.fence
+            )
+            ctx.trace_context = trace
             return WorkflowHandle(runtime, workflow_id)
     if existing is not None:
         # Recorded before: run nothing, wait for the first execution's result.
@@ -188,7 +198,7 @@ async def _start(
             async with runtime.connection() as conn:
                 await check_same_inputs(conn, workflow_id, entry.name, inputs)
         return WorkflowHandle(runtime, workflow_id)
-    spawn(runtime, entry, workflow_id, args, kwargs, {}, deadline, future)
+    spawn(runtime, entry, workflow_id, args, kwargs, {}, deadline, future).trace_context = trace
     return WorkflowHandle(runtime, workflow_id)
 
 
@@ -393,6 +403,8 @@ async def _execute(
     row: wf_table.Outcome | None = None
     replaying = False
     loaded = len(ctx.recorded)  # now: replay takes each record out (checkpoint.take)
+    if runtime.observers:
+        _observe_start(ctx, args, kwargs)
     try:
         # cancel_workflow and the deadline cancel this scope; a shutdown cancels
         # the runtime's task group around it instead, and records nothing.
@@ -497,7 +509,52 @@ async def _execute(
     finally:
         if not replaying:
             _release(ctx.runtime, ctx.workflow_id, future, outcome)
+        if ctx.event is not None:
+            _observe_end(ctx, outcome, replaying)
         logger.debug("workflow task ended", extra={"workflow_id": ctx.workflow_id})
+
+
+def _observe_start(ctx: WorkflowContext, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    runtime = ctx.runtime
+    event = observers.WorkflowEvent(
+        ctx.workflow_id,
+        ctx.name,
+        runtime.app_version,
+        runtime.executor_id,
+        ctx.origin,
+        ctx.queue_name,
+        ctx.recovery_attempt,
+        observers.load_context(ctx.trace_context),
+        args,
+        kwargs,
+    )
+    ctx.event = event
+    if ctx.origin == observers.DEQUEUE:
+        observers.notify(runtime.observers, "workflow_dequeued", event, ctx.queue_wait_seconds)
+    elif ctx.origin in (observers.RECOVERY, observers.ADOPTION):
+        observers.notify(runtime.observers, "workflow_recovered", event)
+    observers.notify(runtime.observers, "workflow_started", event)
+
+
+def _observe_end(ctx: WorkflowContext, outcome: Outcome, replaying: bool) -> None:
+    if replaying or not outcome.local or not outcome.ended:
+        status = observers.STOPPED  # no outcome here (see observers.STOPPED)
+    elif isinstance(outcome.error, WorkflowCancelledError):
+        status = observers.CANCELLED
+    elif outcome.error is not None:
+        status = observers.ERROR
+    else:
+        status = observers.SUCCESS
+    error = outcome.error if status in (observers.ERROR, observers.CANCELLED) else None
+    observers.notify(
+        ctx.runtime.observers,
+        "workflow_finished",
+        ctx.event,
+        status,
+        error,
+        outcome.value if status == observers.SUCCESS else None,
+        ctx.replayed,
+    )
 
 
 def _fenced_in(group: BaseExceptionGroup[BaseException]) -> FencedOff | None:
@@ -599,3 +656,6 @@ async def _replay_later(
         branched=ctx.branched,
     )
     again.replay_delay = first if len(steps) > loaded else min(delay * 2, longest)
+    # The same workflow, run again here: what observers know of it carries over.
+    again.origin, again.queue_name = observers.REPLAY, ctx.queue_name
+    again.recovery_attempt, again.trace_context = ctx.recovery_attempt, ctx.trace_context

@@ -94,6 +94,7 @@
 -- column workflow_status.started_at bigint
 -- column workflow_status.status text NOT NULL
 -- column workflow_status.timeout_ms bigint
+-- column workflow_status.trace_context text
 -- column workflow_status.updated_at bigint NOT NULL
 -- column workflow_status.workflow_id text NOT NULL
 -- constraint app_versions app_versions_pkey PRIMARY KEY (version)

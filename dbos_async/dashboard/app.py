@@ -159,7 +159,9 @@ def page(handler: Callable[[Request, Dashboard, str], Awaitable[Response]]) -> H
         dash = dashboard_of(request)
         principal = await dash.guard.principal(request)
         if principal is None:
-            return dash.render(request, "unauthorized.html", status_code=401)
+            return dash.render(
+                request, "unauthorized.html", status_code=401, uses_token=dash.guard.uses_token
+            )
         await dash.source.open()
         return await handler(request, dash, principal)
 

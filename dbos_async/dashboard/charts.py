@@ -13,6 +13,14 @@ from datetime import UTC, datetime
 from markupsafe import Markup, escape
 
 from dbos_async.models import StepInfo
+from dbos_async.serialization import type_name
+
+TOOLTIP_CHARS = 300
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= TOOLTIP_CHARS else text[:TOOLTIP_CHARS] + "…"
+
 
 STATUSES = (
     "SUCCESS",
@@ -105,7 +113,7 @@ def timeline(
         w = max(2.0, (finish - begin) * scale)
         kind = "error" if s.error is not None else "ok"
         attempts = f", {s.attempts} attempts" if s.attempts and s.attempts > 1 else ""
-        error = f": {type(s.error).__name__}: {s.error}" if s.error is not None else ""
+        error = f": {_clip(type_name(s.error) + ': ' + str(s.error))}" if s.error else ""
         tip = f"#{s.step_id} {s.name} ({finish - begin} ms{attempts}){error}"
         parts.append(
             f'<rect class="step {kind}" x="{x:.1f}" y="{lane_no * row + 4}" width="{w:.1f}"'

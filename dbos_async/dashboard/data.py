@@ -132,7 +132,7 @@ async def overview(source: Source, now_ms: int) -> Overview:
 async def queues(source: Source) -> list[dict[str, Any]]:
     """Per queue with work: ENQUEUED, PENDING, oldest ENQUEUED, partitions."""
     async with source.connection() as conn:
-        return [record_dict(r) for r in await conn.fetch(q(conn, "dashboard_queues"))]
+        return [record_dict(r) for r in await conn.fetch(q(conn, "select_queue_depths"))]
 
 
 async def instances(source: Source) -> list[dict[str, Any]]:

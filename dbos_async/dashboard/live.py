@@ -5,8 +5,9 @@ queue moves (``q:``); with ``?workflow=ID``, when that workflow changes, sets
 an event or writes a stream, or (polled every ``POLL_SECONDS`` while the page
 is open: the runtime sends no NOTIFY per step) records a call. The list
 also polls the newest workflow's creation time every ``LIST_POLL_SECONDS``
-(an index-only read): a start sends no NOTIFY either. Bursts are
-debounced into one event; a comment every ``KEEPALIVE_SECONDS`` keeps proxies
+(an index-only read): a start sends no NOTIFY either. The first change is
+sent at once; a burst after it makes one more event per
+``DEBOUNCE_SECONDS``; a comment every ``KEEPALIVE_SECONDS`` keeps proxies
 from closing the stream. Each client holds one watch, a flag: a slow reader
 costs one pending event, never a growing buffer. The page's script closes
 the stream while the tab is hidden.
@@ -54,16 +55,19 @@ async def _stream(source: Source, workflow_id: str | None) -> AsyncIterator[str]
     )
     poll = POLL_SECONDS if workflow_id is not None else LIST_POLL_SECONDS
     with source.listener.watch_many(*topics) as watch:
-        yield "retry: 2000\n: connected\n\n"
+        # Read before saying "connected": a change the client makes once it
+        # hears that must differ from what is compared with.
         seen = await _state(source, workflow_id)
+        yield "retry: 2000\n: connected\n\n"
         quiet = 0.0
         while True:
             if await watch.wait(poll):
-                await anyio.sleep(DEBOUNCE_SECONDS)  # one event for a burst
-                await watch.wait(0)  # what fired meanwhile is in this event
                 quiet = 0.0
                 seen = await _state(source, workflow_id)
                 yield CHANGED
+                # At most one event per window: what fires meanwhile stays
+                # flagged, and makes the next one right after it.
+                await anyio.sleep(DEBOUNCE_SECONDS)
                 continue
             quiet += poll
             now = await _state(source, workflow_id)

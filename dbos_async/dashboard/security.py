@@ -63,6 +63,9 @@ class Guard:
             if isinstance(auth, str)
             else b""
         )
+        # Named after the key: browsers share cookies across a host's ports, so
+        # two dashboards (8090, 8091) must not overwrite each other's session.
+        self.cookie = f"{COOKIE}_{hashlib.sha256(self._key).hexdigest()[:12]}"
 
     async def principal(self, request: Request) -> str | None:
         """Who makes the request; None: nobody we know."""
@@ -75,7 +78,7 @@ class Guard:
                 given.strip().encode(), auth.encode()
             ):
                 return "token"
-            return self._session(request.cookies.get(COOKIE))
+            return self._session(request.cookies.get(self.cookie))
         found = auth(request)
         if inspect.isawaitable(found):
             found = await found
@@ -89,7 +92,7 @@ class Guard:
             return PlainTextResponse("Invalid or missing token.", status_code=401)
         response = Response(status_code=303, headers={"location": target})
         response.set_cookie(
-            COOKIE,
+            self.cookie,
             self._sign("token", int(time.time()) + SESSION_SECONDS),
             max_age=SESSION_SECONDS,
             path=request.scope.get("root_path") or "/",
@@ -149,11 +152,16 @@ class SecurityHeaders:
             await self._app(scope, receive, send)
             return
 
+        # Static files may be kept, and revalidated (ETag): pages never.
+        static = "/static/" in scope.get("path", "")
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers: list[Any] = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
                 for name, value in HEADERS.items():
+                    if static and name == "cache-control":
+                        value = "no-cache"
                     if name.encode() not in present:
                         headers.append((name.encode(), value.encode()))
                 message = {**message, "headers": headers}

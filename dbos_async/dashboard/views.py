@@ -27,6 +27,8 @@ STATUSES = (
     "MAX_RECOVERY_ATTEMPTS_EXCEEDED",
 )
 ACTIVE = ("PENDING", "ENQUEUED")
+MAX_STEPS_SHOWN = 500
+MAX_FILTER_VALUES = 50
 
 
 # -- the workflow list ------------------------------------------------------------------
@@ -38,7 +40,12 @@ def _filter(request: Request) -> tuple[data.ListFilter, dict[str, Any], str | No
     error = None
 
     def many(name: str) -> list[str]:
-        return [v for v in params.getlist(name) if v]
+        nonlocal error
+        values = [v for v in params.getlist(name) if v][:MAX_FILTER_VALUES]
+        if any(not _plain(v) for v in values):
+            error = f"{name}: a value holds a NUL character or is over 1,024 bytes"
+            return []
+        return values
 
     def moment(name: str, through_minute: bool = False) -> int | None:
         nonlocal error
@@ -53,6 +60,8 @@ def _filter(request: Request) -> tuple[data.ListFilter, dict[str, Any], str | No
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)  # the form's times are UTC, as the pages show
         at = int(parsed.timestamp() * 1000)
+        if through_minute and len(raw) == 10:  # a date: all of that day
+            return at + 86_399_999
         # The form picks minutes: "to 12:03" takes in the whole of that minute.
         return at + 59_999 if through_minute and parsed.second == 0 else at
 
@@ -65,19 +74,30 @@ def _filter(request: Request) -> tuple[data.ListFilter, dict[str, Any], str | No
         executors=many("executor"),
         created_from=moment("from"),
         created_to=moment("to", through_minute=True),
-        id_prefix=params.get("id") or None,
+        id_prefix=_prefix(params.get("id")),
     )
+    if params.get("id") and flt.id_prefix is None:
+        error = "ID prefix: it holds a NUL character or is over 1,024 bytes"
     form = {
         "status": statuses,
-        "name": params.get("name", ""),
-        "queue": params.get("queue", ""),
-        "version": params.get("version", ""),
-        "executor": params.get("executor", ""),
+        # Lists: every value given goes on to the next page and the live refresh.
+        "name": flt.names,
+        "queue": flt.queues,
+        "version": flt.versions,
+        "executor": flt.executors,
         "from": params.get("from", ""),
         "to": params.get("to", ""),
         "id": params.get("id", ""),
     }
     return flt, form, error
+
+
+def _plain(value: str) -> bool:
+    return "\x00" not in value and len(value.encode()) <= 1024
+
+
+def _prefix(value: str | None) -> str | None:
+    return value if value and _plain(value) else None
 
 
 def _after(request: Request) -> tuple[int, str] | None:
@@ -86,9 +106,13 @@ def _after(request: Request) -> tuple[int, str] | None:
         return None
     created, _, workflow_id = raw.partition(":")
     try:
-        return int(created), workflow_id
+        at = int(created)
     except ValueError:
         return None
+    # A forged cursor: out of bigint's range, or an ID no row can have.
+    if not -(2**63) <= at < 2**63 or not _plain(workflow_id):
+        return None
+    return at, workflow_id
 
 
 def _query(form: dict[str, Any], **extra: str) -> str:
@@ -182,6 +206,8 @@ def _when(ms: float) -> str:
 
 
 async def _workflow_context(dash: Dashboard, workflow_id: str) -> dict[str, Any] | None:
+    if not _plain(workflow_id):
+        return None  # no workflow has such an ID
     source = dash.source
     status = await source.call("get_workflow_status", workflow_id)
     if status is None:
@@ -191,7 +217,19 @@ async def _workflow_context(dash: Dashboard, workflow_id: str) -> dict[str, Any]
     position = await data.queue_position(source, workflow_id)
     now_ms = source.clock.now_ms()
     versions = await list_application_versions(source.pool, source.clock)
+    # A long history shows its last calls (a live page re-renders on each change).
+    shown = steps[-MAX_STEPS_SHOWN:]
+    step_rows = [
+        {
+            "step": s,
+            "error": _error_text(s.error) if s.error is not None else None,
+            "output": _show(s.output) if s.output is not None else None,
+        }
+        for s in shown
+    ]
     return {
+        "step_rows": step_rows,
+        "hidden_steps": len(steps) - len(shown),
         "events": await data.events(source, workflow_id),
         "streams": await data.streams(source, workflow_id),
         "versions": [v.version for v in versions],
@@ -199,22 +237,24 @@ async def _workflow_context(dash: Dashboard, workflow_id: str) -> dict[str, Any]
         "steps": steps,
         "children": kids,
         "waiting_on": _waiting_on(status, steps, kids, position, now_ms),
-        "timeline": charts.timeline(steps, now_ms, since=status.created_at),
+        "timeline": charts.timeline(
+            shown, now_ms, since=status.created_at if status.forked_from else None
+        ),
         "active": status.status.value in ACTIVE,
         "inputs": _show(status.input),
         "output": _show(status.output) if status.output is not None else None,
-        "error": (
-            f"{serialization.type_name(status.error)}: {serialization.error_message(status.error)}"
-            if status.error is not None
-            else None
-        ),
+        "error": _error_text(status.error) if status.error is not None else None,
         "traceback": (
             _truncated(serialization.recorded_traceback(status.error)) or None
             if status.error is not None
             else None
         ),
-        "step_outputs": {s.step_id: _show(s.output) for s in steps if s.output is not None},
     }
+
+
+def _error_text(error: BaseException) -> str:
+    text = f"{serialization.type_name(error)}: {serialization.error_message(error)}"
+    return _truncated(text) or ""
 
 
 @page

@@ -42,6 +42,7 @@ class NewQueued:
     parent_workflow_id: str | None = None
     deadline_epoch_ms: int | None = None  # inherited from the enqueuing workflow
     sql_now_ms: int | None = None  # a virtual clock's now (None: the database's clock)
+    trace_context: str | None = None  # the enqueuer's, as an observer captured it (0011)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ async def enqueue_workflows(conn: Connection, rows: Sequence[NewQueued]) -> list
                 q(conn, "enqueue_workflows"),
                 *_enqueue_columns(rows),
                 rows[-1].sql_now_ms,
+                _trace_contexts(rows),
             )
         }
     except Exception as exc:
@@ -115,6 +117,7 @@ async def _enqueue_one(conn: Connection, row: NewQueued) -> Enqueued:
                 q(conn, "enqueue_workflow"),
                 *(c[0] for c in _enqueue_columns([row])),
                 row.sql_now_ms,
+                row.trace_context,
             )
     except QueueDeduplicatedError as exc:
         return exc
@@ -145,6 +148,10 @@ def _enqueue_columns(rows: Sequence[NewQueued]) -> tuple[list[Any], ...]:
         [r.parent_workflow_id for r in rows],
         [r.deadline_epoch_ms for r in rows],
     )
+
+
+def _trace_contexts(rows: Sequence[NewQueued]) -> list[str | None]:
+    return [r.trace_context for r in rows]
 
 
 async def lock_queue(conn: Connection, queue_name: str, partition_key: str | None) -> None:

@@ -29,6 +29,7 @@ class NewWorkflow:
     timeout_ms: int | None = None
     deadline_epoch_ms: int | None = None
     claimed_by: str | None = None  # the runtime instance that runs it
+    trace_context: str | None = None  # the starter's, as an observer captured it (0011)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ async def insert_workflows(conn: Connection, rows: Sequence[NewWorkflow]) -> lis
         [r.timeout_ms for r in rows],
         [r.deadline_epoch_ms for r in rows],
         [r.claimed_by for r in rows],
+        [r.trace_context for r in rows],
     )
     if len(rows) == 1:  # the single-row form; its command tag says whether it wrote
         tag = await conn.execute(q(conn, "insert_workflow"), *(c[0] for c in columns))

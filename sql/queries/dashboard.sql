@@ -64,19 +64,6 @@ WHERE status = 'ERROR'
 ORDER BY created_at DESC
 LIMIT $1::int8;
 
--- name: dashboard_queues
--- Per queue with waiting or running work: ENQUEUED and PENDING counts, the
--- oldest ENQUEUED workflow's created_at, and how many partitions hold work.
-SELECT queue_name,
-       count(*) FILTER (WHERE status = 'ENQUEUED') AS enqueued,
-       count(*) FILTER (WHERE status = 'PENDING') AS pending,
-       min(created_at) FILTER (WHERE status = 'ENQUEUED') AS oldest_enqueued,
-       count(DISTINCT queue_partition_key) AS partitions
-FROM {schema}.workflow_status
-WHERE queue_name IS NOT NULL AND status IN ('ENQUEUED', 'PENDING')
-GROUP BY queue_name
-ORDER BY queue_name;
-
 -- name: dashboard_queue_position
 -- Where ENQUEUED workflow $1 stands in its queue: how many ENQUEUED
 -- workflows of the same queue (and partition) a claim takes first.
@@ -91,14 +78,15 @@ WHERE w.workflow_id = $1 AND w.status = 'ENQUEUED';
 -- name: dashboard_streams
 -- The streams of workflow $1: each key's entries, whether it is closed, and
 -- its last value (truncated to $2 characters).
-SELECT key, count(*) FILTER (WHERE NOT closed) AS entries,
-       bool_or(closed) AS closed,
-       left((array_agg(value ORDER BY "offset" DESC) FILTER (WHERE NOT closed))[1],
-            $2::int) AS last_value
-FROM {schema}.streams
-WHERE workflow_id = $1
-GROUP BY key
-ORDER BY key;
+-- The last value is read alone (the primary key, backwards), not gathered.
+SELECT k.key, k.entries, k.closed, left(last.value, $2::int) AS last_value
+FROM (SELECT key, count(*) FILTER (WHERE NOT closed) AS entries, bool_or(closed) AS closed
+      FROM {schema}.streams WHERE workflow_id = $1 GROUP BY key) AS k
+LEFT JOIN LATERAL (
+    SELECT s.value FROM {schema}.streams AS s
+    WHERE s.workflow_id = $1 AND s.key = k.key AND NOT s.closed
+    ORDER BY s."offset" DESC LIMIT 1) AS last ON true
+ORDER BY k.key;
 
 -- name: dashboard_events
 -- The events of workflow $1 with their values (truncated to $2 characters).

@@ -150,7 +150,7 @@ claimed AS (
     WHERE w.workflow_id = orphans.workflow_id AND w.fence = orphans.fence
       AND w.status = 'PENDING'
     RETURNING w.workflow_id, w.name, w.inputs, w.recovery_attempts,
-              w.deadline_epoch_ms, w.fence, w.branched_steps)
+              w.deadline_epoch_ms, w.fence, w.branched_steps, w.trace_context)
 SELECT c.*, pg_notify('{schema}', 'a:' || c.fence || ':' || c.workflow_id)
 FROM claimed AS c;
 

@@ -15,7 +15,8 @@ inserted AS (
     INSERT INTO {schema}.workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
-        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
+        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps,
+        trace_context)
     VALUES ($1, 'ENQUEUED', $2, $3, $4,
             coalesce($5, (SELECT a.version FROM {schema}.app_versions AS a, clock
                           WHERE EXISTS (
@@ -25,7 +26,7 @@ inserted AS (
                           ORDER BY a.latest_at DESC, a.version LIMIT 1)),
             $6, $6, $7, $8, $9, $10,
             CASE WHEN $11::int8 IS NOT NULL THEN (SELECT now_ms FROM clock) + $11 END,
-            $12, $13, $14, nextval('{schema}.workflow_enqueue_seq'), true)
+            $12, $13, $14, nextval('{schema}.workflow_enqueue_seq'), true, $16)
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING queue_name)
 SELECT (SELECT count(pg_notify('{schema}', 'q:' || queue_name)) FROM inserted) AS inserted,
@@ -43,7 +44,8 @@ inserted AS (
     INSERT INTO {schema}.workflow_status (
         workflow_id, status, name, inputs, app_name, app_version, created_at, updated_at,
         queue_name, queue_partition_key, deduplication_id, priority, not_before,
-        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps)
+        timeout_ms, parent_workflow_id, deadline_epoch_ms, enqueue_seq, branched_steps,
+        trace_context)
     SELECT u.workflow_id, 'ENQUEUED', u.name, u.inputs, u.app_name,
            coalesce(u.app_version, (SELECT a.version FROM {schema}.app_versions AS a, clock
                                     WHERE EXISTS (
@@ -54,14 +56,14 @@ inserted AS (
            u.now_ms, u.now_ms, u.queue_name, u.partition_key, u.deduplication_id, u.priority,
            CASE WHEN u.delay_ms IS NOT NULL THEN (SELECT now_ms FROM clock) + u.delay_ms END,
            u.timeout_ms, u.parent_workflow_id, u.deadline_epoch_ms,
-           nextval('{schema}.workflow_enqueue_seq'), true
+           nextval('{schema}.workflow_enqueue_seq'), true, u.trace_context
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[],
                 $7::text[], $8::text[], $9::text[], $10::int4[], $11::int8[], $12::int8[],
-                $13::text[], $14::int8[])
+                $13::text[], $14::int8[], $16::text[])
          WITH ORDINALITY
          AS u(workflow_id, name, inputs, app_name, app_version, now_ms, queue_name,
               partition_key, deduplication_id, priority, delay_ms, timeout_ms,
-              parent_workflow_id, deadline_epoch_ms, ord)
+              parent_workflow_id, deadline_epoch_ms, trace_context, ord)
     ORDER BY u.ord
     ON CONFLICT (workflow_id) DO NOTHING
     RETURNING workflow_id, queue_name)
@@ -140,7 +142,7 @@ claimed AS (
     FROM picked, clock
     WHERE w.workflow_id = picked.workflow_id
     RETURNING w.workflow_id, w.name, w.inputs, w.deadline_epoch_ms, w.fence,
-              w.branched_steps,
+              w.branched_steps, w.trace_context, w.created_at, w.started_at,
               EXISTS (SELECT 1 FROM {schema}.operation_outputs AS o
                       WHERE o.workflow_id = w.workflow_id)
               OR EXISTS (SELECT 1 FROM {schema}.branch_outputs AS b
@@ -157,10 +159,25 @@ wake AS MATERIALIZED (
            ) - clock.now_ms AS retry_in_ms
     FROM recent, clock)
 SELECT claimed.workflow_id, claimed.name, claimed.inputs, claimed.deadline_epoch_ms,
-       claimed.fence, claimed.branched_steps, claimed.has_steps, wake.retry_in_ms
+       claimed.fence, claimed.branched_steps, claimed.has_steps, claimed.trace_context,
+       claimed.created_at, claimed.started_at, wake.retry_in_ms
 FROM wake LEFT JOIN claimed ON true;
 
 -- name: select_queue_partitions
 -- The partition keys of queue $1 that hold ENQUEUED workflows.
 SELECT DISTINCT queue_partition_key FROM {schema}.workflow_status
 WHERE queue_name = $1 AND status = 'ENQUEUED' AND queue_partition_key IS NOT NULL;
+
+-- name: select_queue_depths
+-- Per queue with waiting or running work (the dashboard's queues page, the
+-- fleet gauges of contrib/prometheus.py): ENQUEUED and PENDING counts, the
+-- oldest ENQUEUED workflow's created_at, and how many partitions hold work.
+SELECT queue_name,
+       count(*) FILTER (WHERE status = 'ENQUEUED') AS enqueued,
+       count(*) FILTER (WHERE status = 'PENDING') AS pending,
+       min(created_at) FILTER (WHERE status = 'ENQUEUED') AS oldest_enqueued,
+       count(DISTINCT queue_partition_key) AS partitions
+FROM {schema}.workflow_status
+WHERE queue_name IS NOT NULL AND status IN ('ENQUEUED', 'PENDING')
+GROUP BY queue_name
+ORDER BY queue_name;

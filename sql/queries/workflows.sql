@@ -3,18 +3,18 @@
 -- Rows whose workflow_id exists are skipped; RETURNING names the inserted ones.
 -- claimed_by is the runtime instance that runs each (0007_claims.sql).
 -- Every insert into workflow_status by this release sets branched_steps (see
--- 0006_branches.sql).
+-- 0006_branches.sql). trace_context: see 0011_trace_context.sql.
 INSERT INTO {schema}.workflow_status (
     workflow_id, status, name, inputs, app_name, app_version, executor_id,
     created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps,
-    claimed_by)
+    claimed_by, trace_context)
 SELECT u.workflow_id, 'PENDING', u.name, u.inputs, u.app_name, u.app_version, u.executor_id,
        u.now_ms, u.now_ms, u.parent_workflow_id, u.timeout_ms, u.deadline_epoch_ms, true,
-       u.claimed_by
+       u.claimed_by, u.trace_context
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::int8[], $8::text[], $9::int8[], $10::int8[], $11::text[])
+            $7::int8[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::text[])
      AS u(workflow_id, name, inputs, app_name, app_version, executor_id,
-          now_ms, parent_workflow_id, timeout_ms, deadline_epoch_ms, claimed_by)
+          now_ms, parent_workflow_id, timeout_ms, deadline_epoch_ms, claimed_by, trace_context)
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING workflow_id;
 
@@ -23,8 +23,8 @@ RETURNING workflow_id;
 INSERT INTO {schema}.workflow_status (
     workflow_id, status, name, inputs, app_name, app_version, executor_id,
     created_at, updated_at, parent_workflow_id, timeout_ms, deadline_epoch_ms, branched_steps,
-    claimed_by)
-VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, true, $11)
+    claimed_by, trace_context)
+VALUES ($1, 'PENDING', $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, true, $11, $12)
 ON CONFLICT (workflow_id) DO NOTHING;
 
 -- name: select_workflow_names
@@ -175,9 +175,9 @@ changed AS (
     FROM target AS t
     WHERE w.workflow_id = t.workflow_id
     RETURNING w.workflow_id, w.name, w.inputs, w.fence, w.status, w.queue_name,
-              w.branched_steps)
+              w.branched_steps, w.trace_context)
 SELECT old.status, old.stranded, changed.workflow_id, changed.name, changed.inputs, changed.fence,
-       changed.branched_steps, changed.status AS new_status,
+       changed.branched_steps, changed.trace_context, changed.status AS new_status,
        (SELECT count(pg_notify('{schema}', 'q:' || queue_name))
         FROM changed WHERE status = 'ENQUEUED')
        + (SELECT count(pg_notify('{schema}', 'w:' || workflow_id)) FROM changed) AS notified
@@ -208,4 +208,5 @@ SET fence = w.fence + 1, updated_at = $5
 FROM unnest($3::text[], $4::int4[]) AS seen(workflow_id, fence)
 WHERE w.workflow_id = seen.workflow_id AND w.fence = seen.fence AND w.status = 'PENDING'
   AND w.executor_id = $1 AND w.claimed_by = $2
-RETURNING w.workflow_id, w.name, w.inputs, w.deadline_epoch_ms, w.fence, w.branched_steps;
+RETURNING w.workflow_id, w.name, w.inputs, w.deadline_epoch_ms, w.fence, w.branched_steps,
+          w.trace_context;

@@ -427,7 +427,9 @@ async def test_a_failed_workflow_shows_its_error_and_traceback(
     assert "ValueError: kaput" in page
     assert "Traceback" in page and "explode" in page and "raise ValueError(message)" in page
     # The failed step in the step table, and preselected to fork from.
-    assert re.search(r"<option value=\"0\" selected>0 · test_dashboard.explode \(failed\)", page)
+    assert re.search(
+        r"<option value=\"0\" selected>0 · test_dashboard.explode \(the start\) \(failed\)", page
+    )
 
 
 async def test_waiting_on_a_sleep_and_on_a_queue(dbos: DBOS, http: httpx.AsyncClient) -> None:
@@ -677,7 +679,9 @@ async def test_bad_actions_are_refused_with_a_message(
     ]:
         response = await http.post("/workflows/target/fork", data=form, headers=HX)
         assert response.status_code == 409, (form, response.text)
-        assert message in response.text, form
+        # Escaped HTML (htmx swaps it in): the text, never markup.
+        assert response.headers["content-type"].startswith("text/html")
+        assert message in html.unescape(response.text), form
     missing = await http.post("/workflows/nope/fork", data={"step": "0"}, headers=HX)
     assert missing.status_code == 404 and "nope" in missing.text
     unknown = await http.post("/workflows/target/explode", headers=HX)
@@ -704,9 +708,12 @@ async def test_each_action_is_logged_with_its_principal(
         ("dashboard_fork", "audited", "token"),
     ]
     messages = [r.getMessage() for r in audit]
-    assert messages[0] == "dashboard: cancel audited by token"
-    assert messages[2] == f"dashboard: restart audited by token (new workflow {restarted})"
-    assert messages[3] == f"dashboard: fork audited by token (new workflow {forked})"
+    assert messages[0] == "dashboard: cancel done of 'audited' by 'token'"
+    assert (
+        messages[2]
+        == f"dashboard: restart done of 'audited' by 'token' (new workflow {restarted!r})"
+    )
+    assert messages[3] == f"dashboard: fork done of 'audited' by 'token' (new workflow {forked!r})"
     for wid in ("audited", restarted, forked):
         await dbos.cancel_workflow(wid)
 
@@ -778,7 +785,7 @@ async def test_login_trades_the_token_for_a_strict_httponly_cookie(dbos: DBOS) -
         assert login.headers["location"] == f"{BASE}/"  # no token in it
         cookie = login.headers["set-cookie"]
         attributes = [a.strip().lower() for a in cookie.split(";")]
-        assert cookie.startswith("dbos_dashboard=")
+        assert cookie.startswith(f"{dash.guard.cookie}=")  # named after the token
         assert "httponly" in attributes and "samesite=strict" in attributes
         assert "path=/" in attributes and "secure" not in attributes  # plain http here
         assert any(a.startswith("max-age=") for a in attributes)
@@ -786,7 +793,7 @@ async def test_login_trades_the_token_for_a_strict_httponly_cookie(dbos: DBOS) -
         assert TOKEN not in value
         http.cookies.clear()
 
-        jar = {"Cookie": f"dbos_dashboard={value}"}
+        jar = {"Cookie": f"{dash.guard.cookie}={value}"}
         page = await http.get("/", headers=jar)
         assert page.status_code == 200 and listed(page.text) == ["cookie-wf"]
         body, _, mac = value.rpartition(".")
@@ -798,18 +805,18 @@ async def test_login_trades_the_token_for_a_strict_httponly_cookie(dbos: DBOS) -
             value[:-1] + ("0" if value[-1] != "0" else "1"),
             "",
         ):
-            response = await http.get("/", headers={"Cookie": f"dbos_dashboard={tampered}"})
+            response = await http.get("/", headers={"Cookie": f"{dash.guard.cookie}={tampered}"})
             assert response.status_code == 401, tampered
         # An expired session, signed with the right key, is refused too.
         expired = dash.guard._sign("token", 1)
         assert (
-            await http.get("/", headers={"Cookie": f"dbos_dashboard={expired}"})
+            await http.get("/", headers={"Cookie": f"{dash.guard.cookie}={expired}"})
         ).status_code == 401
         # Another dashboard's (token's) cookie is not this one's.
         other = Dashboard(dbos, auth="another-token-0123456789", allowed_hosts=["testserver"])
         foreign = other.guard._sign("token", 9999999999)
         assert (
-            await http.get("/", headers={"Cookie": f"dbos_dashboard={foreign}"})
+            await http.get("/", headers={"Cookie": f"{dash.guard.cookie}={foreign}"})
         ).status_code == 401
         # The cookie acts too (with the action rules).
         acted = await http.post("/workflows/cookie-wf/cancel", headers={**jar, **HX})
@@ -976,7 +983,10 @@ async def test_every_response_carries_the_security_headers(
         assert csp.startswith("default-src 'self'"), where
         assert "frame-ancestors 'none'" in csp and "unsafe-" not in csp, where
         assert response.headers.get("x-content-type-options") == "nosniff", where
-        assert response.headers.get("cache-control") == "no-store", where
+        # Pages are never stored; static files may be, revalidated (ETag).
+        static = "/static/" in str(response.request.url)
+        expected = "no-cache" if static else "no-store"
+        assert response.headers.get("cache-control") == expected, where
         assert response.headers.get("x-frame-options") == "DENY", where
         assert response.headers.get("referrer-policy") == "no-referrer", where
     # No inline script or style in a page: the CSP would block it.
@@ -1016,9 +1026,13 @@ async def test_a_callable_auth_names_the_principal(
         with caplog.at_level(logging.INFO, logger="dbos_async.dashboard"):
             acted = await http.post(f"/workflows/for-{user}/cancel", headers={**HX, "x-user": user})
         assert redirected_id(acted) == f"for-{user}"
-    [record] = [r for r in caplog.records if r.name == "dbos_async.dashboard"]
+    [record] = [
+        r
+        for r in caplog.records
+        if r.name == "dbos_async.dashboard" and r.outcome == "done"  # type: ignore[attr-defined]
+    ]
     assert record.principal == user  # type: ignore[attr-defined]
-    assert record.getMessage() == f"dashboard: cancel for-{user} by {user}"
+    assert record.getMessage() == f"dashboard: cancel done of 'for-{user}' by '{user}'"
     assert await status_of(dbos, f"for-{user}") == "CANCELLED"
 
 

@@ -75,11 +75,11 @@ def lose_replies(monkeypatch: pytest.MonkeyPatch, module: Any, times: int = 1) -
     lost: list[list[str]] = []
     original = module.run_claimed
 
-    async def run_claimed(runtime: Runtime, conn: Any, rows: Any) -> int:
+    async def run_claimed(runtime: Runtime, conn: Any, rows: Any, *how: Any) -> int:
         if len(lost) < times:
             lost.append([r["workflow_id"] for r in rows])
             raise DatabaseUnavailableError("Lost the database connection: (injected)")
-        return int(await original(runtime, conn, rows))
+        return int(await original(runtime, conn, rows, *how))
 
     monkeypatch.setattr(module, "run_claimed", run_claimed)
     return lost

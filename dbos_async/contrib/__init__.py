@@ -1,0 +1,1 @@
+"""Integrations behind extras (``otel``, ``prometheus``); ``import dbos_async`` imports none."""
