@@ -28,6 +28,7 @@ from dbos_async.logs import get_logger
 from dbos_async.models import AppVersion, StepInfo, WorkflowStatus
 from dbos_async.notifications import Listener
 from dbos_async.queue import enqueue_by_name
+from dbos_async.systemdb.migrate import missing_migrations
 from dbos_async.systemdb.pool import Pool, PooledConnection, acquire, create_pool
 from dbos_async.systemdb.queries import q
 from dbos_async.validation import check_schema_name
@@ -87,10 +88,17 @@ class DBOSClient:
                 migrated = await conn.fetchval(
                     q(conn, "table_exists"), self._schema, "workflow_status"
                 )
+                missing = await missing_migrations(conn, self._schema) if migrated else []
             if not migrated:
                 raise DBOSError(
                     f"No dbos_async tables in schema {self._schema!r} of this database: "
                     "run `dbos-async migrate` (or launch the application) first"
+                )
+            if missing:
+                # Its statements name what those add: refuse now, not on each call.
+                raise DBOSError(
+                    f"Schema {self._schema!r} lacks migrations {missing} of this release:"
+                    " run `dbos-async migrate` (or launch an up-to-date application) first"
                 )
             listener = Listener(self._url, channel=self._schema)
             started: asyncio.Future[None] = asyncio.get_running_loop().create_future()

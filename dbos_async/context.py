@@ -62,7 +62,7 @@ class WorkflowContext:
     queue_name: str | None = None
     recovery_attempt: int = 0
     trace_context: str | None = None
-    queue_wait_seconds: float = 0.0
+    queue_wait_seconds: float | None = None  # enqueue to a first dequeue (None: not one)
     event: WorkflowEvent | None = None
     replayed: int = 0  # calls served from the record in this execution
 

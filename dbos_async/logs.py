@@ -27,8 +27,9 @@ class WorkflowFields(logging.Filter):
         if ctx is None:
             return True
         fields = record.__dict__
-        fields.setdefault("workflow_id", ctx.workflow_id)
         fields.setdefault("app_version", getattr(ctx.runtime, "app_version", None))
+        if fields.setdefault("workflow_id", ctx.workflow_id) != ctx.workflow_id:
+            return True  # about another workflow (given in extra): not this one's step
         step_id = current_step_id.get()
         if step_id is not None and step_id >= 0:
             fields.setdefault("step_id", step_id)

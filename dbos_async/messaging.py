@@ -192,15 +192,16 @@ async def _recv(
         )
         if wait is not None:
             observers.notify(runtime.observers, "wait_started", wait)
-        found_one = False
+        found_one = woke = False
         try:
             with runtime.listener.watch("m", ctx.workflow_id) as arrived:
                 found_one, value = await checkpoint.durable_wait(
                     timer, wait_seconds, arrived, consume, RECV_DEADLINE
                 )
+            woke = True
         finally:
-            if wait is not None:
-                observers.notify(runtime.observers, "wait_finished", wait, not found_one)
+            if wait is not None:  # timed out: it woke with nothing (not: it was cut short)
+                observers.notify(runtime.observers, "wait_finished", wait, woke and not found_one)
         if found_one:
             return value
         return await _record_value(call, None)

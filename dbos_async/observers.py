@@ -181,11 +181,10 @@ def collect_context(
     for observer in observers:
         try:
             found = capture(observer)
+            if found:
+                merged.update({str(k): str(v) for k, v in found.items()})
         except Exception:
             logger.exception("observer %r failed capturing a trace context (ignored)", observer)
-            continue
-        if found:
-            merged.update({str(k): str(v) for k, v in found.items()})
     return orjson.dumps(merged).decode() if merged else None
 
 

@@ -282,7 +282,8 @@ async def _run_claimed(
             ctx.recovery_attempt = row.get("recovery_attempts", 0)
             ctx.trace_context = row.get("trace_context")
             created, started = row.get("created_at"), row.get("started_at")
-            if created is not None and started is not None:
+            # Its first dequeue: a resumed one was created long before it waited.
+            if created is not None and started is not None and not row.get("has_steps"):
                 ctx.queue_wait_seconds = max(0, started - created) / 1000
 
     waiting = {}  # those that may have a history, until it is read

@@ -541,8 +541,6 @@ class Runtime:
                             notify(self.observers, "runtime_launched", self)
                         started.set_result(None)
                         await self._stop.wait()
-                        if self.observers:
-                            notify(self.observers, "runtime_stopping", self)
                         self.state = State.STOPPING
                         self._bound_writes()
                         group.cancel_scope.cancel()
@@ -562,6 +560,8 @@ class Runtime:
                 logger.exception("the DBOS runtime failed and stopped", extra={"action": "failed"})
             raise
         finally:
+            if self.observers and self._registered:  # every way it stops: crash included
+                notify(self.observers, "runtime_stopping", self)
             self.clock.detach(self.busy)
             self.state = State.STOPPING
             if not self.crashed:

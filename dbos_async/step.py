@@ -143,14 +143,16 @@ async def _run_step(
             raise
         finally:
             current_step_id.reset(token)
-        if seen is not None:
-            tell_step_end(call.ctx, seen, None, attempts, value)
         try:
             output = serialization.encode(value, f"the result of step {entry.name}")
         except SerializationError as exc:
             # The body ran: its error is recorded like any other, so replay
             # raises it without running the body again.
+            if seen is not None:
+                tell_step_end(call.ctx, seen, exc, attempts, None)
             return await failed(call, entry, exc, started, attempts)
+        if seen is not None:
+            tell_step_end(call.ctx, seen, None, attempts, value)
         found = await checkpoint.record(call, output=output, started_at=started, attempts=attempts)
         # Another execution of this workflow recorded the step first: its outcome stands.
         return value if found is None else outcome(entry, found)
@@ -219,6 +221,8 @@ def tell_step_end(
     """
     if interrupted:
         status = observers.STOPPED if ctx.runtime.stopping else observers.CANCELLED
+    elif error is not None and checkpoint.is_outage(error):
+        status = observers.STOPPED  # a lost database is no outcome: it runs again
     else:
         status = observers.SUCCESS if error is None else observers.ERROR
     observers.notify(ctx.runtime.observers, "step_finished", seen, status, error, attempts, value)

@@ -529,7 +529,7 @@ def _observe_start(ctx: WorkflowContext, args: tuple[Any, ...], kwargs: dict[str
         kwargs,
     )
     ctx.event = event
-    if ctx.origin == observers.DEQUEUE:
+    if ctx.origin == observers.DEQUEUE and ctx.queue_wait_seconds is not None:
         observers.notify(runtime.observers, "workflow_dequeued", event, ctx.queue_wait_seconds)
     elif ctx.origin in (observers.RECOVERY, observers.ADOPTION):
         observers.notify(runtime.observers, "workflow_recovered", event)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from dbos_async.errors import DBOSError
 from dbos_async.logs import get_logger
-from dbos_async.observers import DEQUEUE, RESUME, START, Observer, StepEvent, WorkflowEvent
+from dbos_async.observers import (
+    DEQUEUE,
+    RECONCILE,
+    RESUME,
+    START,
+    Observer,
+    StepEvent,
+    WorkflowEvent,
+)
 from dbos_async.systemdb.queries import q
 
 if TYPE_CHECKING:
@@ -84,7 +93,10 @@ class PrometheusMetrics(Observer):
 
     def runtime_launched(self, runtime: Runtime) -> None:
         """Start the fleet gauges' refresher, if asked for."""
-        if self.fleet_gauges and self._refresher is None:
+        old = self._refresher
+        if old is not None and not old.done():
+            old.cancel()  # another runtime's (one that crashed never said it stopped)
+        if self.fleet_gauges:
             self._refresher = asyncio.get_running_loop().create_task(
                 self._refresh_forever(runtime), name="dbos_async prometheus fleet gauges"
             )
@@ -97,7 +109,7 @@ class PrometheusMetrics(Observer):
 
     def workflow_started(self, workflow: WorkflowEvent) -> None:
         """Count it (a start, a dequeue, a resume, fork or restart), and time it."""
-        if workflow.origin in (START, DEQUEUE, RESUME):
+        if workflow.origin in (START, DEQUEUE, RESUME, RECONCILE):
             self.metrics.started.labels(workflow.name, workflow.queue_name or "").inc()
         self.metrics.in_flight.labels(workflow.name).inc()
         self._began[workflow.workflow_id] = time.monotonic()
@@ -160,6 +172,8 @@ class PrometheusMetrics(Observer):
         now_ms = runtime.clock.now_ms()
         async with runtime.connection() as conn:
             rows = await conn.fetch(q(conn, "select_queue_depths"))
+        versions = await list_application_versions(runtime.pool, runtime.clock)
+        # Everything read first: a scrape never sees the gauges half-cleared.
         depth.clear()
         oldest.clear()
         for row in rows:
@@ -168,7 +182,7 @@ class PrometheusMetrics(Observer):
             if row["oldest_enqueued"] is not None:
                 oldest.labels(row["queue_name"]).set(max(0, now_ms - row["oldest_enqueued"]) / 1000)
         stranded.clear()
-        for version in await list_application_versions(runtime.pool, runtime.clock):
+        for version in versions:
             if version.stranded:
                 stranded.labels(version.version).set(version.stranded)
 
@@ -200,13 +214,13 @@ class _Collectors:
 
 # One set per registry: several runtimes (or observers) of a process on the
 # global registry share them, where registering twice would raise.
-_COLLECTORS: dict[int, _Collectors] = {}
+_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, _Collectors] = weakref.WeakKeyDictionary()
 
 
 def _collectors(r: CollectorRegistry, fleet_gauges: bool) -> _Collectors:
-    found = _COLLECTORS.get(id(r))
+    found = _COLLECTORS.get(r)
     if found is None:
-        found = _COLLECTORS[id(r)] = _Collectors(
+        found = _COLLECTORS[r] = _Collectors(
             started=Counter(
                 "dbos_workflows_started",
                 "Workflow executions begun by a start, a dequeue or a resume",

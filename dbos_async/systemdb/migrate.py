@@ -100,6 +100,15 @@ async def newer_migrations(conn: Connection, schema: str) -> list[int]:
     return sorted(r[0] for r in await _applied(conn, schema) if r[0] not in known)
 
 
+async def missing_migrations(conn: Connection, schema: str) -> list[int]:
+    """Versions of this release not yet applied to ``schema`` (an older release migrated it).
+
+    One round trip (two on a schema without the migrations table).
+    """
+    applied = {r[0] for r in await _applied(conn, schema)}
+    return [m.version for m in migrations() if m.version not in applied]
+
+
 async def _applied(conn: Connection, schema: str) -> list[tuple[int]]:
     sql = statements(schema)
     if not await conn.fetchval(sql["table_exists"], schema, "schema_migrations"):

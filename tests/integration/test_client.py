@@ -340,3 +340,13 @@ async def test_client_enqueue_by_name_runs_on_a_runtime(dbos: DBOS, client: DBOS
 
 def _name_of(fn: Any) -> str:
     return str(fn.__dbos_entry__.name)
+
+
+async def test_a_client_refuses_a_schema_an_older_release_migrated(
+    db_url: str, conn: asyncpg.Connection
+) -> None:
+    # Its statements name columns the missing migrations add: refused at once, clearly.
+    await conn.execute("DELETE FROM schema_migrations WHERE version = 11")
+    with pytest.raises(DBOSError, match=r"lacks migrations \[11\].*dbos-async migrate"):
+        async with DBOSClient(db_url):
+            pass

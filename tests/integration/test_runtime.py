@@ -8,7 +8,13 @@ import anyio
 import asyncpg
 import pytest
 
-from dbos_async import DBOS, DBOSError, SetWorkflowID, WorkflowStatusString
+from dbos_async import (
+    DBOS,
+    DatabaseUnavailableError,
+    DBOSError,
+    SetWorkflowID,
+    WorkflowStatusString,
+)
 from dbos_async.registry import compute_app_version
 
 
@@ -141,8 +147,16 @@ async def test_lost_database_gives_database_unavailable(db_url: str, pg_server_u
                 f'ALTER DATABASE "{db_url.rsplit("/", 1)[1]}" ALLOW_CONNECTIONS true'
             )
             await admin.close()
-        # Connections come back once the database accepts them again.
-        assert await dbos.get_workflow_status("anything") is None
+        # Connections come back once the database accepts them again. A pooled
+        # connection the outage broke in a way the driver notices only on use
+        # fails that one call (and is closed: pool.acquire's contract), so the
+        # pool may need a call per connection it holds; never more.
+        for attempt in range(dbos._runtime.config.pool_size + 1):
+            try:
+                assert await dbos.get_workflow_status("anything") is None
+                break
+            except DatabaseUnavailableError:
+                assert attempt < dbos._runtime.config.pool_size
 
 
 async def test_a_runtime_heartbeats_its_executor(db_url: str, conn: asyncpg.Connection) -> None:
