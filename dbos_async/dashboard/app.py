@@ -184,14 +184,15 @@ def _templates() -> Jinja2Templates:
         undefined=jinja2.StrictUndefined,
         auto_reload=False,
     )
-    env.filters["when"] = _when
+    env.filters["when"] = format_when
     env.filters["age"] = _age
     env.filters["duration"] = _duration
     env.filters["urlid"] = lambda value: quote(str(value), safe="")
     return Jinja2Templates(env=env)
 
 
-def _when(ms: int | float | None) -> str:
+def format_when(ms: int | float | None) -> str:
+    """An epoch-ms time as the pages show it (UTC)."""
     if ms is None:
         return "—"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

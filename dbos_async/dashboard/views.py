@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from dbos_async import management, queue, scheduler, serialization
 from dbos_async.dashboard import charts, data
-from dbos_async.dashboard.app import Dashboard, dashboard_of, page
+from dbos_async.dashboard.app import Dashboard, dashboard_of, format_when, page
 from dbos_async.models import StepInfo, WorkflowStatus
 from dbos_async.versions import list_application_versions
 
@@ -180,7 +180,7 @@ def _waiting_on(
         if position["queue_partition_key"] is not None:
             where += f" (partition {position['queue_partition_key']})"
         if position["not_before"] is not None and position["not_before"] > now_ms:
-            where += f", not before {_when(position['not_before'])}"
+            where += f", not before {format_when(position['not_before'])}"
         return where
     if status.status.value != "PENDING" or not steps:
         return None
@@ -193,16 +193,12 @@ def _waiting_on(
                 "DBOS.recv deadline": "a message (recv)",
                 "DBOS.get_event deadline": "an event (get_event)",
             }[last.name]
-            return f"{what} until {_when(until * 1000)}"
+            return f"{what} until {format_when(until * 1000)}"
     if last.child_workflow_id is not None:
         child = next((k for k in kids if k["workflow_id"] == last.child_workflow_id), None)
         if child is not None and child["status"] in ACTIVE:
             return f"child workflow {last.child_workflow_id} ({child['status']})"
     return None
-
-
-def _when(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 async def _workflow_context(dash: Dashboard, workflow_id: str) -> dict[str, Any] | None:

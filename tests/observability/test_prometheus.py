@@ -409,3 +409,16 @@ async def test_the_asgi_app_serves_the_registry_in_the_text_format(
         assert f'dbos_workflows_started_total{{queue="",workflow="{wf}"}} 1.0' in text
         assert f'dbos_workflows_finished_total{{status="SUCCESS",workflow="{wf}"}} 1.0' in text
         assert f'dbos_workflows_in_flight{{workflow="{wf}"}} 0.0' in text
+
+
+def test_every_fresh_registry_gets_its_own_collectors() -> None:
+    # Collectors were once cached by id(registry): a new registry reusing a dead
+    # one's id got no metrics at all.
+    from dbos_async.contrib.prometheus import PrometheusMetrics as Metrics
+
+    for _ in range(200):
+        registry = CollectorRegistry()
+        Metrics(registry)
+        names = {m.name for m in registry.collect()}
+        assert "dbos_workflows_started" in names, names
+        del registry
